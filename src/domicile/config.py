@@ -1,0 +1,342 @@
+"""Configuration: `domicile.toml` parsed once, at start, into frozen typed settings.
+
+The one place settings enter the program (nothing reads the environment or files deeper in
+the call stack, except a provider's API key, read here by name). Every refusal is a
+`ConfigError` naming the field, e.g. ``regions.eu.providers[1].base_url``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from domicile.errors import ConfigError
+
+__all__ = [
+    "CONFIG_ENV",
+    "Capability",
+    "DirectorySettings",
+    "KeyProviderSettings",
+    "ProviderSettings",
+    "RegionSettings",
+    "Settings",
+    "find_config",
+    "load_settings",
+    "parse_settings",
+]
+
+M = TypeVar("M", bound=BaseModel)
+
+CONFIG_ENV = "DOMICILE_CONFIG"
+Capability = Literal["chat", "embeddings", "vision", "images"]
+ProviderKind = Literal["openai-compatible", "local-embeddings", "dev-echo"]
+
+DEFAULT_CAPABILITIES: Mapping[str, tuple[Capability, ...]] = {
+    "openai-compatible": ("chat",),
+    "local-embeddings": ("embeddings",),
+    "dev-echo": ("chat", "embeddings", "vision", "images"),
+}
+# A region name is part of key prefixes (`dk-eu-…`) and URLs: keep it to a simple token.
+REGION_NAME = r"^[a-z][a-z0-9]{1,15}$"
+RESERVED_REGION_NAMES = frozenset({"global", "directory"})
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ProviderSettings(_Frozen):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+    kind: ProviderKind
+    models: Annotated[tuple[str, ...], Field(min_length=1)]
+    base_url: str | None = None
+    api_key_env: str | None = None
+    capabilities: tuple[Capability, ...] | None = None
+    ca_file: Path | None = None
+    insecure_http: bool = False
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    weight: Annotated[int, Field(ge=1, le=1000)] = 1
+
+    @property
+    def effective_capabilities(self) -> frozenset[Capability]:
+        return frozenset(self.capabilities or DEFAULT_CAPABILITIES[self.kind])
+
+    def api_key(self) -> SecretStr | None:
+        """The provider's API key, read from the environment variable the config names."""
+        if not self.api_key_env:
+            return None
+        value = os.environ.get(self.api_key_env)
+        return SecretStr(value) if value else None
+
+
+class KeyProviderSettings(_Frozen):
+    kind: Literal["local"] = "local"
+    path: Path
+
+
+class RegionSettings(_Frozen):
+    name: str
+    display_name: str
+    listen: str
+    public_url: str
+    database_url: str
+    blob_url: str
+    key_provider: KeyProviderSettings
+    default_retention: Literal["zero", "regional"] = "zero"
+    providers: tuple[ProviderSettings, ...] = ()
+
+    @property
+    def host(self) -> str:
+        return _split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return _split_listen(self.listen)[1]
+
+    @property
+    def blob_path(self) -> Path | None:
+        """The folder of a `file://` blob store (absolute after loading), else None."""
+        parts = urlsplit(self.blob_url)
+        return Path(parts.netloc + parts.path) if parts.scheme == "file" else None
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        _split_listen(value)
+        return value
+
+
+class DirectorySettings(_Frozen):
+    database_url: str
+    # The per-site secret that keys the HMAC of API keys and workspace tokens.
+    secret_file: Path = Path("directory.key")
+
+
+class Settings(_Frozen):
+    config_path: Path
+    data_dir: Path
+    directory: DirectorySettings
+    regions: Mapping[str, RegionSettings]
+
+    def region(self, name: str) -> RegionSettings:
+        try:
+            return self.regions[name]
+        except KeyError:
+            known = ", ".join(sorted(self.regions)) or "none"
+            raise ConfigError("region", f"unknown region {name!r} (configured: {known})") from None
+
+
+def _split_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be HOST:PORT with a port from 1 to 65535")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def find_config(explicit: str | os.PathLike[str] | None) -> Path:
+    """`--config`, else `$DOMICILE_CONFIG`, else `./domicile.toml`, else `./.domicile/domicile.toml`."""
+    if explicit:
+        return Path(explicit)
+    from_env = os.environ.get(CONFIG_ENV)
+    if from_env:
+        return Path(from_env)
+    for candidate in (Path("domicile.toml"), Path(".domicile") / "domicile.toml"):
+        if candidate.exists():
+            return candidate
+    return Path("domicile.toml")
+
+
+def load_settings(path: str | os.PathLike[str], *, check_files: bool = True) -> Settings:
+    config_path = Path(path)
+    try:
+        raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("config", f"no configuration at {config_path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"{config_path} is not valid TOML: {exc}") from None
+    return parse_settings(raw, config_path=config_path, check_files=check_files)
+
+
+def parse_settings(
+    raw: Mapping[str, Any], *, config_path: Path, check_files: bool = True
+) -> Settings:
+    allowed = {"data_dir", "directory", "regions"}
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(key, "unknown key")
+    base = config_path.resolve().parent
+    data_dir = (base / str(raw.get("data_dir", "."))).resolve()
+
+    directory_raw = _table(raw, "directory")
+    regions_raw = _table(raw, "regions")
+    if not regions_raw:
+        raise ConfigError("regions", "at least one region must be configured")
+
+    directory = _validate(DirectorySettings, dict(directory_raw), "directory")
+    directory = directory.model_copy(
+        update={
+            "database_url": _database_url(directory.database_url, data_dir, "directory.database_url"),
+            "secret_file": data_dir / directory.secret_file,
+        }
+    )
+
+    regions: dict[str, RegionSettings] = {}
+    ports: dict[tuple[str, int], str] = {}
+    for name, region_raw in regions_raw.items():
+        prefix = f"regions.{name}"
+        if not isinstance(region_raw, Mapping):
+            raise ConfigError(prefix, "must be a table")
+        if name in RESERVED_REGION_NAMES or not _matches(REGION_NAME, name):
+            raise ConfigError(prefix, "a region name is 2-16 lowercase letters or digits, "
+                              "starting with a letter, and not 'global' or 'directory'")
+        region = _validate(RegionSettings, {"name": name, **region_raw}, prefix)
+        region = _resolve_region(region, data_dir, prefix, check_files=check_files)
+        port_key = (region.host, region.port)
+        # Same port on any host collides with a wildcard bind; be strict.
+        for (host, port), other in ports.items():
+            if port == region.port and (host == region.host or "0.0.0.0" in (host, region.host)):
+                raise ConfigError(f"{prefix}.listen",
+                                  f"port {port} is already used by regions.{other}.listen")
+        ports[port_key] = name
+        regions[name] = region
+
+    return Settings(config_path=config_path.resolve(), data_dir=data_dir, directory=directory,
+                    regions=regions)
+
+
+def _resolve_region(
+    region: RegionSettings, data_dir: Path, prefix: str, *, check_files: bool
+) -> RegionSettings:
+    key_path = data_dir / region.key_provider.path
+    if check_files and not key_path.is_file():
+        raise ConfigError(f"{prefix}.key_provider.path", f"key file {key_path} does not exist")
+    seen: set[str] = set()
+    providers = []
+    for index, provider in enumerate(region.providers):
+        field = f"{prefix}.providers[{index}]"
+        if provider.name in seen:
+            raise ConfigError(f"{field}.name", f"provider name {provider.name!r} is used twice")
+        seen.add(provider.name)
+        providers.append(_resolve_provider(provider, data_dir, field, check_files=check_files))
+    return region.model_copy(
+        update={
+            "database_url": _database_url(region.database_url, data_dir, f"{prefix}.database_url"),
+            "blob_url": _blob_url(region.blob_url, data_dir, f"{prefix}.blob_url"),
+            "key_provider": region.key_provider.model_copy(update={"path": key_path}),
+            "providers": tuple(providers),
+        }
+    )
+
+
+def _resolve_provider(
+    provider: ProviderSettings, data_dir: Path, field: str, *, check_files: bool
+) -> ProviderSettings:
+    if provider.kind != "openai-compatible":
+        if provider.base_url is not None:
+            raise ConfigError(f"{field}.base_url", f"a {provider.kind} provider takes no base_url")
+        return provider
+    if not provider.base_url:
+        raise ConfigError(f"{field}.base_url", "an openai-compatible provider needs a base_url")
+    parts = urlsplit(provider.base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{field}.base_url", "must be an http(s) URL")
+    if parts.scheme == "http" and not provider.insecure_http and not is_loopback_host(
+        parts.hostname
+    ):
+        raise ConfigError(
+            f"{field}.base_url",
+            f"plain http to the non-loopback host {parts.hostname!r} is refused (G6); "
+            "use https, or set insecure_http = true for this provider",
+        )
+    update: dict[str, Any] = {"base_url": provider.base_url.rstrip("/")}
+    if provider.ca_file is not None:
+        ca_file = data_dir / provider.ca_file
+        if check_files and not ca_file.is_file():
+            raise ConfigError(f"{field}.ca_file", f"CA file {ca_file} does not exist")
+        update["ca_file"] = ca_file
+    return provider.model_copy(update=update)
+
+
+def _database_url(url: str, data_dir: Path, field: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        # sqlite:///relative/path or sqlite:////absolute/path, as SQLAlchemy spells them.
+        if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
+            raise ConfigError(field, "a SQLite URL reads sqlite:///relative/path.db")
+        path = Path(parts.path[1:])
+        return f"sqlite:///{(data_dir / path).resolve()}"
+    if parts.scheme in ("postgresql", "postgres", "postgresql+psycopg"):
+        if not parts.path.strip("/"):
+            raise ConfigError(field, "a PostgreSQL URL must name its database")
+        rest = url.split("://", 1)[1]
+        return f"postgresql+psycopg://{rest}"
+    raise ConfigError(field, f"unsupported database URL scheme {parts.scheme!r} "
+                      "(use sqlite:/// or postgresql://)")
+
+
+def _blob_url(url: str, data_dir: Path, field: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        path = Path(parts.netloc + parts.path)
+        return f"file://{(data_dir / path).resolve()}"
+    if parts.scheme == "s3":
+        if not parts.netloc:
+            raise ConfigError(field, "an S3 URL names its bucket: s3://bucket/prefix")
+        unknown = set(parse_qs(parts.query)) - {"endpoint_url", "region_name"}
+        if unknown:
+            raise ConfigError(field, f"unknown S3 option {sorted(unknown)[0]!r}")
+        return url
+    raise ConfigError(field, f"unsupported blob URL scheme {parts.scheme!r} (use file:// or s3://)")
+
+
+def _table(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = raw.get(key)
+    if value is None:
+        raise ConfigError(key, "missing")
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, "must be a table")
+    return value
+
+
+def _matches(pattern: str, value: str) -> bool:
+    import re
+
+    return re.fullmatch(pattern.strip("^$"), value) is not None
+
+
+def _validate(model: type[M], data: dict[str, Any], prefix: str) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = prefix + "".join(
+            f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]
+        )
+        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        raise ConfigError(field, message) from None

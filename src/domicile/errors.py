@@ -1,0 +1,143 @@
+"""Domicile's errors: one model for the HTTP API (OpenAI's error shape) and the CLI (exit codes).
+
+Handlers and commands raise these; one renderer per surface turns them into a response or an
+exit code. Messages must never carry request content or secrets: they are written to logs.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "ConfigError",
+    "CrossRegionWrite",
+    "DomicileError",
+    "Forbidden",
+    "InvalidApiKey",
+    "InvalidInput",
+    "ModelNotFound",
+    "NoInRegionProvider",
+    "NotFound",
+    "RateLimited",
+    "RegionImmutable",
+    "StorageError",
+    "UpstreamError",
+    "WrongRegion",
+    "ZeroRetentionViolation",
+]
+
+
+class DomicileError(Exception):
+    """Base of every error Domicile reports to a user."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    type: ClassVar[str] = "server_error"
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def to_openai(self) -> dict[str, object]:
+        """The body OpenAI's API returns for an error, so the SDK raises the right class."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidInput(DomicileError):
+    status = 400
+    code = "invalid_request"
+    type = "invalid_request_error"
+    exit_code = 2
+
+
+class ConfigError(InvalidInput):
+    """A configuration that cannot be used; the message names the field."""
+
+    code = "invalid_config"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}", param=field)
+        self.field = field
+
+
+class NotFound(DomicileError):
+    status = 404
+    code = "not_found"
+    type = "invalid_request_error"
+    exit_code = 2
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class InvalidApiKey(DomicileError):
+    status = 401
+    code = "invalid_api_key"
+    type = "invalid_request_error"
+    exit_code = 2
+
+
+class Forbidden(DomicileError):
+    status = 403
+    code = "forbidden"
+    type = "invalid_request_error"
+    exit_code = 2
+
+
+class WrongRegion(Forbidden):
+    """G3: a credential of region A presented at region B."""
+
+    code = "wrong_region"
+
+
+class ZeroRetentionViolation(InvalidInput):
+    """G4: a feature that must store content, asked of a zero-retention project."""
+
+    code = "zero_retention"
+
+
+class RegionImmutable(InvalidInput):
+    """G1: an attempt to change a tenant's region."""
+
+    code = "region_immutable"
+
+
+class CrossRegionWrite(DomicileError):
+    """A store asked to keep a record of a tenant of another region (G1/G2 defence in depth)."""
+
+    code = "cross_region_write"
+
+
+class RateLimited(DomicileError):
+    status = 429
+    code = "rate_limit_exceeded"
+    type = "requests"
+    exit_code = 1
+
+
+class NoInRegionProvider(DomicileError):
+    """G2: nothing in the tenant's region can serve; fail closed."""
+
+    status = 503
+    code = "no_in_region_provider"
+    type = "server_error"
+
+
+class UpstreamError(DomicileError):
+    status = 502
+    code = "upstream_error"
+    type = "server_error"
+
+
+class StorageError(DomicileError):
+    code = "storage_error"
