@@ -224,6 +224,13 @@ def parse_settings(
                 raise ConfigError(f"{prefix}.listen",
                                   f"port {port} is already used by regions.{other}.listen")
         ports[port_key] = name
+        # Two regions (or a region and the directory) in one database would mix residencies.
+        for other in regions.values():
+            if other.database_url == region.database_url:
+                raise ConfigError(f"{prefix}.database_url",
+                                  f"regions.{other.name} uses the same database")
+        if region.database_url == directory.database_url:
+            raise ConfigError(f"{prefix}.database_url", "the directory uses the same database")
         regions[name] = region
 
     return Settings(config_path=config_path.resolve(), data_dir=data_dir, directory=directory,

@@ -1,0 +1,3 @@
+from domicile.cli.main import main
+
+main()

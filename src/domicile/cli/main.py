@@ -1,0 +1,423 @@
+"""The `domicile` command: thin over the services; errors and output handled in one place.
+
+Every command takes `--config PATH` and `--json` after its own arguments. With `--json`
+exactly one JSON object goes to stdout; humans get Rich tables. Errors go to stderr:
+exit 2 for bad input, 1 for failures.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from domicile.config import find_config, load_settings
+from domicile.errors import DomicileError, InvalidInput
+from domicile.site import DEFAULT_SITE_DIR, Site, init_site
+
+__all__ = ["app", "main"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Domicile: a sovereign AI platform with verifiable data residency.")
+org_app = typer.Typer(no_args_is_help=True, help="Organisations.")
+project_app = typer.Typer(no_args_is_help=True, help="API projects, pinned to a region.")
+key_app = typer.Typer(no_args_is_help=True, help="API keys of a project.")
+workspace_app = typer.Typer(no_args_is_help=True, help="Chat workspaces, pinned to a region.")
+user_app = typer.Typer(no_args_is_help=True, help="Workspace members.")
+token_app = typer.Typer(no_args_is_help=True, help="Workspace API tokens.")
+audit_app = typer.Typer(no_args_is_help=True, help="The hash-chained audit log.")
+for sub, name in ((org_app, "org"), (project_app, "project"), (key_app, "key"),
+                  (workspace_app, "workspace"), (user_app, "user"), (token_app, "token"),
+                  (audit_app, "audit")):
+    app.add_typer(sub, name=name)
+
+ConfigOption = Annotated[Path | None, typer.Option(
+    "--config", help="domicile.toml (else $DOMICILE_CONFIG, ./domicile.toml, "
+                     "./.domicile/domicile.toml)")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+stdout = Console()
+stderr = Console(stderr=True)
+
+
+class Failure(Exception):
+    """A command that ran and found a problem (exit 1), with its JSON payload."""
+
+    def __init__(self, message: str, payload: Mapping[str, Any]) -> None:
+        super().__init__(message)
+        self.payload = payload
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def emit(as_json: bool, payload: Mapping[str, Any], table: Table | str | None = None) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(payload, default=_jsonable) + "\n")
+    elif table is not None:
+        stdout.print(table)
+    else:
+        stdout.print(record_table(payload))
+
+
+def record_table(payload: Mapping[str, Any], title: str | None = None) -> Table:
+    table = Table(show_header=False, title=title, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in payload.items():
+        table.add_row(key, "" if value is None else str(value))
+    return table
+
+
+def command(func: Callable[P, R]) -> Callable[P, R]:
+    """Map Domicile's errors to stderr and exit codes (2 bad input, 1 failure)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        as_json = bool(kwargs.get("as_json"))
+        try:
+            return func(*args, **kwargs)
+        except DomicileError as exc:
+            _report(as_json, {"error": {"code": exc.code, "message": exc.message,
+                                        "param": exc.param}}, exc.message)
+            raise typer.Exit(exc.exit_code) from None
+        except Failure as exc:
+            if as_json:
+                sys.stdout.write(json.dumps(exc.payload, default=_jsonable) + "\n")
+            stderr.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _report(as_json: bool, payload: Mapping[str, Any], message: str) -> None:
+    if as_json:
+        sys.stderr.write(json.dumps(payload) + "\n")
+    else:
+        stderr.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+
+
+def open_site(config: Path | None) -> Site:
+    return Site(load_settings(find_config(config)))
+
+
+# -- site ---------------------------------------------------------------------------------
+
+
+@app.command("init")
+@command
+def init_command(
+    dir: Annotated[Path, typer.Option("--dir", help="Site folder.")] = DEFAULT_SITE_DIR,
+    port_base: Annotated[int, typer.Option("--port-base", help="eu listens here, us on +1.")]
+    = 8400,
+    force: Annotated[bool, typer.Option("--force", help="Rewrite the config; keys are kept.")]
+    = False,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create a site: config, regions eu and us, key files (mode 0600), migrated stores."""
+    settings = init_site(dir, port_base=port_base, force=force)
+    emit(as_json, {
+        "config": str(settings.config_path),
+        "regions": {name: region.public_url for name, region in settings.regions.items()},
+    })
+
+
+@app.command("serve")
+@command
+def serve_command(
+    region: Annotated[list[str] | None, typer.Option("--region", help="Region to serve; "
+                                                     "repeat for several (default: all).")]
+    = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=64)] = 1,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", exists=True, dir_okay=False)]
+    = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", exists=True, dir_okay=False)]
+    = None,
+    log_level: Annotated[str, typer.Option("--log-level")] = "warning",
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Serve the regions' APIs, each on its own listen address."""
+    from domicile.server import TlsFiles, serve
+
+    if (tls_cert is None) != (tls_key is None):
+        raise InvalidInput("--tls-cert and --tls-key go together", param="tls_cert")
+    settings = load_settings(find_config(config))
+    tls = TlsFiles(tls_cert, tls_key) if tls_cert and tls_key else None
+    serve(settings, region or (), workers=workers, tls=tls, log_level=log_level)
+
+
+# -- orgs ---------------------------------------------------------------------------------
+
+
+def org_payload(org: Any) -> dict[str, Any]:
+    return {"id": org.id, "name": org.name, "training_opt_in": org.training_opt_in}
+
+
+@org_app.command("create")
+@command
+def org_create(
+    name: Annotated[str, typer.Option("--name")],
+    training_opt_in: Annotated[bool, typer.Option("--training-opt-in")] = False,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create an organisation (no training on its content unless --training-opt-in)."""
+    org = open_site(config).directory.create_org(name, training_opt_in=training_opt_in)
+    emit(as_json, org_payload(org))
+
+
+def parse_bool(value: str, param: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "yes", "1", "on"):
+        return True
+    if lowered in ("false", "no", "0", "off"):
+        return False
+    raise InvalidInput(f"{param} takes true or false", param=param)
+
+
+@org_app.command("set")
+@command
+def org_set(
+    org_id: Annotated[str, typer.Argument(metavar="ORG_ID")],
+    training_opt_in: Annotated[str, typer.Option("--training-opt-in", metavar="true|false")],
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Change an organisation's training consent (audited)."""
+    value = parse_bool(training_opt_in, "training_opt_in")
+    org = open_site(config).directory.set_training_opt_in(org_id, value)
+    emit(as_json, org_payload(org))
+
+
+# -- projects and keys --------------------------------------------------------------------
+
+
+def project_payload(project: Any) -> dict[str, Any]:
+    return {"id": project.id, "org_id": project.org_id, "name": project.name,
+            "region": project.region, "retention": project.retention,
+            "per_request_residency": project.per_request_residency,
+            "rpm_limit": project.rpm_limit, "tpm_limit": project.tpm_limit}
+
+
+@project_app.command("create")
+@command
+def project_create(
+    org: Annotated[str, typer.Option("--org", metavar="ORG_ID")],
+    name: Annotated[str, typer.Option("--name")],
+    region: Annotated[str, typer.Option("--region", help="A configured region, or 'global' "
+                                        "with --per-request-residency.")],
+    retention: Annotated[str | None, typer.Option("--retention", metavar="zero|regional",
+                                                  help="Default: the region's.")] = None,
+    per_request_residency: Annotated[bool, typer.Option("--per-request-residency")] = False,
+    rpm_limit: Annotated[int | None, typer.Option("--rpm-limit")] = None,
+    tpm_limit: Annotated[int | None, typer.Option("--tpm-limit")] = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create an API project, pinned to its region forever (G1)."""
+    if retention is not None and retention not in ("zero", "regional"):
+        raise InvalidInput("--retention must be zero or regional", param="retention")
+    project = open_site(config).directory.create_project(
+        org, name, region, retention=retention,  # type: ignore[arg-type]
+        per_request_residency=per_request_residency, rpm_limit=rpm_limit, tpm_limit=tpm_limit)
+    emit(as_json, project_payload(project))
+
+
+@project_app.command("set")
+@command
+def project_set(
+    project_id: Annotated[str, typer.Argument(metavar="PROJECT_ID")],
+    rpm_limit: Annotated[int | None, typer.Option("--rpm-limit")] = None,
+    tpm_limit: Annotated[int | None, typer.Option("--tpm-limit")] = None,
+    region: Annotated[str | None, typer.Option("--region", hidden=True)] = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Change a project's rate limits. Its region can never change (G1)."""
+    directory = open_site(config).directory
+    if region is not None:
+        directory.refuse_region_change("project", project_id)
+    project = directory.set_project_limits(project_id, rpm_limit=rpm_limit, tpm_limit=tpm_limit)
+    emit(as_json, project_payload(project))
+
+
+@project_app.command("show")
+@command
+def project_show(
+    project_id: Annotated[str, typer.Argument(metavar="PROJECT_ID")],
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a project."""
+    emit(as_json, project_payload(open_site(config).directory.get_project(project_id)))
+
+
+@key_app.command("create")
+@command
+def key_create(
+    project: Annotated[str, typer.Option("--project", metavar="PROJECT_ID")],
+    name: Annotated[str, typer.Option("--name")] = "default",
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create an API key. The secret is shown once and stored only as a keyed hash."""
+    created = open_site(config).directory.create_api_key(project, name=name)
+    payload = {"id": created.id, "key": created.secret, "project_id": project,
+               "region": created.region}
+    emit(as_json, payload, record_table(payload, title="Copy the key now: it is not shown again"))
+
+
+@key_app.command("revoke")
+@command
+def key_revoke(
+    key_id: Annotated[str, typer.Argument(metavar="KEY_ID")],
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Revoke an API key (effective at every server within a second)."""
+    key = open_site(config).directory.revoke_api_key(key_id)
+    emit(as_json, {"id": key.id, "revoked": True, "revoked_at": key.revoked_at})
+
+
+# -- workspaces, users, tokens ------------------------------------------------------------
+
+
+@workspace_app.command("create")
+@command
+def workspace_create(
+    org: Annotated[str, typer.Option("--org", metavar="ORG_ID")],
+    name: Annotated[str, typer.Option("--name")],
+    region: Annotated[str, typer.Option("--region")],
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create a chat workspace, pinned to its region forever (G1)."""
+    workspace = open_site(config).directory.create_workspace(org, name, region)
+    emit(as_json, {"id": workspace.id, "org_id": workspace.org_id, "name": workspace.name,
+                   "region": workspace.region})
+
+
+@user_app.command("add")
+@command
+def user_add(
+    workspace: Annotated[str, typer.Option("--workspace", metavar="WS_ID")],
+    email: Annotated[str, typer.Option("--email")],
+    role: Annotated[str, typer.Option("--role", metavar="owner|admin|member")],
+    password_stdin: Annotated[bool, typer.Option("--password-stdin",
+                                                 help="Read the password from stdin.")] = False,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Add a member to a workspace (password hashed with argon2id)."""
+    if not password_stdin:
+        raise InvalidInput("pass the password on stdin with --password-stdin", param="password")
+    password = sys.stdin.readline().rstrip("\r\n")
+    user = open_site(config).directory.add_user(workspace, email, role, password)
+    emit(as_json, {"id": user.id, "workspace_id": user.workspace_id, "email": user.email,
+                   "role": user.role})
+
+
+@token_app.command("create")
+@command
+def token_create(
+    workspace: Annotated[str, typer.Option("--workspace", metavar="WS_ID")],
+    user: Annotated[str, typer.Option("--user", metavar="USER_ID")],
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create a workspace API token for a member. Shown once."""
+    created = open_site(config).directory.create_token(workspace, user)
+    payload = {"id": created.id, "token": created.secret, "region": created.region}
+    emit(as_json, payload, record_table(payload, title="Copy the token now: it is not shown again"))
+
+
+# -- usage and audit ----------------------------------------------------------------------
+
+
+@app.command("usage")
+@command
+def usage_command(
+    project: Annotated[str, typer.Option("--project", metavar="PROJECT_ID")],
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Per-request metadata of a project (time, key, model, provider, status, tokens)."""
+    site = open_site(config)
+    found = site.directory.get_project(project)
+    regions = list(site.settings.regions) if found.region == "global" else [found.region]
+    rows = [row for region in regions for row in site.store(region).usage(project)]
+    rows.sort(key=lambda row: row.at)
+    records = [{
+        "at": row.at, "region": row.region, "key_id": row.key_id, "endpoint": row.endpoint,
+        "model": row.model, "provider": row.provider, "status": row.status,
+        "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens,
+        "latency_ms": round(row.latency_ms, 3), "request_id": row.request_id,
+    } for row in rows]
+    totals = {
+        "requests": len(records),
+        "prompt_tokens": sum(r["prompt_tokens"] for r in records),
+        "completion_tokens": sum(r["completion_tokens"] for r in records),
+    }
+    table = Table(title=f"Usage of {project}", title_justify="left")
+    for column in ("at", "region", "endpoint", "model", "provider", "status", "prompt_tokens",
+                   "completion_tokens", "latency_ms"):
+        table.add_column(column)
+    for record in records:
+        table.add_row(*(str(record[c]) for c in (
+            "at", "region", "endpoint", "model", "provider", "status", "prompt_tokens",
+            "completion_tokens", "latency_ms")))
+    emit(as_json, {"project_id": project, "totals": totals, "requests": records}, table)
+
+
+@audit_app.command("verify")
+@command
+def audit_verify(
+    region: Annotated[str | None, typer.Option("--region")] = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check every audit chain; exit 1 naming the first bad entry."""
+    site = open_site(config)
+    results = []
+    first_problem = None
+    for chain in site.audit_chains(region):
+        problem = chain.verify()
+        results.append({"chain": chain.chain, "ok": problem is None,
+                        "problem": None if problem is None else str(problem),
+                        "first_bad_seq": None if problem is None else problem.seq})
+        first_problem = first_problem or problem
+    payload = {"ok": first_problem is None, "chains": results}
+    if first_problem is not None:
+        raise Failure(str(first_problem), payload)
+    table = Table(title="Audit chains", title_justify="left")
+    table.add_column("chain")
+    table.add_column("status")
+    for result in results:
+        table.add_row(result["chain"], "intact")
+    emit(as_json, payload, table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

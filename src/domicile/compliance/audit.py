@@ -1,0 +1,152 @@
+"""The audit log (G8): per chain (each region, and the directory), append-only, hash-chained.
+
+Each entry holds the SHA-256 of the entry before it, over a canonical encoding, so an entry
+altered, removed or reordered breaks the chain; `audit_head` keeps the last hash so a cut
+tail is caught too. The database refuses UPDATE and DELETE on entries; the chain catches
+whoever goes around it. Entries say who did what to which object: never content or secrets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, Engine, Table, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+__all__ = ["GENESIS", "AuditEntry", "AuditLog", "AuditProblem", "Detail"]
+
+GENESIS = "0" * 64
+Detail = str | int | bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    chain: str
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    details: Mapping[str, Detail]
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditProblem:
+    chain: str
+    seq: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"audit chain {self.chain!r}: entry {self.seq}: {self.reason}"
+
+
+def entry_hash(prev_hash: str, chain: str, seq: int, at: datetime, actor: str, action: str,
+               target: str, details: str) -> str:
+    canonical = json.dumps(
+        [prev_hash, chain, seq, _iso(at), actor, action, target, details],
+        separators=(",", ":"), ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _iso(at: datetime) -> str:
+    # SQLite hands datetimes back naive; they were written in UTC.
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+class AuditLog:
+    """One chain in one database (`log` and `head` tables from `storage.schema.audit_tables`)."""
+
+    def __init__(self, engine: Engine, chain: str, log: Table, head: Table) -> None:
+        self._engine = engine
+        self.chain = chain
+        self._log = log
+        self._head = head
+
+    def append(self, actor: str, action: str, target: str,
+               details: Mapping[str, Detail] | None = None, *,
+               connection: Connection | None = None) -> AuditEntry:
+        """Append an entry; inside `connection`'s transaction when given (atomic with it)."""
+        if connection is not None:
+            return self._append(connection, actor, action, target, details or {})
+        for _attempt in range(20):
+            try:
+                with self._engine.begin() as conn:
+                    return self._append(conn, actor, action, target, details or {})
+            except IntegrityError:
+                continue  # another writer took this seq; PostgreSQL gives no BEGIN IMMEDIATE
+        raise RuntimeError(f"audit chain {self.chain!r}: could not append under contention")
+
+    def _append(self, conn: Connection, actor: str, action: str, target: str,
+                details: Mapping[str, Detail]) -> AuditEntry:
+        head = conn.execute(
+            select(self._head.c.seq, self._head.c.hash).where(self._head.c.chain == self.chain)
+        ).first()
+        seq, prev = (head.seq + 1, head.hash) if head else (1, GENESIS)
+        at = datetime.now(UTC)
+        encoded = json.dumps(dict(details), sort_keys=True, separators=(",", ":"),
+                             ensure_ascii=False)
+        digest = entry_hash(prev, self.chain, seq, at, actor, action, target, encoded)
+        conn.execute(insert(self._log).values(
+            chain=self.chain, seq=seq, at=at, actor=actor, action=action, target=target,
+            details=encoded, prev_hash=prev, hash=digest,
+        ))
+        if head:
+            moved = conn.execute(
+                update(self._head)
+                .where(self._head.c.chain == self.chain, self._head.c.seq == head.seq)
+                .values(seq=seq, hash=digest)
+            )
+            if moved.rowcount != 1:
+                raise IntegrityError("audit head moved", None, Exception("concurrent append"))
+        else:
+            conn.execute(insert(self._head).values(chain=self.chain, seq=seq, hash=digest))
+        return AuditEntry(self.chain, seq, at, actor, action, target, dict(details), prev, digest)
+
+    def entries(self) -> Iterator[AuditEntry]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(self._log).where(self._log.c.chain == self.chain).order_by(self._log.c.seq)
+            )
+            for row in rows:
+                yield AuditEntry(row.chain, row.seq, row.at, row.actor, row.action, row.target,
+                                 json.loads(row.details), row.prev_hash, row.hash)
+
+    def verify(self) -> AuditProblem | None:
+        """The first broken entry of the chain, or None when it is intact."""
+        expected_seq, prev = 1, GENESIS
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(self._log).where(self._log.c.chain == self.chain).order_by(self._log.c.seq)
+            )
+            for row in rows:
+                if row.seq != expected_seq:
+                    return AuditProblem(self.chain, expected_seq,
+                                        f"missing (the next entry is {row.seq})")
+                if row.prev_hash != prev:
+                    return AuditProblem(self.chain, row.seq,
+                                        "does not follow the entry before it (removed or reordered)")
+                recomputed = entry_hash(prev, row.chain, row.seq, row.at, row.actor, row.action,
+                                        row.target, row.details)
+                if recomputed != row.hash:
+                    return AuditProblem(self.chain, row.seq, "altered (its hash does not match)")
+                prev, expected_seq = row.hash, row.seq + 1
+            head = conn.execute(
+                select(self._head.c.seq, self._head.c.hash).where(self._head.c.chain == self.chain)
+            ).first()
+        last = expected_seq - 1
+        if head is None:
+            return None if last == 0 else AuditProblem(self.chain, last, "chain head is missing")
+        if head.seq != last or head.hash != prev:
+            if head.seq > last:
+                return AuditProblem(self.chain, last + 1, f"missing (the chain ended at {head.seq})")
+            return AuditProblem(self.chain, head.seq, "the chain head does not match the entries")
+        return None

@@ -1,0 +1,166 @@
+"""`domicile serve`: one ASGI app per region, each on its own `listen` address.
+
+The embedded default runs every region in one process (one uvicorn server per region on one
+event loop). With `workers > 1` the parent binds each region's socket and forks that many
+workers which all accept on them; workers keep no state another worker would need (key
+lookups are short-lived caches, usage is flushed to the region's store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from domicile.config import RegionSettings, Settings
+from domicile.errors import ConfigError
+from domicile.site import Site
+
+__all__ = ["TlsFiles", "build_region_app", "serve"]
+
+log = logging.getLogger("domicile.server")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+
+
+def tls_context(tls: TlsFiles) -> ssl.SSLContext:
+    """G6: the server refuses TLS below 1.2."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls.cert, tls.key)
+    return context
+
+
+def build_region_app(site: Site, region: str) -> Any:
+    from domicile.gateway import create_gateway_app
+
+    store = site.store(region)
+    return create_gateway_app(
+        site.settings, region, authenticator=site.directory, usage_sink=store,
+        content_store=store,
+    )
+
+
+def _bind(region: RegionSettings) -> socket.socket:
+    family = socket.AF_INET6 if ":" in region.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((region.host, region.port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"regions.{region.name}.listen",
+                          f"cannot listen on {region.listen}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(settings: Settings, regions: Sequence[str] = (), *, workers: int = 1,
+          tls: TlsFiles | None = None, log_level: str = "warning") -> None:
+    names = list(regions) or list(settings.regions)
+    for name in names:
+        settings.region(name)
+    if tls is not None:
+        tls_context(tls)  # fail at start, with the file named, not in a worker
+    # Schemas are brought up to date before any worker accepts a request.
+    site = Site(settings)
+    site.migrate()
+    site.close()
+    sockets = {name: _bind(settings.regions[name]) for name in names}
+    if workers <= 1:
+        _run_worker(settings, sockets, tls, log_level)
+        return
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            try:
+                _run_worker(settings, sockets, tls, log_level)
+            finally:
+                os._exit(0)
+        children.append(pid)
+
+    def stop(signum: int, _frame: object) -> None:
+        for child in children:
+            try:
+                os.kill(child, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for child in children:
+        try:
+            os.waitpid(child, 0)
+        except ChildProcessError:
+            pass
+
+
+def _run_worker(settings: Settings, sockets: dict[str, socket.socket], tls: TlsFiles | None,
+                log_level: str) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        pass
+    asyncio.run(_serve_regions(settings, sockets, tls, log_level))
+
+
+async def _serve_regions(settings: Settings, sockets: dict[str, socket.socket],
+                         tls: TlsFiles | None, log_level: str) -> None:
+    site = Site(settings)
+    servers = []
+    for name, sock in sockets.items():
+        config = uvicorn.Config(
+            build_region_app(site, name), log_level=log_level, access_log=False,
+            http="httptools", loop="none", lifespan="on", server_header=False,
+            date_header=False, timeout_keep_alive=30,
+            ssl_certfile=str(tls.cert) if tls else None,
+            ssl_keyfile=str(tls.key) if tls else None,
+        )
+        config.load()
+        if config.ssl is not None:
+            config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2  # G6
+        servers.append((_RegionServer(config), sock))
+    print(
+        "serving "
+        + ", ".join(f"{name} on {settings.regions[name].public_url}" for name in sockets),
+        file=sys.stderr, flush=True,
+    )
+    loop = asyncio.get_running_loop()
+
+    def stop_all() -> None:
+        for server, _sock in servers:
+            server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop_all)
+    try:
+        await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in servers))
+    finally:
+        site.close()
+
+
+class _RegionServer(uvicorn.Server):
+    """One of several servers on one loop: signals are handled once, for all of them."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield

@@ -1,0 +1,194 @@
+"""A Domicile site: `domicile init` makes one; `Site` opens one for commands and servers.
+
+`init` writes a config with regions `eu` and `us`, a key-encryption key per region
+(32 random bytes, mode 0600, never overwritten), the directory's secret, and migrated
+stores. A failure on a fresh site removes what it wrote: nothing is half-made.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from domicile.compliance.audit import AuditLog
+from domicile.config import Settings, load_settings
+from domicile.crypto import Envelope, LocalKeyProvider, write_new_kek
+from domicile.errors import ConfigError, InvalidInput
+from domicile.storage.blobs import FileBlobStore
+from domicile.storage.db import make_engine, migrate
+from domicile.storage.regional import RegionalStore, claim_region
+from domicile.tenancy import models as directory_models
+from domicile.tenancy.directory import DIRECTORY_CHAIN, Directory
+from domicile.tenancy.secrets import CredentialHasher, load_site_secret, write_site_secret
+
+__all__ = ["DEFAULT_SITE_DIR", "Site", "init_site", "render_config"]
+
+DEFAULT_SITE_DIR = Path(".domicile")
+CONFIG_NAME = "domicile.toml"
+INIT_REGIONS = (("eu", "European Union"), ("us", "United States"))
+
+
+def render_config(port_base: int) -> str:
+    """The config `init` writes: the embedded default, two regions, no outside services."""
+    lines = [
+        "# Domicile site configuration. Format: docs/CONFIGURATION.md",
+        'data_dir = "."',
+        "",
+        "[directory]",
+        'database_url = "sqlite:///directory.db"',
+        'secret_file = "directory.key"',
+    ]
+    for offset, (name, display) in enumerate(INIT_REGIONS):
+        port = port_base + offset
+        lines += [
+            "",
+            f"[regions.{name}]",
+            f'display_name = "{display}"',
+            f'listen = "127.0.0.1:{port}"',
+            f'public_url = "http://127.0.0.1:{port}"',
+            f'database_url = "sqlite:///{name}/store.db"',
+            f'blob_url = "file://{name}/blobs"',
+            f'key_provider = {{ kind = "local", path = "{name}/kek.key" }}',
+            'default_retention = "zero"',
+            "",
+            f"[[regions.{name}.providers]]",
+            f'name = "{name}-embeddings"',
+            'kind = "local-embeddings"',
+            'models = ["all-minilm-l6-v2"]',
+            "",
+            "# dev-echo is a deterministic stand-in for demos and platform tests, not a model.",
+            f"[[regions.{name}.providers]]",
+            f'name = "{name}-dev"',
+            'kind = "dev-echo"',
+            'models = ["dev-echo"]',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def init_site(directory: Path = DEFAULT_SITE_DIR, *, port_base: int = 8400,
+              force: bool = False) -> Settings:
+    if not 1 <= port_base <= 65534:
+        raise InvalidInput("--port-base must be a port from 1 to 65534", param="port_base")
+    config_path = directory / CONFIG_NAME
+    if config_path.exists() and not force:
+        raise InvalidInput(f"{config_path} already exists; pass --force to rewrite its "
+                           "configuration (existing keys are kept)", param="dir")
+    fresh = not directory.exists()
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write_atomically(config_path, render_config(port_base))
+        settings = load_settings(config_path, check_files=False)
+        for region in settings.regions.values():
+            if not region.key_provider.path.exists():  # never overwrite a key
+                region.key_provider.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                write_new_kek(region.key_provider.path)
+        if not settings.directory.secret_file.exists():
+            write_site_secret(settings.directory.secret_file)
+        site = Site(load_settings(config_path))
+        site.migrate()
+        site.close()
+        return site.settings
+    except BaseException:
+        if fresh:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+class Site:
+    """The directory and the regional stores of one configuration, opened lazily."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._stores: dict[str, RegionalStore] = {}
+        self._engines: list[Engine] = []
+
+    @cached_property
+    def directory_engine(self) -> Engine:
+        engine = make_engine(self.settings.directory.database_url)
+        self._engines.append(engine)
+        return engine
+
+    @cached_property
+    def directory_audit(self) -> AuditLog:
+        return AuditLog(self.directory_engine, DIRECTORY_CHAIN, directory_models.AUDIT_LOG,
+                        directory_models.AUDIT_HEAD)
+
+    @cached_property
+    def directory(self) -> Directory:
+        secret_file = self.settings.directory.secret_file
+        try:
+            secret = load_site_secret(secret_file)
+        except FileNotFoundError:
+            raise ConfigError("directory.secret_file", f"{secret_file} does not exist") from None
+        except ValueError as exc:
+            raise ConfigError("directory.secret_file", str(exc)) from None
+        return Directory(
+            self.directory_engine, CredentialHasher(secret), self.settings.regions,
+            audit_for=self.audit_log,
+            default_retention=lambda region: self.settings.regions[region].default_retention,
+            on_tenant_created=lambda region, tenant: self.store(region).envelope
+            .create_tenant_key(tenant),
+        )
+
+    def audit_log(self, chain: str) -> AuditLog:
+        return self.directory_audit if chain == DIRECTORY_CHAIN else self.store(chain).audit
+
+    def audit_chains(self, region: str | None = None) -> list[AuditLog]:
+        if region is not None:
+            return [self.audit_log(self.settings.region(region).name)]
+        return [self.directory_audit, *(self.store(name).audit for name in self.settings.regions)]
+
+    def store(self, region: str) -> RegionalStore:
+        if region not in self._stores:
+            config = self.settings.region(region)
+            blob_dir = config.blob_path
+            if blob_dir is None:
+                raise ConfigError(f"regions.{region}.blob_url",
+                                  "only file:// blob stores are available in this version")
+            engine = make_engine(config.database_url)
+            self._engines.append(engine)
+            keys = LocalKeyProvider(region, config.key_provider.path)
+            self._stores[region] = RegionalStore(region, engine, FileBlobStore(blob_dir),
+                                                 Envelope(keys))
+        return self._stores[region]
+
+    def migrate(self) -> None:
+        """Apply every migration and stamp each regional store with its region."""
+        migrate(self.directory_engine, "directory")
+        for name in self.settings.regions:
+            store = self.store(name)
+            migrate(store.engine, "region")
+            claim_region(store.engine, name)
+
+    def close(self) -> None:
+        for engine in self._engines:
+            engine.dispose()
+
+
+@contextmanager
+def open_site(settings: Settings) -> Iterator[Site]:
+    site = Site(settings)
+    try:
+        yield site
+    finally:
+        site.close()

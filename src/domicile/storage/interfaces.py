@@ -1,0 +1,90 @@
+"""The storage contracts other packages code against (embedded and scale-out backends alike)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+__all__ = ["BlobStore", "ContentStore", "StoredBlob", "TenantRef", "UsageRecord", "UsageSink"]
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRef:
+    """A project or workspace as a data plane sees it: the tenant id and its home region."""
+
+    id: str
+    region: str  # the tenant's region, or "global" for per-request residency projects
+    org_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """Per-request metadata kept for every project. Never content."""
+
+    at: datetime
+    region: str
+    project_id: str
+    key_id: str
+    endpoint: str
+    model: str
+    provider: str | None
+    status: int
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float = 0.0
+    request_id: str = ""
+
+
+class UsageSink(Protocol):
+    def write_usage(self, records: Sequence[UsageRecord]) -> None:
+        """Persist a batch (blocking; callers run it off the event loop)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBlob:
+    id: str
+    tenant_id: str
+    kind: str
+    filename: str
+    size: int
+    created_at: datetime
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+class BlobStore(Protocol):
+    """Opaque bytes by key; writes are atomic (a reader sees all or nothing)."""
+
+    def put(self, key: str, chunks: Iterable[bytes]) -> int: ...
+    def get(self, key: str) -> Iterator[bytes]: ...
+    def delete(self, key: str) -> bool: ...
+    def exists(self, key: str) -> bool: ...
+    def keys(self, prefix: str = "") -> Iterator[str]: ...
+
+
+class ContentStore(Protocol):
+    """A region's encrypted content: every byte sealed under the tenant's data key (G5).
+
+    Refuses a tenant of another region (CrossRegionWrite). Blocking: call off the event loop.
+    """
+
+    region: str
+
+    def put_record(self, tenant: TenantRef, kind: str, record_id: str, plaintext: bytes) -> None: ...
+    def get_record(self, tenant: TenantRef, kind: str, record_id: str) -> bytes | None: ...
+    def delete_record(self, tenant: TenantRef, kind: str, record_id: str) -> bool: ...
+    def list_records(self, tenant: TenantRef, kind: str) -> list[str]: ...
+    def put_blob(
+        self, tenant: TenantRef, kind: str, blob_id: str, filename: str,
+        chunks: Iterable[bytes], meta: dict[str, str] | None = None,
+    ) -> StoredBlob: ...
+    def get_blob(self, tenant: TenantRef, kind: str, blob_id: str) -> StoredBlob | None: ...
+    def open_blob(self, tenant: TenantRef, kind: str, blob_id: str) -> Iterator[bytes]: ...
+    def delete_blob(self, tenant: TenantRef, kind: str, blob_id: str) -> bool: ...
+    def list_blobs(self, tenant: TenantRef, kind: str) -> list[StoredBlob]: ...
+
+
+class AsyncChunks(Protocol):
+    def __aiter__(self) -> AsyncIterator[bytes]: ...

@@ -1,0 +1,60 @@
+"""DDL shared by both schemas' first migrations: the audit chain, append-only in the database."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+
+def create_audit_tables() -> None:
+    op.create_table(
+        "audit_log",
+        sa.Column("chain", sa.String(32), primary_key=True),
+        sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("actor", sa.String(200), nullable=False),
+        sa.Column("action", sa.String(100), nullable=False),
+        sa.Column("target", sa.String(200), nullable=False),
+        sa.Column("details", sa.Text, nullable=False),
+        sa.Column("prev_hash", sa.String(64), nullable=False),
+        sa.Column("hash", sa.String(64), nullable=False),
+    )
+    op.create_table(
+        "audit_head",
+        sa.Column("chain", sa.String(32), primary_key=True),
+        sa.Column("seq", sa.Integer, nullable=False),
+        sa.Column("hash", sa.String(64), nullable=False),
+    )
+    # Append-only: the database refuses to change or delete an entry. The hash chain still
+    # catches whoever goes around the database (a file edit, a dropped trigger).
+    refuse_changes("audit_log", "UPDATE", "audit log entries are append-only")
+    refuse_changes("audit_log", "DELETE", "audit log entries are append-only")
+
+
+def refuse_changes(
+    table: str, operation: str, message: str, *, columns: tuple[str, ...] = (), name: str = ""
+) -> None:
+    """A trigger that aborts `operation` on `table`; with `columns`, only when one of them changes."""
+    name = name or f"{table}_refuse_{operation.lower()}"
+    dialect = op.get_bind().dialect.name
+    if dialect == "sqlite":
+        changed = " OR ".join(f"NEW.{c} IS NOT OLD.{c}" for c in columns)
+        condition = f" WHEN {changed}" if columns else ""
+        op.execute(
+            f"CREATE TRIGGER {name} BEFORE {operation} ON {table} FOR EACH ROW{condition} "
+            f"BEGIN SELECT RAISE(ABORT, '{message}'); END"
+        )
+    elif dialect == "postgresql":
+        changed = " OR ".join(f"NEW.{c} IS DISTINCT FROM OLD.{c}" for c in columns)
+        raise_ = f"RAISE EXCEPTION '{message}';"
+        body = f"IF {changed} THEN {raise_} END IF;" if columns else raise_
+        op.execute(
+            f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {body} "
+            "IF TG_OP = 'DELETE' THEN RETURN OLD; END IF; RETURN NEW; END $$"
+        )
+        op.execute(
+            f"CREATE TRIGGER {name} BEFORE {operation} ON {table} "
+            f"FOR EACH ROW EXECUTE FUNCTION {name}()"
+        )
+    else:
+        raise RuntimeError(f"unsupported database dialect {dialect}")

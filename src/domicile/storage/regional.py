@@ -1,0 +1,205 @@
+"""A region's content store: every content byte sealed under the tenant's data key (G5).
+
+Rows and blobs record their region; this store refuses a tenant of another region (and the
+database refuses a row of another region, see the migration's triggers). Ciphertexts are
+bound to (region, tenant, kind, record id): moved to another row they will not open.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from domicile.compliance.audit import AuditLog
+from domicile.crypto import Context, Envelope
+from domicile.errors import CrossRegionWrite, StorageError
+from domicile.storage.interfaces import BlobStore, StoredBlob, TenantRef, UsageRecord
+from domicile.storage.models import (
+    AUDIT_HEAD,
+    AUDIT_LOG,
+    BlobRow,
+    RecordRow,
+    StoreIdentity,
+    UsageRow,
+)
+from domicile.tenancy.grants import GLOBAL_REGION
+
+__all__ = ["RegionalStore", "claim_region"]
+
+BLOB_META_KIND = "blob-meta"
+
+
+def claim_region(engine: Engine, region: str) -> None:
+    """Stamp a fresh store with its region, or check that an existing one is this region's."""
+    with Session(engine) as session, session.begin():
+        owner = session.scalar(select(StoreIdentity.region))
+        if owner is None:
+            session.add(StoreIdentity(region=region, created_at=datetime.now(UTC)))
+        elif owner != region:
+            raise StorageError(
+                f"the database configured for region {region!r} belongs to region {owner!r}"
+            )
+
+
+class RegionalStore:
+    def __init__(self, region: str, engine: Engine, blobs: BlobStore, envelope: Envelope) -> None:
+        self.region = region
+        self.engine = engine
+        self.blobs = blobs
+        self.envelope = envelope
+        self.audit = AuditLog(engine, region, AUDIT_LOG, AUDIT_HEAD)
+        self._keyed_tenants: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"RegionalStore(region={self.region!r})"
+
+    # -- residency --------------------------------------------------------------------------
+
+    def _context(self, tenant: TenantRef, kind: str, record_id: str) -> Context:
+        if tenant.region not in (self.region, GLOBAL_REGION):
+            raise CrossRegionWrite(
+                f"the store of region {self.region} refuses a tenant of region {tenant.region}"
+            )
+        if tenant.id not in self._keyed_tenants:
+            self.envelope.create_tenant_key(tenant.id)  # idempotent; lazily for global tenants
+            self._keyed_tenants.add(tenant.id)
+        return Context(self.region, tenant.id, kind, record_id)
+
+    def forget_tenant_key_cache(self, tenant_id: str) -> None:
+        self._keyed_tenants.discard(tenant_id)
+
+    # -- records ----------------------------------------------------------------------------
+
+    def put_record(self, tenant: TenantRef, kind: str, record_id: str, plaintext: bytes) -> None:
+        body = self.envelope.seal(plaintext, self._context(tenant, kind, record_id))
+        now = datetime.now(UTC)
+        values = {"tenant_id": tenant.id, "kind": kind, "record_id": record_id,
+                  "region": self.region, "created_at": now, "updated_at": now, "body": body}
+        with self.engine.begin() as conn:
+            conn.execute(self._upsert(RecordRow, values, ("body", "updated_at")))
+
+    def _upsert(self, model: type[RecordRow] | type[BlobRow], values: dict[str, object],
+                changed: Sequence[str]) -> Any:
+        """INSERT … ON CONFLICT DO UPDATE, in the dialect of this store (SQLite or PostgreSQL)."""
+        dialect_insert = sqlite.insert if self.engine.dialect.name == "sqlite" else postgresql.insert
+        statement = dialect_insert(model).values(**values)
+        keys = [column.name for column in model.__table__.primary_key.columns]
+        return statement.on_conflict_do_update(
+            index_elements=keys, set_={name: statement.excluded[name] for name in changed})
+
+    def get_record(self, tenant: TenantRef, kind: str, record_id: str) -> bytes | None:
+        context = self._context(tenant, kind, record_id)
+        with self.engine.connect() as conn:
+            body = conn.scalar(select(RecordRow.body).where(
+                RecordRow.tenant_id == tenant.id, RecordRow.kind == kind,
+                RecordRow.record_id == record_id))
+        return None if body is None else self.envelope.open(body, context)
+
+    def delete_record(self, tenant: TenantRef, kind: str, record_id: str) -> bool:
+        self._context(tenant, kind, record_id)
+        with self.engine.begin() as conn:
+            result = conn.execute(delete(RecordRow).where(
+                RecordRow.tenant_id == tenant.id, RecordRow.kind == kind,
+                RecordRow.record_id == record_id))
+        return bool(result.rowcount)
+
+    def list_records(self, tenant: TenantRef, kind: str) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.scalars(
+                select(RecordRow.record_id)
+                .where(RecordRow.tenant_id == tenant.id, RecordRow.kind == kind)
+                .order_by(RecordRow.created_at)))
+
+    # -- blobs ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _blob_key(tenant_id: str, kind: str, blob_id: str) -> str:
+        return f"{tenant_id}/{kind}/{blob_id}"
+
+    def put_blob(self, tenant: TenantRef, kind: str, blob_id: str, filename: str,
+                 chunks: Iterable[bytes], meta: dict[str, str] | None = None) -> StoredBlob:
+        context = self._context(tenant, kind, blob_id)
+        size = 0
+
+        def counted() -> Iterator[bytes]:
+            nonlocal size
+            for chunk in chunks:
+                size += len(chunk)
+                yield chunk
+
+        key = self._blob_key(tenant.id, kind, blob_id)
+        self.blobs.put(key, self.envelope.seal_stream(counted(), context))
+        now = datetime.now(UTC)
+        info = {"filename": filename, **(meta or {})}
+        sealed_meta = self.envelope.seal(
+            json.dumps(info).encode(), self._context(tenant, f"{kind}:{BLOB_META_KIND}", blob_id))
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(self._upsert(BlobRow, {
+                    "tenant_id": tenant.id, "kind": kind, "blob_id": blob_id,
+                    "region": self.region, "size": size, "created_at": now, "meta": sealed_meta,
+                }, ("size", "meta")))
+        except BaseException:
+            self.blobs.delete(key)  # no blob without its row
+            raise
+        return StoredBlob(blob_id, tenant.id, kind, filename, size, now, dict(meta or {}))
+
+    def get_blob(self, tenant: TenantRef, kind: str, blob_id: str) -> StoredBlob | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(BlobRow).where(
+                BlobRow.tenant_id == tenant.id, BlobRow.kind == kind,
+                BlobRow.blob_id == blob_id)).first()
+        return None if row is None else self._stored_blob(tenant, row)
+
+    def _stored_blob(self, tenant: TenantRef, row: object) -> StoredBlob:
+        kind, blob_id = row.kind, row.blob_id  # type: ignore[attr-defined]
+        info = json.loads(self.envelope.open(
+            row.meta, self._context(tenant, f"{kind}:{BLOB_META_KIND}", blob_id)))  # type: ignore[attr-defined]
+        filename = info.pop("filename")
+        return StoredBlob(blob_id, tenant.id, kind, filename, row.size,  # type: ignore[attr-defined]
+                          row.created_at, info)  # type: ignore[attr-defined]
+
+    def open_blob(self, tenant: TenantRef, kind: str, blob_id: str) -> Iterator[bytes]:
+        context = self._context(tenant, kind, blob_id)
+        return self.envelope.open_stream(
+            self.blobs.get(self._blob_key(tenant.id, kind, blob_id)), context)
+
+    def delete_blob(self, tenant: TenantRef, kind: str, blob_id: str) -> bool:
+        self._context(tenant, kind, blob_id)
+        with self.engine.begin() as conn:
+            result = conn.execute(delete(BlobRow).where(
+                BlobRow.tenant_id == tenant.id, BlobRow.kind == kind, BlobRow.blob_id == blob_id))
+        self.blobs.delete(self._blob_key(tenant.id, kind, blob_id))
+        return bool(result.rowcount)
+
+    def list_blobs(self, tenant: TenantRef, kind: str) -> list[StoredBlob]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(BlobRow).where(
+                BlobRow.tenant_id == tenant.id, BlobRow.kind == kind)
+                .order_by(BlobRow.created_at)).all()
+        return [self._stored_blob(tenant, row) for row in rows]
+
+    # -- usage metadata (never content) -----------------------------------------------------
+
+    def write_usage(self, records: Sequence[UsageRecord]) -> None:
+        if not records:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(insert(UsageRow), [{
+                "at": r.at, "region": r.region, "project_id": r.project_id, "key_id": r.key_id,
+                "endpoint": r.endpoint, "model": r.model, "provider": r.provider,
+                "status": r.status, "prompt_tokens": r.prompt_tokens,
+                "completion_tokens": r.completion_tokens, "latency_ms": r.latency_ms,
+                "request_id": r.request_id,
+            } for r in records])
+
+    def usage(self, project_id: str) -> list[UsageRow]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(session.scalars(
+                select(UsageRow).where(UsageRow.project_id == project_id).order_by(UsageRow.at)))

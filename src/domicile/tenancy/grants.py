@@ -1,0 +1,46 @@
+"""What the directory tells a data plane about a presented credential.
+
+The gateway's only question to the control plane is "whose key is this?"; the answer is an
+`ApiKeyGrant`: ids, region, retention and limits. It holds no secret and no content.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+__all__ = ["GLOBAL_REGION", "ApiKeyGrant", "KeyAuthenticator", "Retention", "key_region"]
+
+Retention = Literal["zero", "regional"]
+GLOBAL_REGION = "global"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyGrant:
+    key_id: str
+    project_id: str
+    org_id: str
+    region: str  # a configured region, or "global" (per-request residency)
+    retention: Retention
+    per_request_residency: bool
+    rpm_limit: int | None  # requests per minute per key; None = unlimited
+    tpm_limit: int | None  # tokens per minute per key; None = unlimited
+
+    def may_use_region(self, region: str) -> bool:
+        """G1/G2: a pinned project is processed only in its own region."""
+        return self.region == region or (self.region == GLOBAL_REGION and self.per_request_residency)
+
+
+class KeyAuthenticator(Protocol):
+    def authenticate_api_key(self, secret: str) -> ApiKeyGrant | None:
+        """The grant of a live key; None when the key is unknown or revoked."""
+        ...
+
+
+def key_region(secret: str, prefix: str = "dk") -> str | None:
+    """The region a credential names in its prefix (`dk-eu-…` → "eu"), without any lookup."""
+    head, sep, rest = secret.partition("-")
+    if head != prefix or not sep:
+        return None
+    region, sep, _ = rest.partition("-")
+    return region if sep and region else None

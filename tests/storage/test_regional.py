@@ -1,0 +1,112 @@
+"""The regional store: G5 (sealed at rest, bound to its row) and region-own rows only."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text, update
+from sqlalchemy.exc import DBAPIError
+
+from domicile.crypto import DecryptionError
+from domicile.errors import CrossRegionWrite, StorageError
+from domicile.site import Site
+from domicile.storage.interfaces import TenantRef
+from domicile.storage.models import RecordRow
+from domicile.storage.regional import claim_region
+from tests.conftest import scan_for_canary
+
+
+@pytest.fixture
+def eu_tenant(site: Site) -> TenantRef:
+    org = site.directory.create_org("Acme")
+    project = site.directory.create_project(org.id, "app", "eu", retention="regional")
+    return TenantRef(project.id, "eu", org.id)
+
+
+def test_record_round_trip(site: Site, eu_tenant: TenantRef) -> None:
+    store = site.store("eu")
+    store.put_record(eu_tenant, "response", "resp_1", b"hello")
+    assert store.get_record(eu_tenant, "response", "resp_1") == b"hello"
+    store.put_record(eu_tenant, "response", "resp_1", b"again")
+    assert store.get_record(eu_tenant, "response", "resp_1") == b"again"
+    assert store.list_records(eu_tenant, "response") == ["resp_1"]
+    assert store.delete_record(eu_tenant, "response", "resp_1")
+    assert store.get_record(eu_tenant, "response", "resp_1") is None
+
+
+@pytest.mark.parametrize("size", [0, 1, 65536, 200_001])
+def test_blob_round_trip(site: Site, eu_tenant: TenantRef, size: int) -> None:
+    store = site.store("eu")
+    data = os.urandom(size)
+    chunks = [data[i:i + 7000] for i in range(0, len(data), 7000)]
+    stored = store.put_blob(eu_tenant, "file", "file_1", "notes.txt", chunks, {"purpose": "x"})
+    assert stored.size == size
+    assert b"".join(store.open_blob(eu_tenant, "file", "file_1")) == data
+    info = store.get_blob(eu_tenant, "file", "file_1")
+    assert info is not None and info.filename == "notes.txt" and info.meta == {"purpose": "x"}
+    assert [b.id for b in store.list_blobs(eu_tenant, "file")] == ["file_1"]
+    assert store.delete_blob(eu_tenant, "file", "file_1")
+    assert store.get_blob(eu_tenant, "file", "file_1") is None
+
+
+def test_store_refuses_a_tenant_of_another_region(site: Site, eu_tenant: TenantRef) -> None:
+    with pytest.raises(CrossRegionWrite):
+        site.store("us").put_record(eu_tenant, "response", "r", b"x")
+    with pytest.raises(CrossRegionWrite):
+        site.store("us").put_blob(eu_tenant, "file", "f", "f.txt", [b"x"])
+    with site.store("us").engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM records")).scalar() == 0
+
+
+def test_database_refuses_a_row_of_another_region(site: Site) -> None:
+    with pytest.raises(DBAPIError, match="another region"):
+        with site.store("us").engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO records (tenant_id, kind, record_id, region, created_at, updated_at,"
+                " body) VALUES ('t', 'k', 'r', 'eu', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, :b)"),
+                {"b": b"x"})
+
+
+def test_a_store_of_another_region_is_refused_at_open(site: Site) -> None:
+    with pytest.raises(StorageError, match="belongs to region 'eu'"):
+        claim_region(site.store("eu").engine, "us")
+
+
+def test_ciphertext_moved_to_another_record_does_not_open(site: Site,
+                                                          eu_tenant: TenantRef) -> None:
+    store = site.store("eu")
+    store.put_record(eu_tenant, "response", "a", b"secret a")
+    store.put_record(eu_tenant, "response", "b", b"secret b")
+    with store.engine.begin() as conn:
+        body_a = conn.execute(text("SELECT body FROM records WHERE record_id = 'a'")).scalar()
+        conn.execute(update(RecordRow).where(RecordRow.record_id == "b").values(body=body_a))
+    with pytest.raises(DecryptionError):
+        store.get_record(eu_tenant, "response", "b")
+
+
+def test_no_plaintext_of_a_canary_reaches_the_data_folder(site: Site,
+                                                          eu_tenant: TenantRef) -> None:
+    canary = f"CANARY-{secrets.token_hex(12)}"
+    store = site.store("eu")
+    store.put_record(eu_tenant, "response", "r1", f"the answer is {canary}".encode())
+    store.put_blob(eu_tenant, "file", "f1", f"{canary}.txt", [canary.encode() * 5000],
+                   {"purpose": canary})
+    store.put_record(eu_tenant, "response", "r2", canary.encode())
+    store.delete_record(eu_tenant, "response", "r2")
+    data_dir = Path(site.settings.data_dir)
+    assert scan_for_canary([data_dir], canary) == []
+    # the scanner itself finds a planted plaintext copy: the test can fail
+    (data_dir / "planted").write_text(canary)
+    assert scan_for_canary([data_dir], canary)
+
+
+def test_destroyed_tenant_key_makes_content_unreadable(site: Site, eu_tenant: TenantRef) -> None:
+    store = site.store("eu")
+    store.put_record(eu_tenant, "response", "r", b"to be shredded")
+    receipt = store.envelope.destroy_tenant_key(eu_tenant.id)
+    assert receipt.keys_destroyed >= 1
+    with pytest.raises(DecryptionError):
+        store.get_record(eu_tenant, "response", "r")

@@ -1,0 +1,129 @@
+"""Configuration: a wrong config is refused at start with a message naming the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from domicile.config import load_settings, parse_settings
+from domicile.errors import ConfigError
+from domicile.site import render_config
+
+
+def write_site(tmp_path: Path, body: str) -> Path:
+    for region in ("eu", "us"):
+        (tmp_path / region).mkdir(exist_ok=True)
+        (tmp_path / region / "kek.key").write_bytes(b"k" * 32)
+    config = tmp_path / "domicile.toml"
+    config.write_text(body)
+    return config
+
+
+@pytest.fixture
+def good_config(tmp_path: Path) -> Path:
+    return write_site(tmp_path, render_config(8400))
+
+
+def refused(tmp_path: Path, body: str) -> ConfigError:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write_site(tmp_path, body))
+    return caught.value
+
+
+def test_init_config_loads_with_paths_resolved_against_data_dir(good_config: Path) -> None:
+    settings = load_settings(good_config)
+    eu = settings.regions["eu"]
+    assert eu.port == 8400 and settings.regions["us"].port == 8401
+    assert eu.database_url == f"sqlite:///{good_config.parent.resolve()}/eu/store.db"
+    assert eu.key_provider.path == good_config.parent.resolve() / "eu" / "kek.key"
+    assert [p.kind for p in eu.providers] == ["local-embeddings", "dev-echo"]
+    assert settings.regions["eu"].providers[1].effective_capabilities >= {"chat", "images"}
+
+
+def test_settings_are_frozen(good_config: Path) -> None:
+    settings = load_settings(good_config)
+    with pytest.raises(Exception):
+        settings.regions["eu"].listen = "127.0.0.1:1"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("edit", "field"), [
+    (lambda s: "colour = 'blue'\n" + s, "colour"),
+    (lambda s: s.replace('default_retention = "zero"', 'default_retention = "zero"\nflavour = 1', 1),
+     "regions.eu.flavour"),
+    (lambda s: s.replace('listen = "127.0.0.1:8401"', 'listen = "127.0.0.1:8400"'),
+     "regions.us.listen"),
+    (lambda s: s.replace('database_url = "sqlite:///eu/store.db"', 'database_url = "mysql://x/y"'),
+     "regions.eu.database_url"),
+    (lambda s: s.replace('path = "eu/kek.key"', 'path = "eu/missing.key"'),
+     "regions.eu.key_provider.path"),
+    (lambda s: s.replace('default_retention = "zero"', 'default_retention = "forever"', 1),
+     "regions.eu.default_retention"),
+    (lambda s: s.replace('database_url = "sqlite:///us/store.db"',
+                         'database_url = "sqlite:///eu/store.db"'), "regions.us.database_url"),
+    (lambda s: s.replace('kind = "dev-echo"', 'kind = "magic"', 1), "regions.eu.providers[1].kind"),
+    (lambda s: s.replace("[regions.us]", "[regions.GLOBAL]"), "regions.GLOBAL"),
+])
+def test_bad_config_is_refused_naming_the_field(tmp_path: Path, edit: Any, field: str) -> None:
+    error = refused(tmp_path, edit(render_config(8400)))
+    assert error.field == field
+    assert str(error).startswith(field)
+    assert error.exit_code == 2
+
+
+def provider_block(**fields: str) -> str:
+    body = "\n".join(f"{k} = {v}" for k, v in fields.items())
+    return render_config(8400).replace("[regions.us]", f"[[regions.eu.providers]]\n{body}\n\n[regions.us]")
+
+
+def test_plain_http_to_a_remote_provider_is_refused(tmp_path: Path) -> None:
+    error = refused(tmp_path, provider_block(
+        name='"eu-remote"', kind='"openai-compatible"', base_url='"http://llm.example.com/v1"',
+        models='["m"]'))
+    assert error.field == "regions.eu.providers[2].base_url"
+    assert "insecure_http" in str(error)
+
+
+def test_plain_http_is_allowed_to_loopback_or_when_marked_insecure(tmp_path: Path) -> None:
+    load_settings(write_site(tmp_path, provider_block(
+        name='"eu-local"', kind='"openai-compatible"', base_url='"http://127.0.0.1:9/v1"',
+        models='["m"]')))
+    settings = load_settings(write_site(tmp_path, provider_block(
+        name='"eu-lan"', kind='"openai-compatible"', base_url='"http://10.1.2.3/v1"',
+        insecure_http="true", models='["m"]')))
+    assert settings.regions["eu"].providers[2].insecure_http
+
+
+def test_a_provider_outside_any_region_is_refused(tmp_path: Path) -> None:
+    body = render_config(8400) + '\n[[providers]]\nname = "x"\nkind = "dev-echo"\nmodels = ["m"]\n'
+    assert refused(tmp_path, body).field == "providers"
+
+
+def test_openai_compatible_provider_needs_a_base_url(tmp_path: Path) -> None:
+    error = refused(tmp_path, provider_block(name='"x"', kind='"openai-compatible"', models='["m"]'))
+    assert error.field == "regions.eu.providers[2].base_url"
+
+
+def test_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no configuration"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_api_key_is_read_from_the_named_env_var_and_hidden(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EU_TEST_KEY", "sk-very-secret")
+    raw: dict[str, Any] = {
+        "directory": {"database_url": "sqlite:///d.db"},
+        "regions": {"eu": {
+            "display_name": "EU", "listen": "127.0.0.1:1", "public_url": "http://127.0.0.1:1",
+            "database_url": "sqlite:///eu.db", "blob_url": "file://b",
+            "key_provider": {"kind": "local", "path": "k"},
+            "providers": [{"name": "p", "kind": "openai-compatible", "models": ["m"],
+                           "base_url": "https://x.example/v1", "api_key_env": "EU_TEST_KEY"}],
+        }},
+    }
+    settings = parse_settings(raw, config_path=tmp_path / "d.toml", check_files=False)
+    key = settings.regions["eu"].providers[0].api_key()
+    assert key is not None and key.get_secret_value() == "sk-very-secret"
+    assert "sk-very-secret" not in repr(settings) and "sk-very-secret" not in repr(key)
