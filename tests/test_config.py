@@ -50,7 +50,8 @@ def test_settings_are_frozen(good_config: Path) -> None:
 
 @pytest.mark.parametrize(("edit", "field"), [
     (lambda s: "colour = 'blue'\n" + s, "colour"),
-    (lambda s: s.replace('default_retention = "zero"', 'default_retention = "zero"\nflavour = 1', 1),
+    (lambda s: s.replace('default_retention = "zero"', 'default_retention = "zero"\nflavour = 1',
+                         1),
      "regions.eu.flavour"),
     (lambda s: s.replace('listen = "127.0.0.1:8401"', 'listen = "127.0.0.1:8400"'),
      "regions.us.listen"),
@@ -74,7 +75,8 @@ def test_bad_config_is_refused_naming_the_field(tmp_path: Path, edit: Any, field
 
 def provider_block(**fields: str) -> str:
     body = "\n".join(f"{k} = {v}" for k, v in fields.items())
-    return render_config(8400).replace("[regions.us]", f"[[regions.eu.providers]]\n{body}\n\n[regions.us]")
+    block = f"[[regions.eu.providers]]\n{body}\n\n[regions.us]"
+    return render_config(8400).replace("[regions.us]", block)
 
 
 def test_plain_http_to_a_remote_provider_is_refused(tmp_path: Path) -> None:
@@ -101,7 +103,8 @@ def test_a_provider_outside_any_region_is_refused(tmp_path: Path) -> None:
 
 
 def test_openai_compatible_provider_needs_a_base_url(tmp_path: Path) -> None:
-    error = refused(tmp_path, provider_block(name='"x"', kind='"openai-compatible"', models='["m"]'))
+    block = provider_block(name='"x"', kind='"openai-compatible"', models='["m"]')
+    error = refused(tmp_path, block)
     assert error.field == "regions.eu.providers[2].base_url"
 
 

@@ -160,7 +160,7 @@ def is_loopback_host(host: str | None) -> bool:
 
 
 def find_config(explicit: str | os.PathLike[str] | None) -> Path:
-    """`--config`, else `$DOMICILE_CONFIG`, else `./domicile.toml`, else `./.domicile/domicile.toml`."""
+    """`--config`, else `$DOMICILE_CONFIG`, else `domicile.toml`, else `.domicile/domicile.toml`."""
     if explicit:
         return Path(explicit)
     from_env = os.environ.get(CONFIG_ENV)
@@ -201,7 +201,8 @@ def parse_settings(
     directory = _validate(DirectorySettings, dict(directory_raw), "directory")
     directory = directory.model_copy(
         update={
-            "database_url": _database_url(directory.database_url, data_dir, "directory.database_url"),
+            "database_url": _database_url(directory.database_url, data_dir,
+                                          "directory.database_url"),
             "secret_file": data_dir / directory.secret_file,
         }
     )
@@ -220,15 +221,16 @@ def parse_settings(
         port_key = (region.host, region.port)
         # Same port on any host collides with a wildcard bind; be strict.
         for (host, port), other in ports.items():
-            if port == region.port and (host == region.host or "0.0.0.0" in (host, region.host)):
+            wildcard = "0.0.0.0" in (host, region.host)  # noqa: S104 - comparing, not binding
+            if port == region.port and (host == region.host or wildcard):
                 raise ConfigError(f"{prefix}.listen",
                                   f"port {port} is already used by regions.{other}.listen")
         ports[port_key] = name
         # Two regions (or a region and the directory) in one database would mix residencies.
-        for other in regions.values():
-            if other.database_url == region.database_url:
+        for sibling in regions.values():
+            if sibling.database_url == region.database_url:
                 raise ConfigError(f"{prefix}.database_url",
-                                  f"regions.{other.name} uses the same database")
+                                  f"regions.{sibling.name} uses the same database")
         if region.database_url == directory.database_url:
             raise ConfigError(f"{prefix}.database_url", "the directory uses the same database")
         regions[name] = region

@@ -98,18 +98,14 @@ def serve(settings: Settings, regions: Sequence[str] = (), *, workers: int = 1,
 
     def stop(signum: int, _frame: object) -> None:
         for child in children:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     for child in children:
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(child, 0)
-        except ChildProcessError:
-            pass
 
 
 def _run_worker(settings: Settings, sockets: dict[str, socket.socket], tls: TlsFiles | None,

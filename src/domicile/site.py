@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 
 from domicile.compliance.audit import AuditLog
 from domicile.config import Settings, load_settings
-from domicile.crypto import Envelope, LocalKeyProvider, write_new_kek
+from domicile.crypto import LocalKeyProvider, write_new_kek
 from domicile.errors import ConfigError, InvalidInput
 from domicile.storage.blobs import FileBlobStore
 from domicile.storage.db import make_engine, migrate
@@ -146,9 +146,11 @@ class Site:
             self.directory_engine, CredentialHasher(secret), self.settings.regions,
             audit_for=self.audit_log,
             default_retention=lambda region: self.settings.regions[region].default_retention,
-            on_tenant_created=lambda region, tenant: self.store(region).envelope
-            .create_tenant_key(tenant),
+            on_tenant_created=self._create_tenant_key,
         )
+
+    def _create_tenant_key(self, region: str, tenant: str) -> None:
+        self.store(region).envelope.create_tenant_key(tenant)
 
     def audit_log(self, chain: str) -> AuditLog:
         return self.directory_audit if chain == DIRECTORY_CHAIN else self.store(chain).audit
@@ -168,8 +170,7 @@ class Site:
             engine = make_engine(config.database_url)
             self._engines.append(engine)
             keys = LocalKeyProvider(region, config.key_provider.path)
-            self._stores[region] = RegionalStore(region, engine, FileBlobStore(blob_dir),
-                                                 Envelope(keys))
+            self._stores[region] = RegionalStore(region, engine, FileBlobStore(blob_dir), keys)
         return self._stores[region]
 
     def migrate(self) -> None:

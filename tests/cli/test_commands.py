@@ -138,3 +138,27 @@ def test_audit_verify_exits_1_naming_the_bad_entry(cli: Cli, site_config: str) -
 def test_missing_config_is_exit_2_naming_it(cli: Cli) -> None:
     result = cli("org", "create", "--name", "x", "--config", "nowhere.toml")
     assert result.code == 2 and "nowhere.toml" in result.stderr
+
+
+def test_kek_rotation_keeps_content_readable(cli: Cli, site_config: str) -> None:
+    from domicile.config import load_settings
+    from domicile.site import Site
+    from domicile.storage.interfaces import TenantRef
+
+    org = cli("org", "create", "--name", "Acme", "--config", site_config, "--json").json
+    project = cli("project", "create", "--org", org["id"], "--name", "p", "--region", "eu",
+                  "--retention", "regional", "--config", site_config, "--json").json
+    site = Site(load_settings(site_config))
+    tenant = TenantRef(project["id"], "eu", org["id"])
+    site.store("eu").put_record(tenant, "note", "n1", b"kept across rotation")
+    site.close()
+    kek = Path(site_config).parent / "eu" / "kek.key"
+    before = kek.read_bytes()
+    rotated = cli("kek", "rotate", "--region", "eu", "--config", site_config, "--json")
+    assert rotated.code == 0, rotated.stderr
+    assert rotated.json["rotated"]["eu"] >= 1
+    assert kek.read_bytes() != before
+    site = Site(load_settings(site_config))
+    assert site.store("eu").get_record(tenant, "note", "n1") == b"kept across rotation"
+    assert [e.action for e in site.store("eu").audit.entries()][-1] == "kek.rotate"
+    site.close()

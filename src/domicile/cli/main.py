@@ -37,9 +37,10 @@ workspace_app = typer.Typer(no_args_is_help=True, help="Chat workspaces, pinned 
 user_app = typer.Typer(no_args_is_help=True, help="Workspace members.")
 token_app = typer.Typer(no_args_is_help=True, help="Workspace API tokens.")
 audit_app = typer.Typer(no_args_is_help=True, help="The hash-chained audit log.")
+kek_app = typer.Typer(no_args_is_help=True, help="The regions' key-encryption keys.")
 for sub, name in ((org_app, "org"), (project_app, "project"), (key_app, "key"),
                   (workspace_app, "workspace"), (user_app, "user"), (token_app, "token"),
-                  (audit_app, "audit")):
+                  (audit_app, "audit"), (kek_app, "kek")):
     app.add_typer(sub, name=name)
 
 ConfigOption = Annotated[Path | None, typer.Option(
@@ -365,7 +366,7 @@ def usage_command(
     regions = list(site.settings.regions) if found.region == "global" else [found.region]
     rows = [row for region in regions for row in site.store(region).usage(project)]
     rows.sort(key=lambda row: row.at)
-    records = [{
+    records: list[dict[str, Any]] = [{
         "at": row.at, "region": row.region, "key_id": row.key_id, "endpoint": row.endpoint,
         "model": row.model, "provider": row.provider, "status": row.status,
         "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens,
@@ -396,7 +397,7 @@ def audit_verify(
 ) -> None:
     """Check every audit chain; exit 1 naming the first bad entry."""
     site = open_site(config)
-    results = []
+    results: list[dict[str, Any]] = []
     first_problem = None
     for chain in site.audit_chains(region):
         problem = chain.verify()
@@ -413,6 +414,26 @@ def audit_verify(
     for result in results:
         table.add_row(result["chain"], "intact")
     emit(as_json, payload, table)
+
+
+@kek_app.command("rotate")
+@command
+def kek_rotate(
+    region: Annotated[list[str] | None, typer.Option("--region", help="Default: every region.")]
+    = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Rotate a region's key-encryption key: data keys are re-wrapped, content is untouched."""
+    site = open_site(config)
+    names = region or list(site.settings.regions)
+    rotated = {name: site.store(site.settings.region(name).name).rotate_kek() for name in names}
+    table = Table(title="Key-encryption keys rotated", title_justify="left")
+    table.add_column("region")
+    table.add_column("data keys re-wrapped")
+    for name, count in rotated.items():
+        table.add_row(name, str(count))
+    emit(as_json, {"rotated": rotated}, table)
 
 
 def main() -> None:

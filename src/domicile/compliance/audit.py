@@ -133,7 +133,8 @@ class AuditLog:
                                         f"missing (the next entry is {row.seq})")
                 if row.prev_hash != prev:
                     return AuditProblem(self.chain, row.seq,
-                                        "does not follow the entry before it (removed or reordered)")
+                                        "does not follow the entry before it "
+                                        "(removed or reordered)")
                 recomputed = entry_hash(prev, row.chain, row.seq, row.at, row.actor, row.action,
                                         row.target, row.details)
                 if recomputed != row.hash:
@@ -147,6 +148,7 @@ class AuditLog:
             return None if last == 0 else AuditProblem(self.chain, last, "chain head is missing")
         if head.seq != last or head.hash != prev:
             if head.seq > last:
-                return AuditProblem(self.chain, last + 1, f"missing (the chain ended at {head.seq})")
+                return AuditProblem(self.chain, last + 1,
+                                    f"missing (the chain ended at {head.seq})")
             return AuditProblem(self.chain, head.seq, "the chain head does not match the entries")
         return None

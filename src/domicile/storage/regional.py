@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from domicile.compliance.audit import AuditLog
-from domicile.crypto import Context, Envelope
+from domicile.crypto import Context, Envelope, KeyProvider
 from domicile.errors import CrossRegionWrite, StorageError
 from domicile.storage.interfaces import BlobStore, StoredBlob, TenantRef, UsageRecord
 from domicile.storage.models import (
@@ -48,11 +48,12 @@ def claim_region(engine: Engine, region: str) -> None:
 
 
 class RegionalStore:
-    def __init__(self, region: str, engine: Engine, blobs: BlobStore, envelope: Envelope) -> None:
+    def __init__(self, region: str, engine: Engine, blobs: BlobStore, keys: KeyProvider) -> None:
         self.region = region
         self.engine = engine
         self.blobs = blobs
-        self.envelope = envelope
+        self.keys = keys
+        self.envelope = Envelope(keys)
         self.audit = AuditLog(engine, region, AUDIT_LOG, AUDIT_HEAD)
         self._keyed_tenants: set[str] = set()
 
@@ -74,6 +75,12 @@ class RegionalStore:
     def forget_tenant_key_cache(self, tenant_id: str) -> None:
         self._keyed_tenants.discard(tenant_id)
 
+    def rotate_kek(self, *, actor: str = "cli") -> int:
+        """Re-wrap every tenant's data key under a new key-encryption key; content untouched."""
+        rewrapped = self.keys.rotate_kek()
+        self.audit.append(actor, "kek.rotate", self.region, {"data_keys_rewrapped": rewrapped})
+        return rewrapped
+
     # -- records ----------------------------------------------------------------------------
 
     def put_record(self, tenant: TenantRef, kind: str, record_id: str, plaintext: bytes) -> None:
@@ -87,9 +94,10 @@ class RegionalStore:
     def _upsert(self, model: type[RecordRow] | type[BlobRow], values: dict[str, object],
                 changed: Sequence[str]) -> Any:
         """INSERT … ON CONFLICT DO UPDATE, in the dialect of this store (SQLite or PostgreSQL)."""
-        dialect_insert = sqlite.insert if self.engine.dialect.name == "sqlite" else postgresql.insert
+        is_sqlite = self.engine.dialect.name == "sqlite"
+        dialect_insert = sqlite.insert if is_sqlite else postgresql.insert
         statement = dialect_insert(model).values(**values)
-        keys = [column.name for column in model.__table__.primary_key.columns]
+        keys = [column.name for column in model.__table__.primary_key]
         return statement.on_conflict_do_update(
             index_elements=keys, set_={name: statement.excluded[name] for name in changed})
 

@@ -28,7 +28,9 @@ class ApiKeyGrant:
 
     def may_use_region(self, region: str) -> bool:
         """G1/G2: a pinned project is processed only in its own region."""
-        return self.region == region or (self.region == GLOBAL_REGION and self.per_request_residency)
+        if self.region == GLOBAL_REGION:
+            return self.per_request_residency
+        return self.region == region
 
 
 class KeyAuthenticator(Protocol):

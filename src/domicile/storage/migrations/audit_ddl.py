@@ -34,7 +34,7 @@ def create_audit_tables() -> None:
 def refuse_changes(
     table: str, operation: str, message: str, *, columns: tuple[str, ...] = (), name: str = ""
 ) -> None:
-    """A trigger that aborts `operation` on `table`; with `columns`, only when one of them changes."""
+    """A trigger aborting `operation` on `table`; with `columns`, only when one of them changes."""
     name = name or f"{table}_refuse_{operation.lower()}"
     dialect = op.get_bind().dialect.name
     if dialect == "sqlite":
