@@ -1,0 +1,143 @@
+"""G9 crypto-shredding: after `destroy_tenant_key` nothing of the tenant opens, and the key's
+bytes are gone from every keystore file."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pytest
+
+from domicile.crypto import (
+    Context,
+    DecryptionError,
+    Envelope,
+    KeyNotFound,
+    LocalKeyProvider,
+    ShredReceipt,
+)
+from domicile.crypto import envelope as envelope_module
+from tests.crypto.support import context, keystore_files, wrapped_key
+
+
+def test_destroyed_tenants_records_and_blobs_no_longer_open(
+    envelope: Envelope, ctx: Context
+) -> None:
+    sealed = envelope.seal(b"personal data", ctx)  # also cached in memory now
+    blob = envelope.seal_blob(b"a file" * 100, ctx)
+    assert envelope.open(sealed, ctx) == b"personal data"
+
+    envelope.destroy_tenant_key("ws_a")
+
+    with pytest.raises(DecryptionError):
+        envelope.open(sealed, ctx)
+    with pytest.raises(DecryptionError):
+        envelope.open_blob(blob, ctx)
+    with pytest.raises(DecryptionError):
+        b"".join(envelope.open_stream([blob], ctx))
+
+
+def test_other_tenants_are_untouched(envelope: Envelope) -> None:
+    other = context(tenant="ws_b")
+    sealed = envelope.seal(b"keep me", other)
+    envelope.destroy_tenant_key("ws_a")
+    assert envelope.open(sealed, other) == b"keep me"
+
+
+def test_shred_receipt_says_what_happened(envelope: Envelope) -> None:
+    before = datetime.now(UTC)
+    receipt = envelope.destroy_tenant_key("ws_a")
+    assert isinstance(receipt, ShredReceipt)
+    assert (receipt.region, receipt.tenant, receipt.keys_destroyed) == ("eu", "ws_a", 1)
+    assert before <= receipt.destroyed_at <= datetime.now(UTC)
+    assert receipt.destroyed_at.tzinfo is not None
+    statement = receipt.statement
+    assert "\n" not in statement
+    assert "ws_a" in statement and "eu" in statement and "no longer be decrypted" in statement
+    assert envelope.destroy_tenant_key("ws_a").keys_destroyed == 0  # idempotent
+
+
+def test_destroyed_key_bytes_are_absent_from_every_keystore_file(
+    keys: LocalKeyProvider, envelope: Envelope
+) -> None:
+    for n in range(20):  # neighbours on the same pages
+        envelope.create_tenant_key(f"ws_n{n}")
+    key_id, dek = keys.current_data_key("ws_a")
+    wrapped = wrapped_key(keys, key_id)
+    keys.close()
+    on_disk = b"".join(p.read_bytes() for p in keystore_files(keys))
+    assert wrapped in on_disk  # the check below can see it when it is there
+
+    envelope.destroy_tenant_key("ws_a")
+
+    files = keystore_files(keys)
+    assert files
+    for path in files:
+        content = path.read_bytes()
+        assert dek not in content, path
+        assert wrapped not in content, path
+        assert wrapped[12:28] not in content, path  # not even a piece of it
+    assert not keys.has_tenant("ws_a") and "ws_a" not in keys.tenants()
+    with pytest.raises(KeyNotFound):
+        keys.current_data_key("ws_a")
+
+
+def test_shredding_leaves_no_bytes_in_a_wal_file_either(
+    keys: LocalKeyProvider, envelope: Envelope
+) -> None:
+    """Even if an operator switched the keystore to WAL mode."""
+    keys.close()
+    with sqlite3.connect(keys.keystore_path) as db:
+        db.execute("PRAGMA journal_mode = WAL")
+    reader = sqlite3.connect(keys.keystore_path)  # another process, holding the file open
+    reader.execute("PRAGMA journal_mode = WAL")
+    wal_keys = LocalKeyProvider("eu", keys.kek_path)
+    assert wal_keys._conn().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    wal_keys.create_data_key("ws_wal")
+    key_id, dek = wal_keys.current_data_key("ws_wal")
+    wrapped = wrapped_key(wal_keys, key_id)
+    wal_file = keys.keystore_path.with_name(keys.keystore_path.name + "-wal")
+    assert wrapped in wal_file.read_bytes()  # where it sits before the shred
+
+    Envelope(wal_keys).destroy_tenant_key("ws_wal")
+
+    for path in keystore_files(wal_keys):
+        content = path.read_bytes()
+        assert dek not in content and wrapped not in content, path
+    reader.close()
+    wal_keys.close()
+
+
+def test_a_key_re_created_after_shredding_is_a_new_key(
+    keys: LocalKeyProvider, envelope: Envelope, ctx: Context
+) -> None:
+    sealed = envelope.seal(b"old", ctx)
+    old_id = keys.current_data_key("ws_a")[0]
+    envelope.destroy_tenant_key("ws_a")
+    assert envelope.create_tenant_key("ws_a") != old_id
+    with pytest.raises(DecryptionError):
+        envelope.open(sealed, ctx)
+
+
+def test_shredding_by_another_process_takes_effect_when_the_cache_expires(
+    envelope: Envelope, ctx: Context, reopen: Callable[..., LocalKeyProvider],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(envelope_module, "_monotonic", lambda: clock[0])
+    cached = Envelope(envelope._keys, cache_ttl_s=300)
+    uncached = Envelope(reopen(), cache_ttl_s=0)
+    sealed = cached.seal(b"x", ctx)
+    assert uncached.open(sealed, ctx) == b"x"
+
+    Envelope(reopen()).destroy_tenant_key("ws_a")  # the CLI, say
+
+    with pytest.raises(DecryptionError):
+        uncached.open(sealed, ctx)  # no cache: at once
+    assert cached.open(sealed, ctx) == b"x"  # documented window: until the entry expires
+    clock[0] += 301
+    with pytest.raises(DecryptionError):
+        cached.open(sealed, ctx)
+    with pytest.raises(KeyNotFound):
+        cached.seal(b"y", ctx)
