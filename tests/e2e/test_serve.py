@@ -12,6 +12,17 @@ import trustme
 from tests.e2e.harness import Server, init_site
 
 
+def tls_1_1_client() -> ssl.SSLContext:
+    """A client that offers only TLS 1.0/1.1 (RECIPES.md: it does negotiate where allowed)."""
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.check_hostname = False
+    old.verify_mode = ssl.CERT_NONE
+    old.set_ciphers("DEFAULT:@SECLEVEL=0")
+    old.minimum_version = ssl.TLSVersion.TLSv1
+    old.maximum_version = ssl.TLSVersion.TLSv1_1
+    return old
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_serve_answers_healthz_for_eu_and_us(tmp_path: Path, workers: str) -> None:
     site = init_site(tmp_path / "site")
@@ -49,12 +60,7 @@ def test_tls_server_refuses_tls_1_1_and_accepts_1_2(tmp_path: Path) -> None:
     ca.cert_pem.write_to_path(ca_file)
     try:
         server.wait_ready(("eu",), scheme="https", verify=str(ca_file))
-        old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        old.check_hostname = False
-        old.verify_mode = ssl.CERT_NONE
-        old.set_ciphers("DEFAULT:@SECLEVEL=0")
-        old.minimum_version = ssl.TLSVersion.TLSv1
-        old.maximum_version = ssl.TLSVersion.TLSv1_1
+        old = tls_1_1_client()
         import socket
         with socket.create_connection(("127.0.0.1", site.port_base)) as raw:
             with pytest.raises(ssl.SSLError):
@@ -94,12 +100,7 @@ def test_the_tls_1_1_client_does_negotiate_with_a_lax_server(tmp_path: Path) -> 
 
     thread = threading.Thread(target=accept_one, daemon=True)
     thread.start()
-    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    old.check_hostname = False
-    old.verify_mode = ssl.CERT_NONE
-    old.set_ciphers("DEFAULT:@SECLEVEL=0")
-    old.minimum_version = ssl.TLSVersion.TLSv1
-    old.maximum_version = ssl.TLSVersion.TLSv1_1
+    old = tls_1_1_client()
     with socket.create_connection(("127.0.0.1", port)) as raw, old.wrap_socket(raw) as tls:
         assert tls.version() == "TLSv1.1"
     thread.join(5)

@@ -1,13 +1,5 @@
-"""Alembic environment: runs on the connection `domicile.storage.db.migrate` hands over."""
+"""Alembic environment of the directory schema."""
 
-from alembic import context
+from domicile.storage.migrations.environment import run_migrations
 
-config = context.config
-connection = config.attributes["connection"]
-context.configure(
-    connection=connection,
-    version_table=config.get_main_option("version_table"),
-    transaction_per_migration=False,
-)
-with context.begin_transaction():
-    context.run_migrations()
+run_migrations()
