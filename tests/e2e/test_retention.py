@@ -9,6 +9,7 @@ are kept, readable through the API, and still absent from the disk in plaintext.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,10 +24,11 @@ from tests.gateway.upstream import FakeUpstream
 
 @pytest.fixture
 def fresh(tmp_path: Path,
-          upstreams: tuple[dict[str, FakeUpstream], trustme.CA]) -> Deployment:
+          upstreams: tuple[dict[str, FakeUpstream], trustme.CA]) -> Iterator[Deployment]:
     deployed = deploy(tmp_path, upstreams)
     deployed.reset()
-    return deployed
+    yield deployed
+    deployed.server.stop()  # idempotent: the tests stop it early to flush and scan
 
 
 def places(deployed: Deployment) -> list[Path]:

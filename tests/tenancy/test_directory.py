@@ -33,9 +33,8 @@ def test_database_refuses_to_change_a_region(site: Site, table: str) -> None:
         tenant = site.directory.create_project(org.id, "app", "eu").id
     else:
         tenant = site.directory.create_workspace(org.id, "ws", "eu").id
-    with pytest.raises(DBAPIError, match="immutable"):
-        with site.directory_engine.begin() as conn:
-            conn.execute(text(f"UPDATE {table} SET region = 'us' WHERE id = :id"), {"id": tenant})
+    with pytest.raises(DBAPIError, match="immutable"), site.directory_engine.begin() as conn:
+        conn.execute(text(f"UPDATE {table} SET region = 'us' WHERE id = :id"), {"id": tenant})
     with site.directory_engine.connect() as conn:
         region = conn.execute(text(f"SELECT region FROM {table} WHERE id = :id"),
                               {"id": tenant}).scalar()
@@ -47,10 +46,9 @@ def test_database_refuses_to_change_a_region(site: Site, table: str) -> None:
 def test_database_refuses_to_change_per_request_residency(site: Site) -> None:
     org = site.directory.create_org("Acme")
     project = site.directory.create_project(org.id, "g", "global", per_request_residency=True)
-    with pytest.raises(DBAPIError, match="G1"):
-        with site.directory_engine.begin() as conn:
-            conn.execute(text("UPDATE projects SET per_request_residency = false WHERE id = :id"),
-                         {"id": project.id})
+    with pytest.raises(DBAPIError, match="G1"), site.directory_engine.begin() as conn:
+        conn.execute(text("UPDATE projects SET per_request_residency = false WHERE id = :id"),
+                     {"id": project.id})
 
 
 def test_unknown_region_is_refused_and_nothing_is_created(site: Site) -> None:

@@ -1,0 +1,463 @@
+"""The regional OpenAI-compatible gateway: a plain ASGI application, one per region.
+
+The hot path is kept short on purpose (the gateway must add well under a millisecond): a dict
+dispatch on (method, path), the key check from an in-memory cache before the body is read
+(G3), one stdlib JSON parse of the body to read `model`/`stream`/`store`, the client's raw
+bytes forwarded upstream unchanged, usage appended to a buffer. No logging per request, no
+disk, no pydantic.
+
+Every answer, errors included, carries `x-domicile-region`, `x-domicile-provider` and
+`x-request-id`. Errors are rendered once, here, in OpenAI's shape. An unexpected exception is
+a 500 whose log line names only its type and the request id (G4: an exception's message may
+quote content).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from typing import Any
+
+from domicile.config import Capability, Settings
+from domicile.errors import DomicileError, NotFound, ZeroRetentionViolation
+from domicile.storage.interfaces import ContentStore, UsageSink
+from domicile.tenancy.grants import ApiKeyGrant, KeyAuthenticator
+
+from .auth import Doorkeeper, KeyCache
+from .files import FilesEndpoint
+from .http import (
+    ClientDisconnected,
+    Exchange,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    dump_json,
+    mark_retrieved,
+    model_of,
+    parse_json_object,
+)
+from .providers import Provider, ProviderResponse, UpstreamRejected, build_providers
+from .providers.base import ProviderUnavailable
+from .ratelimit import InMemoryRateLimiter, RateLimiter, RateLimitExceeded
+from .residency import content_store_for, residency_answer, tenant_of
+from .responses import ResponsesEndpoint
+from .routing import ModelRouter
+from .usage import SseUsageScanner, UsageRecorder
+
+__all__ = ["ASGIApp", "GatewayApp", "create_gateway_app"]
+
+log = logging.getLogger("domicile.gateway")
+
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Handler = Callable[[Exchange, ApiKeyGrant], Awaitable[None]]
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class _MountedLifespan:
+    """Runs the fallback app's own lifespan inside ours, if it has one."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+        self._inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self._outbox: asyncio.Queue[Message] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _next(self) -> Message | None:
+        assert self._task is not None
+        getter = asyncio.ensure_future(self._outbox.get())
+        await asyncio.wait((getter, self._task), return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            return getter.result()
+        getter.cancel()
+        return None
+
+    async def startup(self, scope: Scope) -> None:
+        async def send(message: Message) -> None:
+            await self._outbox.put(message)
+
+        self._task = asyncio.ensure_future(self._app(scope, self._inbox.get, send))
+        await self._inbox.put({"type": "lifespan.startup"})
+        answer = await self._next()
+        if answer is None:  # the app does not speak lifespan: fine
+            with contextlib.suppress(Exception):
+                self._task.result()
+            self._task = None
+        elif answer["type"] == "lifespan.startup.failed":
+            raise RuntimeError("the mounted application failed to start")
+
+    async def shutdown(self) -> None:
+        if self._task is None:
+            return
+        await self._inbox.put({"type": "lifespan.shutdown"})
+        await self._next()
+        with contextlib.suppress(Exception):
+            await self._task
+
+
+class GatewayApp:
+    """The gateway of one region. Build it with `create_gateway_app`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        region: str,
+        *,
+        authenticator: KeyAuthenticator,
+        usage_sink: UsageSink,
+        content_store: ContentStore | None = None,
+        fallback_app: ASGIApp | None = None,
+        rate_limiter: RateLimiter | None = None,
+        providers: Sequence[Provider] | None = None,
+    ) -> None:
+        region_settings = settings.region(region)
+        if content_store is not None and content_store.region != region:
+            raise ValueError(f"the content store of region {content_store.region} "
+                             f"cannot serve region {region}")
+        self.region = region
+        self.providers = list(providers) if providers is not None else build_providers(
+            region_settings)
+        self.router = ModelRouter(region, self.providers)
+        self.usage = UsageRecorder(usage_sink, region)
+        self._door = Doorkeeper(settings, region, KeyCache(authenticator))
+        self._limiter: RateLimiter = rate_limiter or InMemoryRateLimiter()
+        self._store = content_store
+        self._fallback = fallback_app
+        self._mounted = _MountedLifespan(fallback_app) if fallback_app is not None else None
+        self._responses = ResponsesEndpoint(self.router, content_store)
+        self._files = FilesEndpoint()
+        self._region_header = region.encode()
+        self._health = dump_json({"status": "ok", "region": region})
+        self._models = dump_json({"object": "list", "data": [
+            {"id": model, "object": "model", "created": 0, "owned_by": provider.name}
+            for model, provider in self.router.models()
+        ]})
+        self._routes: dict[tuple[str, str], Handler] = {
+            ("GET", "/v1/models"): self._list_models,
+            ("POST", "/v1/chat/completions"): self._chat,
+            ("POST", "/v1/embeddings"): self._embeddings,
+            ("POST", "/v1/images/generations"): self._images,
+            ("POST", "/v1/responses"): self._responses.create,
+            ("GET", "/v1/residency"): self._residency,
+            ("POST", "/v1/files"): self._files_upload,
+            ("GET", "/v1/files"): self._files_list,
+        }
+        self._starting: asyncio.Future[None] | None = None
+        self._started = False
+
+    # -- ASGI -------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+        elif self._fallback is not None and not _is_api(scope["path"]):
+            await self._fallback(scope, receive, send)
+        else:
+            await send({"type": "websocket.close", "code": 1000})
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup(scope)
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed",
+                                "message": f"gateway startup failed: {type(exc).__name__}"})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self, lifespan_scope: Scope | None = None) -> None:
+        """Open provider connection pools, start the usage flusher (and the mounted app).
+
+        Run by the lifespan protocol; a server without lifespan gets it on the first request.
+        """
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start(lifespan_scope))
+            self._starting.add_done_callback(mark_retrieved)
+        await asyncio.shield(self._starting)
+
+    async def _start(self, lifespan_scope: Scope | None) -> None:
+        await asyncio.gather(*(provider.start() for provider in self.providers))
+        await self.usage.start()
+        if self._mounted is not None:
+            await self._mounted.startup(lifespan_scope or {
+                "type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}})
+        self._started = True
+
+    async def shutdown(self) -> None:
+        """Flush usage, close provider pools."""
+        if self._mounted is not None:
+            await self._mounted.shutdown()
+        await self.usage.aclose()
+        await asyncio.gather(*(provider.aclose() for provider in self.providers),
+                             return_exceptions=True)
+        self._starting = None
+        self._started = False
+
+    async def warm_up(self) -> None:
+        """Load in-process models now (else they load on first use)."""
+        for provider in self.providers:
+            warm_up = getattr(provider, "warm_up", None)
+            if warm_up is not None:
+                await warm_up()
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        if not _is_api(path):
+            if path == "/healthz":
+                await Exchange(scope, receive, send, self._region_header).respond(
+                    200, self._health)
+                return
+            if self._fallback is not None:
+                await self._fallback(scope, receive, self._tagged(send))
+                return
+            await Exchange(scope, receive, send, self._region_header).fail(
+                NotFound(f"Invalid URL ({scope['method']} {path})"))
+            return
+        call = Exchange(scope, receive, send, self._region_header)
+        try:
+            if not self._started:
+                await self.startup()
+            grant = await self._door.admit(scope)  # G3: before a byte of the body is read
+            call.grant = grant
+            if grant.rpm_limit is not None or grant.tpm_limit is not None:
+                call.extra_headers = await self._limiter.acquire(grant)
+            handler = self._routes.get((scope["method"], path)) or self._dynamic(call, grant)
+            await handler(call, grant)
+        except DomicileError as exc:
+            await call.fail(exc, exc.headers if isinstance(exc, RateLimitExceeded) else None)
+        except ClientDisconnected:
+            call.status = 499
+        except Exception as exc:
+            # The type and request id only: the message may quote request content (G4).
+            log.error("unhandled %s in request %s", type(exc).__name__, call.request_id)
+            await call.fail(DomicileError(
+                "The server had an error while processing your request "
+                f"(request id {call.request_id})."))
+        if call.grant is not None:  # auth failures leave no usage
+            await self._account(call, call.grant)
+
+    async def _account(self, call: Exchange, grant: ApiKeyGrant) -> None:
+        """Charge the tokens to the key's limit and record the usage metadata."""
+        try:
+            tokens = call.prompt_tokens + call.completion_tokens
+            if tokens and grant.tpm_limit is not None:
+                await self._limiter.charge(grant, tokens)
+        except Exception as exc:  # a shared limiter's store may be down: log, go on
+            log.error("rate limiter charge failed (%s) in request %s", type(exc).__name__,
+                      call.request_id)
+        # A model name not offered here is client text like any other: not kept (G4).
+        model = call.model if self.router.offers(call.model) else ""
+        self.usage.add(grant.project_id, grant.key_id, call.endpoint, model, call.provider,
+                       call.status, call.prompt_tokens, call.completion_tokens,
+                       (time.perf_counter() - call.started) * 1000, call.request_id)
+
+    def _tagged(self, send: Send) -> Send:
+        """The mounted app's answers say which region served them, too."""
+        region = self._region_header
+
+        async def tagged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                if not any(name.lower() == b"x-domicile-region" for name, _ in headers):
+                    headers.append((b"x-domicile-region", region))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        return tagged
+
+    def _dynamic(self, call: Exchange, grant: ApiKeyGrant) -> Handler:
+        """Routes with an id in the path; anything else under /v1 is a 404."""
+        method, path = call.scope["method"], call.scope["path"]
+        if path == "/v1/files" or path.startswith("/v1/files/"):
+            content_store_for(grant, self._store, "/v1/files")  # G4 for every files path
+        if path.startswith("/v1/files/"):
+            file_id, _, rest = path[len("/v1/files/"):].partition("/")
+            call.endpoint = "/v1/files/{file_id}" + ("/" + rest if rest else "")
+            if method == "GET" and rest == "content":
+                return functools.partial(self._files_call, self._files.content, file_id)
+            if method == "GET" and not rest:
+                return functools.partial(self._files_call, self._files.retrieve, file_id)
+            if method == "DELETE" and not rest:
+                return functools.partial(self._files_call, self._files.delete, file_id)
+        elif path.startswith("/v1/responses/") and "/" not in path[len("/v1/responses/"):]:
+            response_id = path[len("/v1/responses/"):]
+            call.endpoint = "/v1/responses/{response_id}"
+            if method == "GET":
+                return functools.partial(self._response_call, self._responses.retrieve,
+                                         response_id)
+            if method == "DELETE":
+                return functools.partial(self._response_call, self._responses.delete,
+                                         response_id)
+        call.endpoint = "(unknown)"  # a path is client text: only known routes are kept
+        raise NotFound(f"Invalid URL ({method} {path})")
+
+    # -- endpoints --------------------------------------------------------------------------
+
+    async def _list_models(self, call: Exchange, grant: ApiKeyGrant) -> None:
+        await call.respond(200, self._models)
+
+    async def _residency(self, call: Exchange, grant: ApiKeyGrant) -> None:
+        await call.respond_json(residency_answer(grant, self.router,
+                                                 has_store=self._store is not None))
+
+    async def _chat(self, call: Exchange, grant: ApiKeyGrant) -> None:
+        body = await call.read_body()
+        parsed = parse_json_object(body)
+        model = call.model = model_of(parsed)
+        if parsed.get("store") is True and grant.retention == "zero":
+            raise ZeroRetentionViolation(
+                "`store: true` keeps the completion, and this project has zero data "
+                "retention. Send `store: false` (or omit it).", param="store")
+        # A cheap look for image parts: they need a provider that declares vision.
+        capability: Capability = "vision" if b'"image_url"' in body else "chat"
+        providers = self.router.route(model, capability)
+        if parsed.get("stream") is True:
+            await self._chat_stream(call, providers, body, parsed)
+            return
+        provider, answer = await self.router.first_available(
+            model, providers, lambda p: p.chat(body, parsed))
+        await self._answer(call, provider, answer)
+
+    async def _embeddings(self, call: Exchange, grant: ApiKeyGrant) -> None:
+        body = await call.read_body()
+        parsed = parse_json_object(body)
+        model = call.model = model_of(parsed)
+        provider, answer = await self.router.first_available(
+            model, self.router.route(model, "embeddings"), lambda p: p.embeddings(body, parsed))
+        await self._answer(call, provider, answer)
+
+    async def _images(self, call: Exchange, grant: ApiKeyGrant) -> None:
+        body = await call.read_body()
+        parsed = parse_json_object(body)
+        model = call.model = model_of(parsed)
+        provider, answer = await self.router.first_available(
+            model, self.router.route(model, "images"), lambda p: p.images(body, parsed))
+        await self._answer(call, provider, answer)
+
+    @staticmethod
+    async def _answer(call: Exchange, provider: Provider, answer: ProviderResponse) -> None:
+        call.provider = provider.name
+        call.prompt_tokens = answer.prompt_tokens
+        call.completion_tokens = answer.completion_tokens
+        await call.respond(answer.status, answer.body, answer.content_type)
+
+    async def _chat_stream(self, call: Exchange, providers: Sequence[Provider], body: bytes,
+                           parsed: dict[str, Any]) -> None:
+        async def open_stream(provider: Provider) -> tuple[AsyncGenerator[bytes, None], bytes]:
+            # A provider has served once its first chunk is in: failover ends there.
+            chunks = provider.chat_stream(body, parsed)
+            try:
+                first = await anext(chunks)
+            except StopAsyncIteration:
+                first = b""
+            except BaseException:
+                await chunks.aclose()
+                raise
+            return chunks, first
+
+        try:
+            provider, (chunks, first) = await self.router.first_available(
+                call.model, providers, open_stream)
+        except UpstreamRejected as rejected:
+            call.provider = rejected.provider
+            answer = rejected.response
+            await call.respond(answer.status, answer.body, answer.content_type)
+            return
+        call.provider = provider.name
+        await self._relay(call, chunks, first)
+
+    async def _relay(self, call: Exchange, chunks: AsyncGenerator[bytes, None],
+                     first: bytes) -> None:
+        """Upstream SSE bytes to the client as they come; a client that leaves cancels the
+        upstream request (closing the generator closes its connection)."""
+        scanner = SseUsageScanner()
+
+        async def pump() -> None:
+            await call.start_stream()
+            if first:
+                scanner.feed(first)
+                await call.stream(first)
+            async for chunk in chunks:
+                scanner.feed(chunk)
+                await call.stream(chunk)
+            await call.end_stream()
+
+        pumping = asyncio.ensure_future(pump())
+        watching = asyncio.ensure_future(_until_disconnect(call.receive))
+        watching.add_done_callback(mark_retrieved)
+        try:
+            await asyncio.wait((pumping, watching), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watching.cancel()
+            if not pumping.done():
+                pumping.cancel()
+                call.status = 499  # the client closed the request
+            with contextlib.suppress(asyncio.CancelledError, ProviderUnavailable):
+                await pumping
+            await chunks.aclose()
+            call.prompt_tokens = scanner.prompt_tokens
+            call.completion_tokens = scanner.completion_tokens
+        if not pumping.cancelled() and isinstance(pumping.exception(), ProviderUnavailable):
+            # Broken off mid-stream: the answer is left incomplete, so the client sees it is.
+            call.status = 502
+
+    # -- content-keeping endpoints (regional retention only) -------------------------------
+
+    async def _files_upload(self, call: Exchange, grant: ApiKeyGrant) -> None:
+        store = content_store_for(grant, self._store, "/v1/files")
+        await self._files.upload(call, store, tenant_of(grant, self.region))
+
+    async def _files_list(self, call: Exchange, grant: ApiKeyGrant) -> None:
+        store = content_store_for(grant, self._store, "/v1/files")
+        await self._files.list(call, store, tenant_of(grant, self.region))
+
+    async def _files_call(self, action: Callable[..., Awaitable[None]], file_id: str,
+                          call: Exchange, grant: ApiKeyGrant) -> None:
+        store = content_store_for(grant, self._store, "/v1/files")
+        await action(call, store, tenant_of(grant, self.region), file_id)
+
+    @staticmethod
+    async def _response_call(action: Callable[[Exchange, ApiKeyGrant, str], Awaitable[None]],
+                             response_id: str, call: Exchange, grant: ApiKeyGrant) -> None:
+        await action(call, grant, response_id)
+
+
+def _is_api(path: str) -> bool:
+    return path.startswith("/v1/") or path == "/v1"
+
+
+def create_gateway_app(
+    settings: Settings,
+    region: str,
+    *,
+    authenticator: KeyAuthenticator,
+    usage_sink: UsageSink,
+    content_store: ContentStore | None = None,
+    fallback_app: ASGIApp | None = None,
+    rate_limiter: RateLimiter | None = None,
+) -> GatewayApp:
+    """The ASGI app of `region`'s gateway, built from that region's providers only (G2).
+
+    `fallback_app` receives every request outside `/v1` and `/healthz` (the workspace);
+    `rate_limiter` defaults to per-process in-memory windows.
+    """
+    return GatewayApp(settings, region, authenticator=authenticator, usage_sink=usage_sink,
+                      content_store=content_store, fallback_app=fallback_app,
+                      rate_limiter=rate_limiter)

@@ -1,0 +1,155 @@
+"""`/v1/files` for projects with regional retention: uploads go straight into the region's
+encrypted `ContentStore`, streamed, never through a temporary file.
+
+The store is blocking, so it runs in threads; an upload's bytes are pulled by the store's
+thread from the request as they arrive (the thread asks the event loop for the next chunk),
+so a large file is never held whole. Only when the `file` part comes before `purpose` is
+the file held in memory until the purpose is known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+from urllib.parse import parse_qs
+
+from domicile.errors import InvalidInput, NotFound
+from domicile.storage.interfaces import ContentStore, StoredBlob, TenantRef
+
+from .http import Exchange, header
+from .multipart import MultipartReader, boundary_of
+from .providers.shapes import new_id
+
+__all__ = ["FilesEndpoint", "valid_file_id"]
+
+KIND = "file"
+MAX_UPLOAD = 512 * 1024 * 1024
+PURPOSES = frozenset({"assistants", "batch", "fine-tune", "vision", "user_data", "evals"})
+_FILE_ID = re.compile(r"^file-[A-Za-z0-9]{1,64}$")
+
+
+def valid_file_id(file_id: str) -> bool:
+    """Ids become storage keys: only the shape we issue is looked up."""
+    return _FILE_ID.match(file_id) is not None
+
+
+def _file_object(blob: StoredBlob) -> dict[str, Any]:
+    return {
+        "id": blob.id,
+        "object": "file",
+        "bytes": blob.size,
+        "created_at": int(blob.created_at.timestamp()),
+        "filename": blob.filename,
+        "purpose": blob.meta.get("purpose", "user_data"),
+        "status": "processed",
+        "status_details": None,
+        "expires_at": None,
+    }
+
+
+def _filename(raw: str | None) -> str:
+    name = (raw or "upload").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return name[:255] or "upload"
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+class FilesEndpoint:
+    """The handlers; the caller has already passed `content_store_for` (G4)."""
+
+    async def upload(self, call: Exchange, store: ContentStore, tenant: TenantRef) -> None:
+        boundary = boundary_of(header(call.scope, b"content-type"))
+        reader = MultipartReader(call.receive, boundary, limit=MAX_UPLOAD)
+        purpose: str | None = None
+        stored: StoredBlob | None = None
+        held: tuple[str, bytes] | None = None
+        file_id = new_id("file-")
+        while (part := await reader.next_part()) is not None:
+            if part.name == "purpose":
+                purpose = (await reader.read(64)).decode("utf-8", "replace").strip()
+                if purpose not in PURPOSES:
+                    raise InvalidInput(f"`purpose` must be one of {sorted(PURPOSES)}.",
+                                       param="purpose")
+            elif part.name == "file":
+                if stored is not None or held is not None:
+                    raise InvalidInput("Upload one file per request.", param="file")
+                if purpose is not None:
+                    stored = await self._put(store, tenant, file_id, _filename(part.filename),
+                                             reader.chunks(), purpose)
+                else:
+                    held = (_filename(part.filename), await reader.read(MAX_UPLOAD))
+        if stored is None and held is None:
+            raise InvalidInput("The upload has no `file` part.", param="file")
+        if purpose is None:
+            raise InvalidInput("The upload has no `purpose` field.", param="purpose")
+        if held is not None:
+            stored = await self._put(store, tenant, file_id, held[0], _once(held[1]), purpose)
+        assert stored is not None
+        await call.respond_json(_file_object(stored))
+
+    async def _put(self, store: ContentStore, tenant: TenantRef, file_id: str, filename: str,
+                   chunks: AsyncIterator[bytes], purpose: str) -> StoredBlob:
+        loop = asyncio.get_running_loop()
+
+        async def step() -> bytes:
+            return await anext(chunks)
+
+        def pull() -> Iterator[bytes]:  # runs in the store's thread
+            while True:
+                try:
+                    yield asyncio.run_coroutine_threadsafe(step(), loop).result()
+                except StopAsyncIteration:
+                    return
+
+        try:
+            return await asyncio.to_thread(store.put_blob, tenant, KIND, file_id, filename,
+                                           pull(), {"purpose": purpose})
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def list(self, call: Exchange, store: ContentStore, tenant: TenantRef) -> None:
+        query = parse_qs(call.scope.get("query_string", b"").decode("latin-1"))
+        purpose = query.get("purpose", [None])[0]
+        blobs = await asyncio.to_thread(store.list_blobs, tenant, KIND)
+        data = [_file_object(b) for b in blobs
+                if purpose is None or b.meta.get("purpose") == purpose]
+        await call.respond_json({
+            "object": "list", "data": data, "has_more": False,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        })
+
+    async def _blob(self, store: ContentStore, tenant: TenantRef, file_id: str) -> StoredBlob:
+        blob = None
+        if valid_file_id(file_id):
+            blob = await asyncio.to_thread(store.get_blob, tenant, KIND, file_id)
+        if blob is None:
+            raise NotFound(f"No such File object: {file_id}", param="id")
+        return blob
+
+    async def retrieve(self, call: Exchange, store: ContentStore, tenant: TenantRef,
+                       file_id: str) -> None:
+        await call.respond_json(_file_object(await self._blob(store, tenant, file_id)))
+
+    async def content(self, call: Exchange, store: ContentStore, tenant: TenantRef,
+                      file_id: str) -> None:
+        await self._blob(store, tenant, file_id)
+        chunks = await asyncio.to_thread(store.open_blob, tenant, KIND, file_id)
+        await call.start_stream(b"application/octet-stream")
+        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            await call.stream(chunk)
+        await call.end_stream()
+
+    async def delete(self, call: Exchange, store: ContentStore, tenant: TenantRef,
+                     file_id: str) -> None:
+        deleted = valid_file_id(file_id) and await asyncio.to_thread(
+            store.delete_blob, tenant, KIND, file_id)
+        if not deleted:
+            raise NotFound(f"No such File object: {file_id}", param="id")
+        await call.respond_json({"id": file_id, "object": "file", "deleted": True})

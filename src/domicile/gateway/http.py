@@ -1,0 +1,189 @@
+"""Tiny ASGI helpers for the gateway's hot path, and `Exchange`: one request as handled.
+
+Plain ASGI, no framework: reading a body, sending bytes, rendering a `DomicileError` in
+OpenAI's error shape. Every response the gateway sends goes through `Exchange`, which adds
+the transparency headers (`x-domicile-region`, `x-domicile-provider`, `x-request-id`) and
+any rate-limit headers, errors included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from domicile.errors import DomicileError, InvalidInput
+from domicile.tenancy.grants import ApiKeyGrant
+
+__all__ = [
+    "JSON",
+    "MAX_JSON_BODY",
+    "ClientDisconnected",
+    "Exchange",
+    "Headers",
+    "Receive",
+    "Scope",
+    "Send",
+    "dump_json",
+    "header",
+    "mark_retrieved",
+    "model_of",
+    "parse_json_object",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+JSON = b"application/json"
+EVENT_STREAM = b"text/event-stream"
+MAX_JSON_BODY = 32 * 1024 * 1024
+_NO_HEADERS: Headers = []
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its request was read."""
+
+
+class BodyTooLarge(InvalidInput):
+    status = 413
+    code = "request_too_large"
+
+
+def dump_json(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """The request's one JSON parse. Bad JSON or a non-object is a 400."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        raise InvalidInput("We could not parse the JSON body of your request.") from None
+    if not isinstance(parsed, dict):
+        raise InvalidInput("The JSON body of your request must be an object.")
+    return parsed
+
+
+def model_of(parsed: dict[str, Any]) -> str:
+    model = parsed.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidInput("You must provide a model parameter.", param="model")
+    return model
+
+
+def mark_retrieved(task: asyncio.Future[Any]) -> None:
+    """A done-callback: mark a background task's exception as seen, or asyncio would log it
+    (message and all) when the task is collected. Its owner deals with the failure."""
+    if not task.cancelled():
+        task.exception()
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """A request header's value (ASGI header names are lowercase)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value  # type: ignore[no-any-return]
+    return None
+
+
+class Exchange:
+    """One request and its answer: what handlers need to reply, and what usage records."""
+
+    __slots__ = (
+        "completion_tokens", "endpoint", "extra_headers", "grant", "model", "prompt_tokens",
+        "provider", "receive", "region_header", "request_id", "response_started", "scope",
+        "send", "started", "status",
+    )
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send, region_header: bytes) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.region_header = region_header
+        # Unique, not secret: a PRNG draw costs far less than a system call (os.urandom).
+        self.request_id = f"req_{random.getrandbits(96):024x}"
+        self.started = time.perf_counter()
+        self.endpoint: str = scope["path"]
+        self.grant: ApiKeyGrant | None = None
+        self.model = ""
+        self.provider: str | None = None
+        self.status = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.extra_headers: Headers = _NO_HEADERS
+        self.response_started = False
+
+    def headers(self, content_type: bytes, length: int | None) -> Headers:
+        headers = [
+            (b"content-type", content_type),
+            (b"x-domicile-region", self.region_header),
+            (b"x-domicile-provider",
+             self.provider.encode() if self.provider is not None else b"none"),
+            (b"x-request-id", self.request_id.encode()),
+        ]
+        if length is not None:
+            headers.append((b"content-length", b"%d" % length))
+        if self.extra_headers:
+            headers.extend(self.extra_headers)
+        return headers
+
+    async def read_body(self, limit: int = MAX_JSON_BODY) -> bytes:
+        receive = self.receive
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body", False):
+            if len(body) > limit:
+                raise BodyTooLarge(f"The request body is larger than {limit} bytes.")
+            return body
+        parts = bytearray(body)
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected
+            parts += message.get("body", b"")
+            if len(parts) > limit:
+                raise BodyTooLarge(f"The request body is larger than {limit} bytes.")
+            if not message.get("more_body", False):
+                return bytes(parts)
+
+    async def respond(self, status: int, body: bytes, content_type: bytes = JSON) -> None:
+        self.status = status
+        self.response_started = True
+        await self.send({"type": "http.response.start", "status": status,
+                         "headers": self.headers(content_type, len(body))})
+        await self.send({"type": "http.response.body", "body": body})
+
+    async def respond_json(self, value: object, status: int = 200) -> None:
+        await self.respond(status, dump_json(value))
+
+    async def fail(self, error: DomicileError, headers: Headers | None = None) -> None:
+        """Render an error in OpenAI's shape, unless the answer has already begun."""
+        if headers:
+            self.extra_headers = [*self.extra_headers, *headers]
+        if self.response_started:
+            return
+        await self.respond(error.status, dump_json(error.to_openai()))
+
+    async def start_stream(self, content_type: bytes = EVENT_STREAM,
+                           extra: Headers | None = None) -> None:
+        self.status = 200
+        self.response_started = True
+        headers = self.headers(content_type, None)
+        headers.append((b"cache-control", b"no-cache"))
+        if extra:
+            headers.extend(extra)
+        await self.send({"type": "http.response.start", "status": 200, "headers": headers})
+
+    async def stream(self, chunk: bytes) -> None:
+        await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    async def end_stream(self) -> None:
+        await self.send({"type": "http.response.body", "body": b"", "more_body": False})

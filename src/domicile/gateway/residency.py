@@ -1,0 +1,77 @@
+"""Where a caller's content may be processed and kept.
+
+`GET /v1/residency` is answered from the gateway's own router and configuration, so it cannot
+drift from what the gateway does. `content_store_for` is the one gate in front of every
+feature that keeps content (files, stored responses): refused for zero-retention projects
+(G4), and kept in this region's store under a tenant of this region.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from domicile.errors import DomicileError, ZeroRetentionViolation
+from domicile.storage.interfaces import ContentStore, TenantRef
+from domicile.tenancy.grants import ApiKeyGrant
+
+from .routing import ModelRouter
+
+__all__ = [
+    "ContentStoreUnavailable",
+    "content_store_for",
+    "residency_answer",
+    "stores_content",
+    "tenant_of",
+]
+
+
+class ContentStoreUnavailable(DomicileError):
+    status = 503
+    code = "content_store_unavailable"
+    type = "server_error"
+
+
+def tenant_of(grant: ApiKeyGrant, region: str) -> TenantRef:
+    """The tenant as this region's store sees it: a per-request-residency project keeps what
+    it stores in the region it called."""
+    return TenantRef(id=grant.project_id, region=region, org_id=grant.org_id)
+
+
+def content_store_for(grant: ApiKeyGrant, store: ContentStore | None,
+                      feature: str) -> ContentStore:
+    if grant.retention != "regional":
+        raise ZeroRetentionViolation(
+            f"{feature} stores content, and this project has zero data retention: nothing "
+            "of its requests may be kept. Use a project with regional retention.")
+    if store is None:
+        raise ContentStoreUnavailable(
+            f"{feature} needs this region's content store, which this server does not have.")
+    return store
+
+
+def stores_content(grant: ApiKeyGrant, has_store: bool) -> bool:
+    """May this caller use the endpoints that keep content (files, stored responses)?"""
+    return grant.retention == "regional" and has_store
+
+
+def residency_answer(grant: ApiKeyGrant, router: ModelRouter, *,
+                     has_store: bool) -> dict[str, Any]:
+    endpoints = ["/v1/models", "/v1/residency"]
+    if router.has("chat"):
+        endpoints += ["/v1/chat/completions", "/v1/responses"]
+    if router.has("embeddings"):
+        endpoints.append("/v1/embeddings")
+    if router.has("images"):
+        endpoints.append("/v1/images/generations")
+    if stores_content(grant, has_store):
+        endpoints += ["/v1/files", "/v1/responses/{response_id}"]
+    return {
+        "project": grant.project_id,
+        "org": grant.org_id,
+        "region": grant.region,
+        "processing_region": router.region,
+        "retention": grant.retention,
+        "per_request_residency": grant.per_request_residency,
+        "endpoints": endpoints,
+        "providers": [provider.describe() for provider in router.providers],
+    }

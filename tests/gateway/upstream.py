@@ -1,0 +1,176 @@
+"""A fake OpenAI upstream on a real loopback socket (aiohttp), for the gateway's tests.
+
+It records every request it receives (raw bytes and headers) and can be told to misbehave:
+answer 500, reject with 400, drop the connection, be slow, stream slowly (held at a gate
+after the first chunk), or stream without end until the client goes away (and note that it
+did). `tls` serves HTTPS with a certificate the test gives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+CREATED = 1_700_000_000
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Behaviour:
+    mode: str = "ok"  # ok | fail (500) | reject (400) | drop (close the connection)
+    delay: float = 0.0  # seconds before answering
+    gate: threading.Event | None = None  # streaming: wait for it after the first chunk
+    endless: bool = False  # streaming: one chunk every 20 ms until the client leaves
+    prompt_tokens: int = 11
+    completion_tokens: int = 7
+
+
+@dataclass
+class FakeUpstream:
+    name: str
+    ssl_context: ssl.SSLContext | None = None
+    behaviour: Behaviour = field(default_factory=Behaviour)
+    received: list[Received] = field(default_factory=list)
+    chunks_sent: int = 0
+    stream_cancelled: threading.Event = field(default_factory=threading.Event)
+    port: int = 0
+    _runner: web.AppRunner | None = None
+
+    @property
+    def base_url(self) -> str:
+        scheme = "https" if self.ssl_context else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/v1"
+
+    def reset(self) -> None:
+        self.behaviour = Behaviour()
+        self.received.clear()
+        self.chunks_sent = 0
+        self.stream_cancelled.clear()
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/embeddings", self._embeddings)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _misbehave(self, request: web.Request) -> tuple[web.StreamResponse | None, bytes]:
+        body = await request.read()
+        self.received.append(Received(request.path, dict(request.headers), body))
+        b = self.behaviour
+        if b.delay:
+            await asyncio.sleep(b.delay)
+        if b.mode == "fail":
+            return web.json_response({"error": {"message": "upstream exploded",
+                                                "type": "server_error", "param": None,
+                                                "code": None}}, status=500), body
+        if b.mode == "reject":
+            return web.json_response({"error": {"message": f"{self.name} rejects this",
+                                                "type": "invalid_request_error",
+                                                "param": "messages", "code": "upstream_says_no"}},
+                                     status=400), body
+        if b.mode == "drop":
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response(), body
+        return None, body
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        answer, body = await self._misbehave(request)
+        if answer is not None:
+            return answer
+        parsed = json.loads(body)
+        text = f"{self.name} says: " + str(parsed["messages"][-1].get("content"))
+        if parsed.get("stream"):
+            return await self._stream(request, parsed, text)
+        b = self.behaviour
+        return web.json_response({
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": CREATED,
+            "model": parsed["model"], "system_fingerprint": None,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "logprobs": None, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": b.prompt_tokens, "completion_tokens": b.completion_tokens,
+                      "total_tokens": b.prompt_tokens + b.completion_tokens},
+        })
+
+    def _chunk(self, model: str, delta: dict[str, Any] | None, finish: str | None = None,
+               usage: dict[str, int] | None = None) -> bytes:
+        event: dict[str, Any] = {
+            "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": CREATED,
+            "model": model,
+            "choices": [] if delta is None else [
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+        if usage is not None:
+            event["usage"] = usage
+        return b"data: " + json.dumps(event).encode() + b"\n\n"
+
+    async def _stream(self, request: web.Request, parsed: dict[str, Any],
+                      text: str) -> web.StreamResponse:
+        b = self.behaviour
+        model = parsed["model"]
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        words = text.split(" ")
+        try:
+            await self._send(response, self._chunk(model, {"role": "assistant",
+                                                           "content": words[0]}))
+            if b.gate is not None:
+                while not b.gate.is_set():
+                    await asyncio.sleep(0.005)
+            if b.endless:
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+                    await self._send(response, self._chunk(model, {"content": " more"}))
+                return response
+            for word in words[1:]:
+                await self._send(response, self._chunk(model, {"content": " " + word}))
+            await self._send(response, self._chunk(model, {}, "stop"))
+            if (parsed.get("stream_options") or {}).get("include_usage"):
+                await self._send(response, self._chunk(model, None, usage={
+                    "prompt_tokens": b.prompt_tokens, "completion_tokens": b.completion_tokens,
+                    "total_tokens": b.prompt_tokens + b.completion_tokens}))
+            await self._send(response, b"data: [DONE]\n\n")
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.stream_cancelled.set()
+            raise
+        return response
+
+    async def _send(self, response: web.StreamResponse, chunk: bytes) -> None:
+        await response.write(chunk)
+        self.chunks_sent += 1
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        answer, body = await self._misbehave(request)
+        if answer is not None:
+            return answer
+        parsed = json.loads(body)
+        inputs = parsed["input"] if isinstance(parsed["input"], list) else [parsed["input"]]
+        return web.json_response({
+            "object": "list", "model": parsed["model"],
+            "data": [{"object": "embedding", "index": i, "embedding": [0.5, 0.5, 0.0]}
+                     for i in range(len(inputs))],
+            "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)},
+        })
