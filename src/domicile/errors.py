@@ -6,10 +6,16 @@ exit code. Messages must never carry request content or secrets: they are writte
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
+# Extra response headers an error carries (raw ASGI pairs), e.g. `x-ratelimit-*` on a 429.
+ErrorHeaders = Sequence[tuple[bytes, bytes]]
+
 __all__ = [
+    "BodyTooLarge",
     "ConfigError",
+    "ContentStoreUnavailable",
     "CrossRegionWrite",
     "DomicileError",
     "Forbidden",
@@ -21,6 +27,7 @@ __all__ = [
     "RateLimited",
     "RegionImmutable",
     "StorageError",
+    "TokenRateLimited",
     "UpstreamError",
     "WrongRegion",
     "ZeroRetentionViolation",
@@ -35,10 +42,12 @@ class DomicileError(Exception):
     type: ClassVar[str] = "server_error"
     exit_code: ClassVar[int] = 1
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None,
+                 headers: ErrorHeaders = ()) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.headers = headers
 
     def to_openai(self) -> dict[str, object]:
         """The body OpenAI's API returns for an error, so the SDK raises the right class."""
@@ -57,6 +66,11 @@ class InvalidInput(DomicileError):
     code = "invalid_request"
     type = "invalid_request_error"
     exit_code = 2
+
+
+class BodyTooLarge(InvalidInput):
+    status = 413
+    code = "request_too_large"
 
 
 class ConfigError(InvalidInput):
@@ -119,10 +133,16 @@ class CrossRegionWrite(DomicileError):
 
 
 class RateLimited(DomicileError):
+    """Over a key's requests per minute; carries OpenAI's `x-ratelimit-*` headers."""
+
     status = 429
     code = "rate_limit_exceeded"
     type = "requests"
     exit_code = 1
+
+
+class TokenRateLimited(RateLimited):
+    type = "tokens"
 
 
 class NoInRegionProvider(DomicileError):
@@ -130,6 +150,14 @@ class NoInRegionProvider(DomicileError):
 
     status = 503
     code = "no_in_region_provider"
+    type = "server_error"
+
+
+class ContentStoreUnavailable(DomicileError):
+    """A regional project's storing feature, at a server that has no content store."""
+
+    status = 503
+    code = "content_store_unavailable"
     type = "server_error"
 
 

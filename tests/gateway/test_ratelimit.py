@@ -5,11 +5,8 @@ from __future__ import annotations
 import openai
 import pytest
 
-from domicile.gateway.ratelimit import (
-    InMemoryRateLimiter,
-    RateLimitExceeded,
-    TokenRateLimitExceeded,
-)
+from domicile.errors import RateLimited, TokenRateLimited
+from domicile.gateway.ratelimit import InMemoryRateLimiter
 from tests.gateway.conftest import Stack
 from tests.gateway.support import grant
 
@@ -35,7 +32,7 @@ async def test_requests_are_counted_per_key_in_a_minute_window() -> None:
     await limiter.acquire(limited)
     await limiter.acquire(other)
     clock.now += 59.5
-    with pytest.raises(RateLimitExceeded) as caught:
+    with pytest.raises(RateLimited) as caught:
         await limiter.acquire(limited)
     headers = dict(caught.value.headers)
     assert headers[b"x-ratelimit-remaining-requests"] == b"0"
@@ -53,7 +50,7 @@ async def test_tokens_are_charged_after_and_checked_before() -> None:
     await limiter.charge(limited, 60)
     assert dict(await limiter.acquire(limited))[b"x-ratelimit-remaining-tokens"] == b"40"
     await limiter.charge(limited, 60)  # a request may overshoot; the next one is refused
-    with pytest.raises(TokenRateLimitExceeded) as caught:
+    with pytest.raises(TokenRateLimited) as caught:
         await limiter.acquire(limited)
     assert caught.value.type == "tokens"
     assert caught.value.code == "rate_limit_exceeded"

@@ -43,7 +43,7 @@ from .http import (
 )
 from .providers import Provider, ProviderResponse, UpstreamRejected, build_providers
 from .providers.base import ProviderUnavailable
-from .ratelimit import InMemoryRateLimiter, RateLimiter, RateLimitExceeded
+from .ratelimit import InMemoryRateLimiter, RateLimiter
 from .residency import content_store_for, residency_answer, tenant_of
 from .responses import ResponsesEndpoint
 from .routing import ModelRouter
@@ -241,7 +241,7 @@ class GatewayApp:
             handler = self._routes.get((scope["method"], path)) or self._dynamic(call, grant)
             await handler(call, grant)
         except DomicileError as exc:
-            await call.fail(exc, exc.headers if isinstance(exc, RateLimitExceeded) else None)
+            await call.fail(exc, list(exc.headers))
         except ClientDisconnected:
             call.status = 499
         except Exception as exc:

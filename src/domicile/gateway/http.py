@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from domicile.errors import DomicileError, InvalidInput
+from domicile.errors import BodyTooLarge, DomicileError, InvalidInput
 from domicile.tenancy.grants import ApiKeyGrant
 
 __all__ = [
@@ -48,11 +48,6 @@ _NO_HEADERS: Headers = []
 
 class ClientDisconnected(Exception):
     """The client went away before its request was read."""
-
-
-class BodyTooLarge(InvalidInput):
-    status = 413
-    code = "request_too_large"
 
 
 def dump_json(value: object) -> bytes:

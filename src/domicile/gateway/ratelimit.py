@@ -14,38 +14,24 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from domicile.errors import RateLimited
+from domicile.errors import RateLimited, TokenRateLimited
 from domicile.tenancy.grants import ApiKeyGrant
 
 from .http import Headers
 
 __all__ = [
     "InMemoryRateLimiter",
-    "RateLimitExceeded",
     "RateLimiter",
-    "TokenRateLimitExceeded",
 ]
 
 WINDOW_S = 60.0
 _NO_HEADERS: Headers = []
 
 
-class RateLimitExceeded(RateLimited):
-    """429 for requests; carries the headers the answer must have."""
-
-    def __init__(self, message: str, headers: Headers) -> None:
-        super().__init__(message)
-        self.headers = headers
-
-
-class TokenRateLimitExceeded(RateLimitExceeded):
-    type = "tokens"
-
-
 class RateLimiter(Protocol):
     async def acquire(self, grant: ApiKeyGrant) -> Headers:
         """Count one request; the rate-limit headers for the answer. Raises
-        `RateLimitExceeded` when the key is over a limit."""
+        `RateLimited` when the key is over a limit."""
         ...
 
     async def charge(self, grant: ApiKeyGrant, tokens: int) -> None:
@@ -98,16 +84,16 @@ class InMemoryRateLimiter:
         window = self._window(grant.key_id, now)
         reset = window.start + WINDOW_S - now
         if rpm is not None and window.requests >= rpm:
-            raise RateLimitExceeded(
+            raise RateLimited(
                 f"Rate limit reached for requests on key {grant.key_id}: limit {rpm} / min. "
                 f"Please try again in {math.ceil(reset)}s.",
-                self._headers(window, rpm, tpm, reset, retry=True),
+                headers=self._headers(window, rpm, tpm, reset, retry=True),
             )
         if tpm is not None and window.tokens >= tpm:
-            raise TokenRateLimitExceeded(
+            raise TokenRateLimited(
                 f"Rate limit reached for tokens on key {grant.key_id}: limit {tpm} / min, "
                 f"used {window.tokens}. Please try again in {math.ceil(reset)}s.",
-                self._headers(window, rpm, tpm, reset, retry=True),
+                headers=self._headers(window, rpm, tpm, reset, retry=True),
             )
         window.requests += 1
         return self._headers(window, rpm, tpm, reset, retry=False)

@@ -10,25 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from domicile.errors import DomicileError, ZeroRetentionViolation
+from domicile.errors import ContentStoreUnavailable, ZeroRetentionViolation
 from domicile.storage.interfaces import ContentStore, TenantRef
 from domicile.tenancy.grants import ApiKeyGrant
 
 from .routing import ModelRouter
 
 __all__ = [
-    "ContentStoreUnavailable",
     "content_store_for",
     "residency_answer",
     "stores_content",
     "tenant_of",
 ]
-
-
-class ContentStoreUnavailable(DomicileError):
-    status = 503
-    code = "content_store_unavailable"
-    type = "server_error"
 
 
 def tenant_of(grant: ApiKeyGrant, region: str) -> TenantRef:
