@@ -127,7 +127,7 @@ async def _serve_regions(settings: Settings, sockets: dict[str, socket.socket],
         config = uvicorn.Config(
             build_region_app(site, name), log_level=log_level, access_log=False,
             http="httptools", loop="none", lifespan="on", server_header=False,
-            date_header=False, timeout_keep_alive=30,
+            date_header=False, timeout_keep_alive=30, proxy_headers=False,
             ssl_certfile=str(tls.cert) if tls else None,
             ssl_keyfile=str(tls.key) if tls else None,
         )

@@ -134,10 +134,15 @@ def init_command(
 ) -> None:
     """Create a site: config, regions eu and us, key files (mode 0600), migrated stores."""
     settings = init_site(dir, port_base=port_base, force=force)
+    table = Table(title=f"Site ready: {settings.config_path}", title_justify="left")
+    table.add_column("region")
+    table.add_column("base URL")
+    for name, region in settings.regions.items():
+        table.add_row(name, region.public_url)
     emit(as_json, {
         "config": str(settings.config_path),
         "regions": {name: region.public_url for name, region in settings.regions.items()},
-    })
+    }, table)
 
 
 @app.command("serve")
