@@ -6,6 +6,7 @@ import ssl
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 import trustme
 
@@ -33,6 +34,13 @@ def test_serve_answers_healthz_for_eu_and_us(tmp_path: Path, workers: str) -> No
             response = httpx.get(site.url(region) + "/healthz")
             assert response.json() == {"status": "ok", "region": region}
             assert response.headers["x-domicile-region"] == region
+        # a key made while serving works at once in every worker: none keeps its own state
+        _project, key = site.project_key("eu")
+        client = openai.OpenAI(base_url=site.url("eu") + "/v1", api_key=key, max_retries=0)
+        for n in range(20):
+            reply = client.chat.completions.create(
+                model="dev-echo", messages=[{"role": "user", "content": f"ping {n}"}])
+            assert reply.choices[0].message.content == f"ping {n}"
     finally:
         server.stop()
 

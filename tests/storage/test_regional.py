@@ -110,3 +110,20 @@ def test_destroyed_tenant_key_makes_content_unreadable(site: Site, eu_tenant: Te
     assert receipt.keys_destroyed >= 1
     with pytest.raises(DecryptionError):
         store.get_record(eu_tenant, "response", "r")
+
+
+def test_usage_metadata_round_trip(site: Site) -> None:
+    from datetime import UTC, datetime
+
+    from domicile.storage.interfaces import UsageRecord
+
+    records = [UsageRecord(datetime.now(UTC), "eu", "proj_a", "key_a", "/v1/chat/completions",
+                           "m", "eu-dev", 200, 10 + i, 5, 0.4, f"req_{i}") for i in range(300)]
+    store = site.store("eu")
+    store.write_usage(records)
+    store.write_usage([])
+    rows = store.usage("proj_a")
+    assert len(rows) == 300 and rows[0].prompt_tokens == 10 and rows[-1].request_id == "req_299"
+    assert store.usage("proj_b") == []
+    with pytest.raises(DBAPIError, match="another region"):
+        site.store("us").write_usage(records[:1])  # an eu record in the us store
