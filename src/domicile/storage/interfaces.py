@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -86,7 +86,3 @@ class ContentStore(Protocol):
     def open_blob(self, tenant: TenantRef, kind: str, blob_id: str) -> Iterator[bytes]: ...
     def delete_blob(self, tenant: TenantRef, kind: str, blob_id: str) -> bool: ...
     def list_blobs(self, tenant: TenantRef, kind: str) -> list[StoredBlob]: ...
-
-
-class AsyncChunks(Protocol):
-    def __aiter__(self) -> AsyncIterator[bytes]: ...
