@@ -98,9 +98,33 @@ def test_no_plaintext_of_a_canary_reaches_the_data_folder(site: Site,
     store.delete_record(eu_tenant, "response", "r2")
     data_dir = Path(site.settings.data_dir)
     assert scan_for_canary([data_dir], canary) == []
+    assert rows_holding(site, canary) == []  # on PostgreSQL the rows live in the server
     # the scanner itself finds a planted plaintext copy: the test can fail
     (data_dir / "planted").write_text(canary)
     assert scan_for_canary([data_dir], canary)
+    site.store("eu").audit.append("test", "plant", canary)  # and the row scan finds one
+    assert rows_holding(site, canary)
+
+
+def rows_holding(site: Site, canary: str) -> list[str]:
+    """Every row of every table of every database of the site that holds a canary form."""
+    from sqlalchemy import MetaData
+
+    from tests.conftest import canary_forms
+
+    forms = canary_forms(canary)
+    hits = []
+    for engine in (site.directory_engine, *(site.store(r).engine for r in site.settings.regions)):
+        metadata = MetaData()
+        metadata.reflect(engine)
+        with engine.connect() as conn:
+            for table in metadata.sorted_tables:
+                for row in conn.execute(table.select()):
+                    for value in row:
+                        data = value if isinstance(value, bytes) else str(value).encode()
+                        if any(form in data for form in forms):
+                            hits.append(f"{engine.url.database}.{table.name}")
+    return hits
 
 
 def test_destroyed_tenant_key_makes_content_unreadable(site: Site, eu_tenant: TenantRef) -> None:
