@@ -382,14 +382,19 @@ def usage_command(
         "prompt_tokens": sum(r["prompt_tokens"] for r in records),
         "completion_tokens": sum(r["completion_tokens"] for r in records),
     }
-    table = Table(title=f"Usage of {project}", title_justify="left")
-    for column in ("at", "region", "endpoint", "model", "provider", "status", "prompt_tokens",
-                   "completion_tokens", "latency_ms"):
-        table.add_column(column)
+    table = Table(title=f"Usage of {project}: {totals['requests']} requests, "
+                  f"{totals['prompt_tokens']} prompt and {totals['completion_tokens']} "
+                  "completion tokens", title_justify="left")
+    columns: tuple[tuple[str, Callable[[dict[str, Any]], object]], ...] = (
+               ("time (UTC)", lambda r: r["at"].strftime("%m-%d %H:%M:%S")),
+               ("region", lambda r: r["region"]), ("endpoint", lambda r: r["endpoint"]),
+               ("model", lambda r: r["model"]), ("provider", lambda r: r["provider"] or "-"),
+               ("status", lambda r: r["status"]), ("in", lambda r: r["prompt_tokens"]),
+               ("out", lambda r: r["completion_tokens"]), ("ms", lambda r: r["latency_ms"]))
+    for title, _value in columns:
+        table.add_column(title, overflow="fold")
     for record in records:
-        table.add_row(*(str(record[c]) for c in (
-            "at", "region", "endpoint", "model", "provider", "status", "prompt_tokens",
-            "completion_tokens", "latency_ms")))
+        table.add_row(*(str(value(record)) for _title, value in columns))
     emit(as_json, {"project_id": project, "totals": totals, "requests": records}, table)
 
 
