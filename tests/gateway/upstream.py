@@ -3,7 +3,9 @@
 It records every request it receives (raw bytes and headers) and can be told to misbehave:
 answer 500, reject with 400, drop the connection, be slow, stream slowly (held at a gate
 after the first chunk), or stream without end until the client goes away (and note that it
-did). `tls` serves HTTPS with a certificate the test gives it.
+did). Streams follow OpenAI: with `stream_options.include_usage`, every chunk says
+`"usage": null` and a last chunk with empty `choices` carries the usage. `tls` serves HTTPS
+with a certificate the test gives it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Behaviour:
     endless: bool = False  # streaming: one chunk every 20 ms until the client leaves
     prompt_tokens: int = 11
     completion_tokens: int = 7
+    event_end: bytes = b"\n\n"  # streaming: what ends each SSE event (b"\r\n\r\n" is legal too)
 
 
 @dataclass
@@ -114,27 +117,31 @@ class FakeUpstream:
         })
 
     def _chunk(self, model: str, delta: dict[str, Any] | None, finish: str | None = None,
-               usage: dict[str, int] | None = None) -> bytes:
+               usage: dict[str, int] | None = None, *, null_usage: bool = False) -> bytes:
         event: dict[str, Any] = {
             "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": CREATED,
             "model": model,
             "choices": [] if delta is None else [
                 {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
         }
-        if usage is not None:
+        if usage is not None or null_usage:  # as OpenAI: `"usage": null` when usage is asked
             event["usage"] = usage
-        return b"data: " + json.dumps(event).encode() + b"\n\n"
+        return b"data: " + json.dumps(event).encode() + self.behaviour.event_end
 
     async def _stream(self, request: web.Request, parsed: dict[str, Any],
                       text: str) -> web.StreamResponse:
         b = self.behaviour
         model = parsed["model"]
+        with_usage = bool((parsed.get("stream_options") or {}).get("include_usage"))
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            return self._chunk(model, delta, finish, null_usage=with_usage)
+
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         words = text.split(" ")
         try:
-            await self._send(response, self._chunk(model, {"role": "assistant",
-                                                           "content": words[0]}))
+            await self._send(response, chunk({"role": "assistant", "content": words[0]}))
             if b.gate is not None:
                 while not b.gate.is_set():
                     await asyncio.sleep(0.005)
@@ -142,16 +149,16 @@ class FakeUpstream:
                 deadline = time.monotonic() + 10
                 while time.monotonic() < deadline:
                     await asyncio.sleep(0.02)
-                    await self._send(response, self._chunk(model, {"content": " more"}))
+                    await self._send(response, chunk({"content": " more"}))
                 return response
             for word in words[1:]:
-                await self._send(response, self._chunk(model, {"content": " " + word}))
-            await self._send(response, self._chunk(model, {}, "stop"))
-            if (parsed.get("stream_options") or {}).get("include_usage"):
+                await self._send(response, chunk({"content": " " + word}))
+            await self._send(response, chunk({}, "stop"))
+            if with_usage:
                 await self._send(response, self._chunk(model, None, usage={
                     "prompt_tokens": b.prompt_tokens, "completion_tokens": b.completion_tokens,
                     "total_tokens": b.prompt_tokens + b.completion_tokens}))
-            await self._send(response, b"data: [DONE]\n\n")
+            await self._send(response, b"data: [DONE]" + b.event_end)
             await response.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
             self.stream_cancelled.set()

@@ -3,8 +3,10 @@
 The hot path is kept short on purpose (the gateway must add well under a millisecond): a dict
 dispatch on (method, path), the key check from an in-memory cache before the body is read
 (G3), one stdlib JSON parse of the body to read `model`/`stream`/`store`, the client's raw
-bytes forwarded upstream unchanged, usage appended to a buffer. No logging per request, no
-disk, no pydantic.
+bytes forwarded upstream unchanged (a stream that does not ask for usage gets
+`stream_options.include_usage` spliced in, and the usage chunk taken back out of the answer,
+so its tokens count too), usage appended to a buffer. No logging per request, no disk, no
+pydantic.
 
 Every answer, errors included, carries `x-domicile-region`, `x-domicile-provider` and
 `x-request-id`. Errors are rendered once, here, in OpenAI's shape. An unexpected exception is
@@ -47,7 +49,7 @@ from .ratelimit import InMemoryRateLimiter, RateLimiter
 from .residency import content_store_for, residency_answer, tenant_of
 from .responses import ResponsesEndpoint
 from .routing import ModelRouter
-from .usage import SseUsageScanner, UsageRecorder
+from .usage import SseUsageScanner, SseUsageStripper, UsageRecorder, request_usage
 
 __all__ = ["ASGIApp", "GatewayApp", "create_gateway_app"]
 
@@ -360,6 +362,13 @@ class GatewayApp:
 
     async def _chat_stream(self, call: Exchange, providers: Sequence[Provider], body: bytes,
                            parsed: dict[str, Any]) -> None:
+        # Token counts only come with `include_usage`: ask for them when the client did not
+        # (the stripper then takes the extra chunk back out), so streaming counts against
+        # usage and token limits like any other request.
+        asking = request_usage(body, parsed)
+        if asking is not None:
+            body, parsed = asking
+
         async def open_stream(provider: Provider) -> tuple[AsyncGenerator[bytes, None], bytes]:
             # A provider has served once its first chunk is in: failover ends there.
             chunks = provider.chat_stream(body, parsed)
@@ -381,22 +390,39 @@ class GatewayApp:
             await call.respond(answer.status, answer.body, answer.content_type)
             return
         call.provider = provider.name
-        await self._relay(call, chunks, first)
+        await self._relay(call, chunks, first, strip_usage=asking is not None)
 
     async def _relay(self, call: Exchange, chunks: AsyncGenerator[bytes, None],
-                     first: bytes) -> None:
+                     first: bytes, *, strip_usage: bool = False) -> None:
         """Upstream SSE bytes to the client as they come; a client that leaves cancels the
-        upstream request (closing the generator closes its connection)."""
+        upstream request (closing the generator closes its connection). With `strip_usage`
+        the usage the gateway asked for is taken out on the way (`SseUsageStripper`)."""
         scanner = SseUsageScanner()
+        stripper = SseUsageStripper() if strip_usage else None
 
-        async def pump() -> None:
-            await call.start_stream()
+        async def relay_as_is() -> None:
             if first:
                 scanner.feed(first)
                 await call.stream(first)
             async for chunk in chunks:
                 scanner.feed(chunk)
                 await call.stream(chunk)
+
+        async def relay_stripped(stripper: SseUsageStripper) -> None:
+            if first and (out := stripper.feed(first)):
+                await call.stream(out)
+            async for chunk in chunks:
+                if out := stripper.feed(chunk):
+                    await call.stream(out)
+            if out := stripper.close():
+                await call.stream(out)
+
+        async def pump() -> None:
+            await call.start_stream()
+            if stripper is None:
+                await relay_as_is()
+            else:
+                await relay_stripped(stripper)
             await call.end_stream()
 
         pumping = asyncio.ensure_future(pump())
@@ -412,8 +438,9 @@ class GatewayApp:
             with contextlib.suppress(asyncio.CancelledError, ProviderUnavailable):
                 await pumping
             await chunks.aclose()
-            call.prompt_tokens = scanner.prompt_tokens
-            call.completion_tokens = scanner.completion_tokens
+            counted = scanner if stripper is None else stripper
+            call.prompt_tokens = counted.prompt_tokens
+            call.completion_tokens = counted.completion_tokens
         if not pumping.cancelled() and isinstance(pumping.exception(), ProviderUnavailable):
             # Broken off mid-stream: the answer is left incomplete, so the client sees it is.
             call.status = 502

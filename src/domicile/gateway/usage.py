@@ -4,6 +4,12 @@ Every `/v1` request past authentication leaves one `UsageRecord` (ids, endpoint,
 provider, status, token counts, latency): never content. Requests only append a tuple to an
 in-memory buffer; a background task hands the buffer to the region's `UsageSink` in a thread
 every `interval` seconds, or sooner once `batch_size` records are waiting.
+
+Streamed chat answers carry token counts only when the request says
+`stream_options.include_usage`. When a client streams without asking, the gateway asks for it
+anyway (`request_usage`: a few bytes spliced into the request, no re-serialising) and takes
+the extra usage chunk back out of the stream (`SseUsageStripper`), so the client gets the
+stream it asked for and the tokens still count (usage metadata, per-key token limits).
 """
 
 from __future__ import annotations
@@ -15,10 +21,17 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import Any
 
 from domicile.storage.interfaces import UsageRecord, UsageSink
 
-__all__ = ["SseUsageScanner", "UsageRecorder", "usage_counts"]
+__all__ = [
+    "SseUsageScanner",
+    "SseUsageStripper",
+    "UsageRecorder",
+    "request_usage",
+    "usage_counts",
+]
 
 log = logging.getLogger("domicile.gateway")
 
@@ -27,6 +40,11 @@ _DECODER = json.JSONDecoder()
 # tokens) has a key ending so; an SSE chunk without it cannot carry one.
 _USAGE_MARKER = b'_tokens"'
 _MAX_PENDING = 1 << 20
+_USAGE_KEY = b'"usage"'
+# What OpenAI adds to every other chunk once usage is asked for; taken back out. An unescaped
+# quote cannot occur inside a JSON string, so these bytes are always a key and its value.
+_NULL_USAGE = (b',"usage":null', b', "usage": null')
+_INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
 
 _Row = tuple[float, str, str, str, str, str | None, int, int, int, float, str]
 
@@ -100,6 +118,158 @@ class SseUsageScanner:
                     prompt, completion = _counts(event.get("usage"))
                     if prompt or completion:
                         self.prompt_tokens, self.completion_tokens = prompt, completion
+
+
+def request_usage(body: bytes, parsed: dict[str, Any]
+                  ) -> tuple[bytes, dict[str, Any]] | None:
+    """The stream request asking for usage, when the client did not: `(body, parsed)` with
+    `"stream_options":{"include_usage":true}`, or None to leave the request as it is.
+
+    `body` is known to be one JSON object (it parsed into `parsed`), so the common case (no
+    `stream_options`) is a splice right after its opening brace: one copy of the bytes, no
+    re-serialising. A client's own `stream_options` without `include_usage: true` (`{}`,
+    `false`, `null`) is the rare case where the body is re-serialised: a second key would be
+    a duplicate, which strict parsers refuse, and leaving it would let a stream escape
+    token counting and limits.
+    """
+    if not parsed:
+        return None
+    if "stream_options" in parsed:
+        options = parsed["stream_options"]
+        if options is None:
+            options = {}
+        if not isinstance(options, dict) or options.get("include_usage") is True:
+            return None  # asked already, or malformed: the upstream answers that
+        rewritten = {**parsed, "stream_options": {**options, "include_usage": True}}
+        return json.dumps(rewritten, ensure_ascii=False).encode(), rewritten
+    at = body.find(b"{")
+    # UTF-16/32 bodies (json.loads accepts them) hold NULs; UTF-8 JSON never does.
+    if at < 0 or b"\x00" in body[:at + 2]:
+        return None
+    spliced = b"".join((body[:at + 1], _INCLUDE_USAGE, body[at + 1:]))
+    return spliced, {"stream_options": {"include_usage": True}, **parsed}
+
+
+def _event_start(data: bytes, at: int) -> int:
+    """Where the SSE event holding byte `at` begins (events end with a blank line)."""
+    lf, crlf = data.rfind(b"\n\n", 0, at), data.rfind(b"\r\n\r\n", 0, at)
+    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
+
+def _event_end(data: bytes, at: int) -> int:
+    """Where the SSE event holding byte `at` ends, its blank line included."""
+    lf, crlf = data.find(b"\n\n", at), data.find(b"\r\n\r\n", at)
+    ends = [end for end in (lf + 2 if lf >= 0 else -1, crlf + 4 if crlf >= 0 else -1)
+            if end >= 0]
+    return min(ends) if ends else len(data)
+
+
+def _complete(data: bytes) -> int:
+    """How many leading bytes of `data` are whole SSE events."""
+    if data.endswith((b"\n\n", b"\r\n\r\n")):  # nearly always: a read ends an event
+        return len(data)
+    lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
+    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
+
+def _event_json(event: bytes) -> object:
+    """The JSON of an SSE event's `data` (its data lines joined), or None."""
+    lines = [line[5:] for line in event.splitlines() if line.startswith(b"data:")]
+    payload = b"\n".join(line[1:] if line.startswith(b" ") else line for line in lines)
+    try:
+        return json.loads(payload)
+    except ValueError:
+        return None
+
+
+class SseUsageStripper:
+    """Relays an SSE stream whose usage the gateway asked for, minus what that added.
+
+    `feed` takes the upstream's bytes and returns the bytes for the client; `close` returns
+    what is left at the end. Removed: the usage-only event (`"choices": []` with a `usage`
+    object), whose counts become `prompt_tokens`/`completion_tokens`, and the
+    `"usage": null` OpenAI puts in every other chunk.
+
+    Only whole events are passed on: the bytes after a read's last blank line wait for the
+    next read, since the usage event (or just its `"usage"` key) may be split across reads.
+    That costs the client nothing (an SSE client acts on an event only at its blank line) and
+    rarely copies (an upstream's read nearly always ends an event). Only events holding
+    `"usage"` are looked at, and only those that also carry token counts are parsed. An
+    event that never ends (over 1 MiB) is passed on as it is, and so is the rest of the
+    stream; its tokens are still counted.
+    """
+
+    __slots__ = ("_held", "_scanner", "completion_tokens", "prompt_tokens")
+
+    def __init__(self) -> None:
+        self._held = b""
+        self._scanner: SseUsageScanner | None = None  # set once past an endless event
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._scanner is not None:
+            self._count(chunk)
+            return chunk
+        data = self._held + chunk if self._held else chunk
+        cut = _complete(data)
+        if cut == len(data):
+            self._held = b""
+        else:
+            if len(data) - cut > _MAX_PENDING:  # not an SSE stream we can follow: let it be
+                self._scanner = SseUsageScanner()
+                self._held = b""
+                self._count(data[cut:])
+                return self._strip(data[:cut]) + data[cut:] if cut else data
+            self._held = data[cut:]
+            data = data[:cut]
+        return self._strip(data) if data else data
+
+    def close(self) -> bytes:
+        """The bytes still held at the end of the stream (an event without its blank line)."""
+        held, self._held = self._held, b""
+        return self._strip(held) if held else held
+
+    def _count(self, data: bytes) -> None:
+        scanner = self._scanner
+        assert scanner is not None
+        scanner.feed(data)
+        if scanner.prompt_tokens or scanner.completion_tokens:
+            self.prompt_tokens = scanner.prompt_tokens
+            self.completion_tokens = scanner.completion_tokens
+
+    def _strip(self, data: bytes) -> bytes:
+        if _USAGE_KEY not in data:  # the usual chunk: passed on untouched
+            return data
+        for null in _NULL_USAGE:
+            if null in data:
+                data = data.replace(null, b"")
+        at = data.find(_USAGE_KEY)
+        if at < 0:
+            return data
+        kept: list[bytes] = []
+        done = 0
+        while at >= 0:
+            start, end = _event_start(data, at), _event_end(data, at)
+            if _USAGE_MARKER in data[start:end] and self._usage_only(data[start:end]):
+                kept.append(data[done:start])
+                done = end
+            at = data.find(_USAGE_KEY, end)
+        if not done:
+            return data
+        kept.append(data[done:])
+        return b"".join(kept)
+
+    def _usage_only(self, event: bytes) -> bool:
+        """Notes the event's token counts; True when it is the usage-only event."""
+        parsed = _event_json(event)
+        if not isinstance(parsed, dict):
+            return False
+        usage = parsed.get("usage")
+        prompt, completion = _counts(usage)
+        if prompt or completion:
+            self.prompt_tokens, self.completion_tokens = prompt, completion
+        return isinstance(usage, dict) and parsed.get("choices") == []
 
 
 class UsageRecorder:

@@ -104,14 +104,24 @@ class DevEchoProvider(Provider):
 
     async def chat_stream(self, body: bytes, parsed: Mapping[str, Any]
                           ) -> AsyncGenerator[bytes, None]:
+        """As OpenAI streams: with `stream_options.include_usage` every chunk says
+        `"usage": null` and a last chunk with no choices carries the usage; without it, neither."""
         reply, prompt_words = _conversation(parsed)
-        completion_id, created = shapes.new_id("chatcmpl-"), int(time.time())
-        for index, piece in enumerate(_pieces(reply)):
-            delta = {"role": "assistant", "content": piece} if index == 0 else {"content": piece}
-            yield shapes.sse(shapes.chat_chunk(completion_id, created, MODEL, LABEL, delta))
-        yield shapes.sse(shapes.chat_chunk(completion_id, created, MODEL, LABEL, {}, "stop"))
         options = parsed.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage"):
+        with_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        completion_id, created = shapes.new_id("chatcmpl-"), int(time.time())
+
+        def chunk(delta: Mapping[str, str], finish_reason: str | None = None) -> bytes:
+            event = shapes.chat_chunk(completion_id, created, MODEL, LABEL, delta, finish_reason)
+            if with_usage:
+                event["usage"] = None
+            return shapes.sse(event)
+
+        for index, piece in enumerate(_pieces(reply)):
+            yield chunk({"role": "assistant", "content": piece} if index == 0
+                        else {"content": piece})
+        yield chunk({}, "stop")
+        if with_usage:
             yield shapes.sse(shapes.chat_chunk(completion_id, created, MODEL, LABEL, None,
                                                usage_counts=(prompt_words, _words(reply))))
         yield b"data: [DONE]\n\n"

@@ -75,6 +75,11 @@ class LocalEmbeddingsProvider(Provider):
                                                 thread_name_prefix=f"domicile-{self.name}")
         return self._executor
 
+    async def start(self) -> None:
+        # Load at start-up (off the event loop) so the first request does not wait ~5 s and
+        # the region reports healthy only once it can serve embeddings.
+        await self.warm_up()
+
     async def warm_up(self) -> None:
         """Load the model now rather than on the first request."""
         if self._model is not None:

@@ -1,11 +1,13 @@
 """`openai-compatible`: any HTTP upstream that speaks OpenAI's API (OpenAI EU, Azure OpenAI,
 Mistral, vLLM, Ollama, ...).
 
-The client's request bytes go upstream unchanged, over one pooled `aiohttp.ClientSession`
-per provider, opened at startup. G6: TLS 1.2 or later with certificate verification (the
-system's CAs, or the provider's `ca_file`); plain http only where config validation allowed
-it (loopback, or `insecure_http`). `timeout_s` bounds a whole non-stream call, and a
-stream's connect + response headers + first chunk (later chunks may take their time).
+The client's request bytes go upstream unchanged (but for the `stream_options` the gateway
+splices into a stream request that does not ask for usage: see `usage.request_usage`), over
+one pooled `aiohttp.ClientSession` per provider, opened at startup. G6: TLS 1.2 or later
+with certificate verification (the system's CAs, or the provider's `ca_file`); plain http
+only where config validation allowed it (loopback, or `insecure_http`). `timeout_s` bounds a
+whole non-stream call, and a stream's connect + response headers + first chunk (later chunks
+may take their time).
 
 The provider's API key is read once at start into the request headers; it is never logged
 and this object's repr does not show it.
