@@ -67,7 +67,8 @@ def test_tls_server_refuses_tls_1_1_and_accepts_1_2(tmp_path: Path) -> None:
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(ca_file)
     try:
-        server.wait_ready(("eu",), scheme="https", verify=str(ca_file))
+        trusting = ssl.create_default_context(cafile=str(ca_file))
+        server.wait_ready(("eu",), scheme="https", verify=trusting)
         old = tls_1_1_client()
         import socket
         with socket.create_connection(("127.0.0.1", site.port_base)) as raw:
@@ -78,7 +79,7 @@ def test_tls_server_refuses_tls_1_1_and_accepts_1_2(tmp_path: Path) -> None:
         with socket.create_connection(("127.0.0.1", site.port_base)) as raw:
             with good.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
                 assert tls.version() in ("TLSv1.2", "TLSv1.3")
-        response = httpx.get(f"https://127.0.0.1:{site.port_base}/healthz", verify=str(ca_file))
+        response = httpx.get(f"https://127.0.0.1:{site.port_base}/healthz", verify=trusting)
         assert response.json()["region"] == "eu"
     finally:
         server.stop()
