@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -149,9 +150,26 @@ async def _serve_regions(settings: Settings, sockets: dict[str, socket.socket],
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop_all)
     try:
-        await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in servers))
+        await asyncio.gather(_freeze_heap_when_started([s for s, _ in servers]),
+                             *(server.serve(sockets=[sock]) for server, sock in servers))
     finally:
         site.close()
+
+
+async def _freeze_heap_when_started(servers: Sequence[uvicorn.Server]) -> None:
+    """Once every region serves, move start-up objects (the embedding model, imports) out of
+    the garbage collector's sight: they live as long as the process, and scanning them on
+    every full collection costs the request path throughput."""
+    for _ in range(2400):  # at most 2 minutes: a server that never starts also stops this
+        if all(server.started for server in servers):
+            break
+        if any(server.should_exit for server in servers):
+            return
+        await asyncio.sleep(0.05)
+    else:
+        return
+    gc.collect()
+    gc.freeze()
 
 
 class _RegionServer(uvicorn.Server):
