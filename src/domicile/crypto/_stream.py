@@ -115,17 +115,13 @@ def _nonce(prefix: bytes, index: int, flag: bytes) -> bytes:
     return prefix + index.to_bytes(4, "big") + flag
 
 
-def seal_segments(
-    chunks: Iterable[Chunk], header: BlobHeader, aead: AESGCM
-) -> Iterator[bytes]:
-    """Yield the header, then each sealed segment, for plaintext chunks of any sizes."""
-    yield header.raw
-    seal, prefix, size = aead.encrypt, header.nonce_prefix, header.segment_size
-    index = 0
+def _pieces(chunks: Iterable[Chunk], size: int) -> Iterator[tuple[Chunk, bool]]:
+    """Re-cut chunks of any sizes into pieces of exactly `size` bytes, then the shorter
+    last piece (possibly empty): `(piece, is_last)`. A piece is valid only until the next
+    one is pulled (big chunks are sliced as views, without copying)."""
     pending = bytearray()  # fewer than `size` bytes, carried between chunks
     for chunk in chunks:
-        # A view, so big chunks are sliced without copying; released before the next chunk is
-        # pulled, so a producer may resize or reuse its buffer.
+        # Released before the next chunk is pulled, so a producer may reuse its buffer.
         with memoryview(chunk).cast("B") as view:
             n, pos = view.nbytes, 0
             if pending:
@@ -133,15 +129,24 @@ def seal_segments(
                 pending += view[:pos]
                 if len(pending) < size:
                     continue
-                yield seal(_nonce(prefix, index, _NONFINAL), pending, None)
-                index += 1
+                yield pending, False
                 pending.clear()
             while n - pos >= size:
-                yield seal(_nonce(prefix, index, _NONFINAL), view[pos : pos + size], None)
-                index += 1
+                with view[pos : pos + size] as piece:  # released when the consumer moves on
+                    yield piece, False
                 pos += size
             pending += view[pos:]
-    yield seal(_nonce(prefix, index, _FINAL), pending, None)
+    yield pending, True
+
+
+def seal_segments(
+    chunks: Iterable[Chunk], header: BlobHeader, aead: AESGCM
+) -> Iterator[bytes]:
+    """Yield the header, then each sealed segment, for plaintext chunks of any sizes."""
+    yield header.raw
+    seal, prefix = aead.encrypt, header.nonce_prefix
+    for index, (piece, last) in enumerate(_pieces(chunks, header.segment_size)):
+        yield seal(_nonce(prefix, index, _FINAL if last else _NONFINAL), piece, None)
 
 
 def seal_all(plaintext: bytes, header: BlobHeader, aead: AESGCM) -> bytes:
@@ -174,28 +179,11 @@ def open_segments(
     """Yield verified plaintext segments from the ciphertext after the header, in any chunking."""
     opn, prefix = aead.decrypt, header.nonce_prefix
     full = header.segment_size + _TAG  # a sealed segment of exactly this length is not final
-    index = 0
-    pending = bytearray()
     try:
-        for chunk in chunks:
-            with memoryview(chunk).cast("B") as view:
-                n, pos = view.nbytes, 0
-                if pending:
-                    pos = min(full - len(pending), n)
-                    pending += view[:pos]
-                    if len(pending) < full:
-                        continue
-                    yield opn(_nonce(prefix, index, _NONFINAL), pending, None)
-                    index += 1
-                    pending.clear()
-                while n - pos >= full:
-                    yield opn(_nonce(prefix, index, _NONFINAL), view[pos : pos + full], None)
-                    index += 1
-                    pos += full
-                pending += view[pos:]
-        if len(pending) < _TAG:
-            raise DecryptionError()  # truncated: no final segment
-        yield opn(_nonce(prefix, index, _FINAL), pending, None)
+        for index, (piece, last) in enumerate(_pieces(chunks, full)):
+            if last and len(piece) < _TAG:
+                raise DecryptionError()  # truncated: no final segment
+            yield opn(_nonce(prefix, index, _FINAL if last else _NONFINAL), piece, None)
     except (InvalidTag, ValueError):
         raise DecryptionError() from None
 
