@@ -338,19 +338,21 @@ class GatewayApp:
         await self._answer(call, provider, answer)
 
     async def _embeddings(self, call: Exchange, grant: ApiKeyGrant) -> None:
-        body = await call.read_body()
-        parsed = parse_json_object(body)
-        model = call.model = model_of(parsed)
-        provider, answer = await self.router.first_available(
-            model, self.router.route(model, "embeddings"), lambda p: p.embeddings(body, parsed))
-        await self._answer(call, provider, answer)
+        await self._forward(call, "embeddings", lambda p, body, parsed: p.embeddings(body, parsed))
 
     async def _images(self, call: Exchange, grant: ApiKeyGrant) -> None:
+        await self._forward(call, "images", lambda p, body, parsed: p.images(body, parsed))
+
+    async def _forward(
+        self, call: Exchange, capability: Capability,
+        ask: Callable[[Provider, bytes, dict[str, Any]], Awaitable[ProviderResponse]],
+    ) -> None:
+        """Read, route and answer a one-shot request to the first provider that serves it."""
         body = await call.read_body()
         parsed = parse_json_object(body)
         model = call.model = model_of(parsed)
         provider, answer = await self.router.first_available(
-            model, self.router.route(model, "images"), lambda p: p.images(body, parsed))
+            model, self.router.route(model, capability), lambda p: ask(p, body, parsed))
         await self._answer(call, provider, answer)
 
     @staticmethod
