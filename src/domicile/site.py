@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from domicile.compliance.audit import AuditLog
+from domicile.compliance.audit import AuditLog, audit_key
 from domicile.config import Settings, load_settings
 from domicile.crypto import LocalKeyProvider, write_new_kek
 from domicile.errors import ConfigError, InvalidInput
@@ -129,21 +129,24 @@ class Site:
         return engine
 
     @cached_property
-    def directory_audit(self) -> AuditLog:
-        return AuditLog(self.directory_engine, DIRECTORY_CHAIN, directory_models.AUDIT_LOG,
-                        directory_models.AUDIT_HEAD)
-
-    @cached_property
-    def directory(self) -> Directory:
+    def site_secret(self) -> bytes:
         secret_file = self.settings.directory.secret_file
         try:
-            secret = load_site_secret(secret_file)
+            return load_site_secret(secret_file)
         except FileNotFoundError:
             raise ConfigError("directory.secret_file", f"{secret_file} does not exist") from None
         except ValueError as exc:
             raise ConfigError("directory.secret_file", str(exc)) from None
+
+    @cached_property
+    def directory_audit(self) -> AuditLog:
+        return AuditLog(self.directory_engine, DIRECTORY_CHAIN, directory_models.AUDIT_LOG,
+                        directory_models.AUDIT_HEAD, key=audit_key(self.site_secret))
+
+    @cached_property
+    def directory(self) -> Directory:
         return Directory(
-            self.directory_engine, CredentialHasher(secret), self.settings.regions,
+            self.directory_engine, CredentialHasher(self.site_secret), self.settings.regions,
             audit_for=self.audit_log,
             default_retention=lambda region: self.settings.regions[region].default_retention,
             on_tenant_created=self._create_tenant_key,
@@ -170,7 +173,8 @@ class Site:
             engine = make_engine(config.database_url)
             self._engines.append(engine)
             keys = LocalKeyProvider(region, config.key_provider.path)
-            self._stores[region] = RegionalStore(region, engine, FileBlobStore(blob_dir), keys)
+            self._stores[region] = RegionalStore(region, engine, FileBlobStore(blob_dir), keys,
+                                                 audit_key=audit_key(self.site_secret))
         return self._stores[region]
 
     def migrate(self) -> None:

@@ -76,3 +76,40 @@ def test_cut_tail_is_detected(audited: Site) -> None:
 def test_chains_are_per_region(audited: Site) -> None:
     assert len(list(audited.store("eu").audit.entries())) == 5
     assert list(audited.store("us").audit.entries()) == []
+
+
+def test_a_chain_rebuilt_without_the_site_secret_is_detected(audited: Site) -> None:
+    """The attacker alters entry 2 and recomputes every later hash and the head, as a plain
+    SHA-256 chain would let them; without the site secret the MACs cannot match."""
+    import hashlib
+    import json
+
+    from domicile.compliance.audit import GENESIS
+
+    store = audited.store("eu")
+    entries = list(store.audit.entries())
+    prev, statements = GENESIS, []
+    for entry in entries:
+        actor = "mallory" if entry.seq == 2 else entry.actor
+        canonical = json.dumps(
+            [prev, entry.chain, entry.seq, entry.at.isoformat(timespec="microseconds"), actor,
+             entry.action, entry.target,
+             json.dumps(dict(entry.details), sort_keys=True, separators=(",", ":"))],
+            separators=(",", ":"))
+        digest = hashlib.sha256(canonical.encode()).hexdigest()
+        statements.append(f"UPDATE audit_log SET actor = '{actor}', prev_hash = '{prev}', "
+                          f"hash = '{digest}' WHERE seq = {entry.seq}")
+        prev = digest
+    statements.append(f"UPDATE audit_head SET hash = '{prev}'")
+    tamper(audited, *statements)
+    problem = store.audit.verify()
+    assert problem is not None and problem.seq == 1  # not one entry verifies any more
+
+
+def test_the_audit_key_is_derived_from_the_site_secret(audited: Site) -> None:
+    from domicile.compliance.audit import audit_key
+
+    key = audit_key(audited.site_secret)
+    assert key != audited.site_secret and len(key) == 32
+    assert key.hex() not in repr(audited.store("eu").audit)
+    assert str(key) not in repr(audited.store("eu").audit)

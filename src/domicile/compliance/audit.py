@@ -1,23 +1,27 @@
 """The audit log (G8): per chain (each region, and the directory), append-only, hash-chained.
 
-Each entry holds the SHA-256 of the entry before it, over a canonical encoding, so an entry
-altered, removed or reordered breaks the chain; `audit_head` keeps the last hash so a cut
-tail is caught too. The database refuses UPDATE and DELETE on entries; the chain catches
-whoever goes around it. Entries say who did what to which object: never content or secrets.
+Each entry holds an HMAC-SHA256, over a canonical encoding, of itself and the entry before
+it, so an entry altered, removed or reordered breaks the chain; `audit_head` keeps the last
+hash so a cut tail is caught too. The MAC key is derived from the site secret, which lives
+outside every database: whoever can write a database but not read that file cannot rebuild
+a consistent chain after tampering. The database refuses UPDATE and DELETE on entries; the
+chain catches whoever goes around it. Entries say who did what to which object: never
+content or secrets.
 """
 
 from __future__ import annotations
 
-import hashlib
+import hmac
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from hashlib import sha256
 
 from sqlalchemy import Connection, Engine, Table, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-__all__ = ["GENESIS", "AuditEntry", "AuditLog", "AuditProblem", "Detail"]
+__all__ = ["GENESIS", "AuditEntry", "AuditLog", "AuditProblem", "Detail", "audit_key"]
 
 GENESIS = "0" * 64
 Detail = str | int | bool | None
@@ -46,13 +50,18 @@ class AuditProblem:
         return f"audit chain {self.chain!r}: entry {self.seq}: {self.reason}"
 
 
-def entry_hash(prev_hash: str, chain: str, seq: int, at: datetime, actor: str, action: str,
-               target: str, details: str) -> str:
+def audit_key(site_secret: bytes) -> bytes:
+    """The chains' MAC key: derived from the site secret, separated from its other use."""
+    return hmac.new(site_secret, b"domicile audit chain v1", sha256).digest()
+
+
+def entry_hash(key: bytes, prev_hash: str, chain: str, seq: int, at: datetime, actor: str,
+               action: str, target: str, details: str) -> str:
     canonical = json.dumps(
         [prev_hash, chain, seq, _iso(at), actor, action, target, details],
         separators=(",", ":"), ensure_ascii=False,
     )
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return hmac.new(key, canonical.encode("utf-8"), sha256).hexdigest()
 
 
 def _iso(at: datetime) -> str:
@@ -65,11 +74,16 @@ def _iso(at: datetime) -> str:
 class AuditLog:
     """One chain in one database (`log` and `head` tables from `storage.schema.audit_tables`)."""
 
-    def __init__(self, engine: Engine, chain: str, log: Table, head: Table) -> None:
+    def __init__(self, engine: Engine, chain: str, log: Table, head: Table, *,
+                 key: bytes) -> None:
         self._engine = engine
         self.chain = chain
         self._log = log
         self._head = head
+        self._key = key
+
+    def __repr__(self) -> str:
+        return f"AuditLog(chain={self.chain!r})"
 
     def append(self, actor: str, action: str, target: str,
                details: Mapping[str, Detail] | None = None, *,
@@ -94,7 +108,8 @@ class AuditLog:
         at = datetime.now(UTC)
         encoded = json.dumps(dict(details), sort_keys=True, separators=(",", ":"),
                              ensure_ascii=False)
-        digest = entry_hash(prev, self.chain, seq, at, actor, action, target, encoded)
+        digest = entry_hash(self._key, prev, self.chain, seq, at, actor, action, target,
+                            encoded)
         conn.execute(insert(self._log).values(
             chain=self.chain, seq=seq, at=at, actor=actor, action=action, target=target,
             details=encoded, prev_hash=prev, hash=digest,
@@ -135,8 +150,8 @@ class AuditLog:
                     return AuditProblem(self.chain, row.seq,
                                         "does not follow the entry before it "
                                         "(removed or reordered)")
-                recomputed = entry_hash(prev, row.chain, row.seq, row.at, row.actor, row.action,
-                                        row.target, row.details)
+                recomputed = entry_hash(self._key, prev, row.chain, row.seq, row.at, row.actor,
+                                        row.action, row.target, row.details)
                 if recomputed != row.hash:
                     return AuditProblem(self.chain, row.seq, "altered (its hash does not match)")
                 prev, expected_seq = row.hash, row.seq + 1

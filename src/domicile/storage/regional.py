@@ -48,13 +48,14 @@ def claim_region(engine: Engine, region: str) -> None:
 
 
 class RegionalStore:
-    def __init__(self, region: str, engine: Engine, blobs: BlobStore, keys: KeyProvider) -> None:
+    def __init__(self, region: str, engine: Engine, blobs: BlobStore, keys: KeyProvider, *,
+                 audit_key: bytes) -> None:
         self.region = region
         self.engine = engine
         self.blobs = blobs
         self.keys = keys
         self.envelope = Envelope(keys)
-        self.audit = AuditLog(engine, region, AUDIT_LOG, AUDIT_HEAD)
+        self.audit = AuditLog(engine, region, AUDIT_LOG, AUDIT_HEAD, key=audit_key)
         self._keyed_tenants: set[str] = set()
 
     def __repr__(self) -> str:
