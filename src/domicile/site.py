@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 
@@ -188,12 +186,3 @@ class Site:
     def close(self) -> None:
         for engine in self._engines:
             engine.dispose()
-
-
-@contextmanager
-def open_site(settings: Settings) -> Iterator[Site]:
-    site = Site(settings)
-    try:
-        yield site
-    finally:
-        site.close()

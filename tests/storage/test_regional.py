@@ -151,3 +151,35 @@ def test_usage_metadata_round_trip(site: Site) -> None:
     assert store.usage("proj_b") == []
     with pytest.raises(DBAPIError, match="another region"):
         site.store("us").write_usage(records[:1])  # an eu record in the us store
+
+
+def test_a_shredded_tenant_is_never_silently_given_a_new_key(site: Site,
+                                                            eu_tenant: TenantRef) -> None:
+    """G9: after crypto-shredding, no process re-creates the tenant's key on its next write."""
+    from domicile.crypto import KeyNotFound
+
+    site.store("eu").put_record(eu_tenant, "response", "r", b"before")
+    site.store("eu").envelope.destroy_tenant_key(eu_tenant.id)
+    other_process = Site(site.settings)  # a server or CLI that never saw this tenant
+    try:
+        for store in (site.store("eu"), other_process.store("eu")):
+            with pytest.raises(KeyNotFound):
+                store.put_record(eu_tenant, "response", "r2", b"after")
+            with pytest.raises(KeyNotFound):
+                store.put_blob(eu_tenant, "file", "f", "f.txt", [b"after"])
+            with pytest.raises(DecryptionError):
+                store.get_record(eu_tenant, "response", "r")
+        assert not other_process.store("eu").keys.has_tenant(eu_tenant.id)
+    finally:
+        other_process.close()
+
+
+def test_a_global_tenant_gets_its_key_in_a_region_on_first_write(site: Site) -> None:
+    org = site.directory.create_org("Acme")
+    project = site.directory.create_project(org.id, "g", "global", per_request_residency=True)
+    roaming = TenantRef(project.id, "global", org.id)
+    for region in ("eu", "us"):
+        store = site.store(region)
+        assert not store.keys.has_tenant(project.id)
+        store.put_record(roaming, "response", "r", region.encode())
+        assert store.get_record(roaming, "response", "r") == region.encode()

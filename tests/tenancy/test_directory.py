@@ -140,3 +140,16 @@ def test_tenancy_changes_are_audited_in_the_tenants_region(site: Site) -> None:
     assert [e.action for e in site.directory_audit.entries()] == ["org.create"]
     for entry in site.store("us").audit.entries():
         assert key.secret not in str(entry)
+
+
+def test_training_consent_changes_are_audited(site: Site) -> None:
+    """G7: no training by default; every change of consent is on record."""
+    org = site.directory.create_org("Acme")
+    assert org.training_opt_in is False and org.training_opt_in_since is None
+    opted = site.directory.set_training_opt_in(org.id, True)
+    assert opted.training_opt_in and opted.training_opt_in_since is not None
+    site.directory.set_training_opt_in(org.id, True)  # no change, no entry
+    site.directory.set_training_opt_in(org.id, False)
+    trail = [(e.action, e.details.get("training_opt_in")) for e in site.directory_audit.entries()]
+    assert trail == [("org.create", False), ("org.training_opt_in", True),
+                     ("org.training_opt_in", False)]

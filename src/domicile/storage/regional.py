@@ -56,7 +56,7 @@ class RegionalStore:
         self.keys = keys
         self.envelope = Envelope(keys)
         self.audit = AuditLog(engine, region, AUDIT_LOG, AUDIT_HEAD, key=audit_key)
-        self._keyed_tenants: set[str] = set()
+        self._keyed_global_tenants: set[str] = set()
 
     def __repr__(self) -> str:
         return f"RegionalStore(region={self.region!r})"
@@ -68,13 +68,17 @@ class RegionalStore:
             raise CrossRegionWrite(
                 f"the store of region {self.region} refuses a tenant of region {tenant.region}"
             )
-        if tenant.id not in self._keyed_tenants:
-            self.envelope.create_tenant_key(tenant.id)  # idempotent; lazily for global tenants
-            self._keyed_tenants.add(tenant.id)
         return Context(self.region, tenant.id, kind, record_id)
 
-    def forget_tenant_key_cache(self, tenant_id: str) -> None:
-        self._keyed_tenants.discard(tenant_id)
+    def _sealing_context(self, tenant: TenantRef, kind: str, record_id: str) -> Context:
+        """The context to write under. A pinned tenant's data key was made with the tenant
+        (by the directory) and is never made again here, so a shredded tenant stays
+        shredded; a per-request-residency tenant gets its key in a region on first write."""
+        context = self._context(tenant, kind, record_id)
+        if tenant.region == GLOBAL_REGION and tenant.id not in self._keyed_global_tenants:
+            self.envelope.create_tenant_key(tenant.id)  # idempotent
+            self._keyed_global_tenants.add(tenant.id)
+        return context
 
     def rotate_kek(self, *, actor: str = "cli") -> int:
         """Re-wrap every tenant's data key under a new key-encryption key; content untouched."""
@@ -85,7 +89,7 @@ class RegionalStore:
     # -- records ----------------------------------------------------------------------------
 
     def put_record(self, tenant: TenantRef, kind: str, record_id: str, plaintext: bytes) -> None:
-        body = self.envelope.seal(plaintext, self._context(tenant, kind, record_id))
+        body = self.envelope.seal(plaintext, self._sealing_context(tenant, kind, record_id))
         now = datetime.now(UTC)
         values = {"tenant_id": tenant.id, "kind": kind, "record_id": record_id,
                   "region": self.region, "created_at": now, "updated_at": now, "body": body}
@@ -133,7 +137,7 @@ class RegionalStore:
 
     def put_blob(self, tenant: TenantRef, kind: str, blob_id: str, filename: str,
                  chunks: Iterable[bytes], meta: dict[str, str] | None = None) -> StoredBlob:
-        context = self._context(tenant, kind, blob_id)
+        context = self._sealing_context(tenant, kind, blob_id)
         size = 0
 
         def counted() -> Iterator[bytes]:

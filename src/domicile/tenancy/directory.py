@@ -101,10 +101,6 @@ class Directory:
                             {"training_opt_in": opt_in})
         return org
 
-    def get_org(self, org_id: str) -> Org:
-        with Session(self._engine, expire_on_commit=False) as session:
-            return self._get(session, Org, org_id, "org")
-
     # -- projects and API keys --------------------------------------------------------------
 
     def create_project(
