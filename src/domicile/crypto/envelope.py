@@ -112,13 +112,7 @@ class Envelope:
 
     def seal(self, plaintext: bytes, context: Context) -> bytes:
         """Encrypt one record under the tenant's current data key, bound to `context`."""
-        if context.region != self._region:
-            raise ValueError(
-                f"context is for region {context.region!r}, this envelope seals {self._region!r}"
-            )
-        key = self._sealing.get(context.tenant)
-        if key is None or key.expires < _monotonic():
-            key = self._load_sealing(context.tenant)
+        key = self._sealing_key(context)
         nonce = take_nonce()
         header = key.record_prefix + nonce
         return header + key.aead.encrypt(nonce, plaintext, header + context._aad)
@@ -177,7 +171,8 @@ class Envelope:
             header = _stream.BlobHeader.read(view)
         return _stream.open_all(data, header, self._blob_key(header, context))
 
-    def _new_blob(self, context: Context) -> tuple[_stream.BlobHeader, AESGCM]:
+    def _sealing_key(self, context: Context) -> _SealKey:
+        """The tenant's current data key, from the cache while it is fresh."""
         if context.region != self._region:
             raise ValueError(
                 f"context is for region {context.region!r}, this envelope seals {self._region!r}"
@@ -185,6 +180,10 @@ class Envelope:
         key = self._sealing.get(context.tenant)
         if key is None or key.expires < _monotonic():
             key = self._load_sealing(context.tenant)
+        return key
+
+    def _new_blob(self, context: Context) -> tuple[_stream.BlobHeader, AESGCM]:
+        key = self._sealing_key(context)
         header = _stream.BlobHeader.new(key.blob_prefix, self._segment_size)
         return header, _derive(key.kdk, header, context)
 

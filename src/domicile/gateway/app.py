@@ -106,7 +106,12 @@ class _MountedLifespan:
 
 
 class GatewayApp:
-    """The gateway of one region. Build it with `create_gateway_app`."""
+    """The ASGI app of `region`'s gateway, built from that region's providers only (G2).
+
+    `fallback_app` receives every request outside `/v1` and `/healthz` (the workspace);
+    `rate_limiter` defaults to per-process in-memory windows; `providers` replaces the
+    configured ones (tests only).
+    """
 
     def __init__(
         self,
@@ -472,21 +477,5 @@ def _is_api(path: str) -> bool:
     return path.startswith("/v1/") or path == "/v1"
 
 
-def create_gateway_app(
-    settings: Settings,
-    region: str,
-    *,
-    authenticator: KeyAuthenticator,
-    usage_sink: UsageSink,
-    content_store: ContentStore | None = None,
-    fallback_app: ASGIApp | None = None,
-    rate_limiter: RateLimiter | None = None,
-) -> GatewayApp:
-    """The ASGI app of `region`'s gateway, built from that region's providers only (G2).
-
-    `fallback_app` receives every request outside `/v1` and `/healthz` (the workspace);
-    `rate_limiter` defaults to per-process in-memory windows.
-    """
-    return GatewayApp(settings, region, authenticator=authenticator, usage_sink=usage_sink,
-                      content_store=content_store, fallback_app=fallback_app,
-                      rate_limiter=rate_limiter)
+# The public name of the constructor (the class is the factory: one signature to keep).
+create_gateway_app = GatewayApp
