@@ -130,3 +130,11 @@ def test_api_key_is_read_from_the_named_env_var_and_hidden(
     key = settings.regions["eu"].providers[0].api_key()
     assert key is not None and key.get_secret_value() == "sk-very-secret"
     assert "sk-very-secret" not in repr(settings) and "sk-very-secret" not in repr(key)
+
+
+def test_a_credential_in_a_provider_url_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    error = refused(tmp_path, provider_block(
+        name='"x"', kind='"openai-compatible"', models='["m"]',
+        base_url='"https://user:hunter2secret@llm.example.com/v1"'))
+    assert error.field == "regions.eu.providers[2].base_url"
+    assert "hunter2secret" not in str(error)

@@ -275,6 +275,10 @@ def _resolve_provider(
     parts = urlsplit(provider.base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{field}.base_url", "must be an http(s) URL")
+    if parts.username or parts.password:
+        # A credential in a URL ends up in reprs and logs; keys come from `api_key_env`.
+        raise ConfigError(f"{field}.base_url",
+                          "must not carry credentials; name an env var in api_key_env")
     if parts.scheme == "http" and not provider.insecure_http and not is_loopback_host(
         parts.hostname
     ):

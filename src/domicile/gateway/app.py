@@ -217,13 +217,6 @@ class GatewayApp:
         self._starting = None
         self._started = False
 
-    async def warm_up(self) -> None:
-        """Load in-process models now (else they load on first use)."""
-        for provider in self.providers:
-            warm_up = getattr(provider, "warm_up", None)
-            if warm_up is not None:
-                await warm_up()
-
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         if not _is_api(path):

@@ -1,6 +1,6 @@
 """`local-embeddings`: all-MiniLM-L6-v2 in this process, offline (no model hub, ever).
 
-The model is loaded once per process, lazily (first request or `warm_up()`), in a thread:
+The model is loaded once per process, in a thread, at the app's start-up (or on first use):
 loading takes seconds and must not stall the event loop. Encoding is CPU-bound and runs on a
 single dedicated thread; requests arriving within a few milliseconds of each other are
 gathered into one `encode` call (micro-batching), which is where the throughput comes from.
