@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,7 +45,7 @@ DEFAULT_CAPABILITIES: Mapping[str, tuple[Capability, ...]] = {
     "dev-echo": ("chat", "embeddings", "vision", "images"),
 }
 # A region name is part of key prefixes (`dk-eu-…`) and URLs: keep it to a simple token.
-REGION_NAME = r"^[a-z][a-z0-9]{1,15}$"
+REGION_NAME = re.compile(r"[a-z][a-z0-9]{1,15}")
 RESERVED_REGION_NAMES = frozenset({"global", "directory"})
 
 
@@ -213,7 +214,7 @@ def parse_settings(
         prefix = f"regions.{name}"
         if not isinstance(region_raw, Mapping):
             raise ConfigError(prefix, "must be a table")
-        if name in RESERVED_REGION_NAMES or not _matches(REGION_NAME, name):
+        if name in RESERVED_REGION_NAMES or not REGION_NAME.fullmatch(name):
             raise ConfigError(prefix, "a region name is 2-16 lowercase letters or digits, "
                               "starting with a letter, and not 'global' or 'directory'")
         region = _validate(RegionSettings, {"name": name, **region_raw}, prefix)
@@ -336,11 +337,6 @@ def _table(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
         raise ConfigError(key, "must be a table")
     return value
 
-
-def _matches(pattern: str, value: str) -> bool:
-    import re
-
-    return re.fullmatch(pattern.strip("^$"), value) is not None
 
 
 def _validate(model: type[M], data: dict[str, Any], prefix: str) -> M:
