@@ -27,6 +27,7 @@ __all__ = [
     "KeyProviderSettings",
     "ProviderSettings",
     "RegionSettings",
+    "ServerSettings",
     "Settings",
     "find_config",
     "load_settings",
@@ -63,7 +64,17 @@ class ProviderSettings(_Frozen):
     ca_file: Path | None = None
     insecure_http: bool = False
     timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # The longest a stream may stay silent between two chunks (default: `timeout_s`).
+    stream_idle_timeout_s: Annotated[float, Field(gt=0, le=3600)] | None = None
+    # Connections open to this provider at once, and how long a request may wait for one
+    # before the region answers 503 `region_busy` (capacity, not an outage).
+    max_connections: Annotated[int, Field(ge=1, le=65536)] = 256
+    pool_timeout_s: Annotated[float, Field(gt=0, le=600)] = 5.0
     weight: Annotated[int, Field(ge=1, le=1000)] = 1
+
+    @property
+    def effective_stream_idle_timeout_s(self) -> float:
+        return self.stream_idle_timeout_s or self.timeout_s
 
     @property
     def effective_capabilities(self) -> frozenset[Capability]:
@@ -122,6 +133,19 @@ class RegionSettings(_Frozen):
         return value
 
 
+class ServerSettings(_Frozen):
+    """Bounds every region's HTTP server applies before a request reaches the app."""
+
+    # Request line and headers together; past it: 431.
+    max_header_bytes: Annotated[int, Field(ge=4096, le=16 * 1024 * 1024)] = 64 * 1024
+    # From a connection's first byte (or the end of its last answer) to the end of the headers.
+    header_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    # An idle keep-alive connection is closed after this long.
+    keepalive_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    # Open connections per region (per worker); past it a new one is answered 503 and closed.
+    max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+
+
 class DirectorySettings(_Frozen):
     database_url: str
     # The per-site secret that keys the HMAC of API keys and workspace tokens.
@@ -133,6 +157,7 @@ class Settings(_Frozen):
     data_dir: Path
     directory: DirectorySettings
     regions: Mapping[str, RegionSettings]
+    server: ServerSettings = ServerSettings()
 
     def region(self, name: str) -> RegionSettings:
         try:
@@ -187,7 +212,7 @@ def load_settings(path: str | os.PathLike[str], *, check_files: bool = True) -> 
 def parse_settings(
     raw: Mapping[str, Any], *, config_path: Path, check_files: bool = True
 ) -> Settings:
-    allowed = {"data_dir", "directory", "regions"}
+    allowed = {"data_dir", "directory", "regions", "server"}
     for key in raw:
         if key not in allowed:
             raise ConfigError(key, "unknown key")
@@ -236,8 +261,12 @@ def parse_settings(
             raise ConfigError(f"{prefix}.database_url", "the directory uses the same database")
         regions[name] = region
 
+    server_raw = raw.get("server", {})
+    if not isinstance(server_raw, Mapping):
+        raise ConfigError("server", "must be a table")
+    server = _validate(ServerSettings, dict(server_raw), "server")
     return Settings(config_path=config_path.resolve(), data_dir=data_dir, directory=directory,
-                    regions=regions)
+                    regions=regions, server=server)
 
 
 def _resolve_region(

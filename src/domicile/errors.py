@@ -19,14 +19,17 @@ __all__ = [
     "CrossRegionWrite",
     "DomicileError",
     "Forbidden",
+    "InsufficientStorage",
     "InvalidApiKey",
     "InvalidInput",
     "ModelNotFound",
     "NoInRegionProvider",
     "NotFound",
     "RateLimited",
+    "RegionBusy",
     "RegionImmutable",
     "StorageError",
+    "StoreUnavailable",
     "TokenRateLimited",
     "UpstreamError",
     "WrongRegion",
@@ -161,9 +164,37 @@ class ContentStoreUnavailable(DomicileError):
     type = "server_error"
 
 
+class RegionBusy(DomicileError):
+    """Every in-region provider's connection pool is full: capacity, not an outage. Carries
+    `retry-after`."""
+
+    status = 503
+    code = "region_busy"
+    type = "server_error"
+
+
 class UpstreamError(DomicileError):
+    """An upstream answered something that is not a valid answer (malformed JSON, a stream
+    broken off): never relayed as if it were one."""
+
     status = 502
     code = "upstream_error"
+    type = "server_error"
+
+
+class StoreUnavailable(DomicileError):
+    """The region's database or blob store cannot be reached now; nothing was stored."""
+
+    status = 503
+    code = "store_unavailable"
+    type = "server_error"
+
+
+class InsufficientStorage(DomicileError):
+    """The region's disk is full; nothing was stored. Deletes still work, to free space."""
+
+    status = 507
+    code = "insufficient_storage"
     type = "server_error"
 
 
