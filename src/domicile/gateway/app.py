@@ -42,6 +42,7 @@ from .http import (
     mark_retrieved,
     model_of,
     parse_json_object,
+    until_disconnect,
 )
 from .providers import Provider, ProviderResponse, UpstreamRejected, build_providers
 from .providers.base import ProviderUnavailable
@@ -57,11 +58,6 @@ log = logging.getLogger("domicile.gateway")
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Handler = Callable[[Exchange, ApiKeyGrant], Awaitable[None]]
-
-
-async def _until_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 class _MountedLifespan:
@@ -426,7 +422,7 @@ class GatewayApp:
             await call.end_stream()
 
         pumping = asyncio.ensure_future(pump())
-        watching = asyncio.ensure_future(_until_disconnect(call.receive))
+        watching = asyncio.ensure_future(until_disconnect(call.receive))
         watching.add_done_callback(mark_retrieved)
         try:
             await asyncio.wait((pumping, watching), return_when=asyncio.FIRST_COMPLETED)

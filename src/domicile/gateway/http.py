@@ -13,7 +13,7 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, TypeVar
 
 from domicile.errors import BodyTooLarge, DomicileError, InvalidInput
 from domicile.tenancy.grants import ApiKeyGrant
@@ -32,6 +32,7 @@ __all__ = [
     "mark_retrieved",
     "model_of",
     "parse_json_object",
+    "until_disconnect",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -44,6 +45,7 @@ JSON = b"application/json"
 EVENT_STREAM = b"text/event-stream"
 MAX_JSON_BODY = 32 * 1024 * 1024
 _NO_HEADERS: Headers = []
+T = TypeVar("T")
 
 
 class ClientDisconnected(Exception):
@@ -77,6 +79,12 @@ def mark_retrieved(task: asyncio.Future[Any]) -> None:
     (message and all) when the task is collected. Its owner deals with the failure."""
     if not task.cancelled():
         task.exception()
+
+
+async def until_disconnect(receive: Receive) -> None:
+    """Returns when the client has gone (call only once the request body has been read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
@@ -148,6 +156,24 @@ class Exchange:
                 raise BodyTooLarge(f"The request body is larger than {limit} bytes.")
             if not message.get("more_body", False):
                 return bytes(parts)
+
+    async def unless_disconnected(self, work: Awaitable[T]) -> T:
+        """`work`'s result, once the body has been read; if the client goes away first, the
+        work is cancelled (an in-process model stops, an upstream request is closed) and
+        `ClientDisconnected` is raised."""
+        task = asyncio.ensure_future(work)
+        watch = asyncio.ensure_future(until_disconnect(self.receive))
+        watch.add_done_callback(mark_retrieved)
+        try:
+            await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            if not task.done():
+                task.cancel()
+                task.add_done_callback(mark_retrieved)
+        if task.cancelled():
+            raise ClientDisconnected
+        return task.result()
 
     async def respond(self, status: int, body: bytes, content_type: bytes = JSON) -> None:
         self.status = status
