@@ -52,12 +52,13 @@ from .responses import ResponsesEndpoint
 from .routing import ModelRouter
 from .usage import SseUsageScanner, SseUsageStripper, UsageRecorder, request_usage
 
-__all__ = ["ASGIApp", "GatewayApp", "create_gateway_app"]
+__all__ = ["UNKNOWN_ROUTE", "ASGIApp", "GatewayApp", "create_gateway_app", "route_template"]
 
 log = logging.getLogger("domicile.gateway")
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Handler = Callable[[Exchange, ApiKeyGrant], Awaitable[None]]
+UNKNOWN_ROUTE = "(unknown)"
 
 
 class _MountedLifespan:
@@ -161,7 +162,14 @@ class GatewayApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, receive, send)
+            try:
+                await self._http(scope, receive, send)
+            except Exception as exc:
+                # Nothing may escape to the server: its traceback would quote content (G4).
+                log.error("unhandled %s outside a handler", type(exc).__name__)
+                with contextlib.suppress(Exception):  # the answer may have begun already
+                    await Exchange(scope, receive, send, self._region_header).fail(
+                        DomicileError("The server had an error while processing your request."))
         elif kind == "lifespan":
             await self._lifespan(scope, receive, send)
         elif self._fallback is not None and not _is_api(scope["path"]):
@@ -227,6 +235,9 @@ class GatewayApp:
                 NotFound(f"Invalid URL ({scope['method']} {path})"))
             return
         call = Exchange(scope, receive, send, self._region_header)
+        handler = self._routes.get((scope["method"], path))
+        # Usage keeps a route's template, never the path itself: a path is client text (G4).
+        call.endpoint = path if handler is not None else route_template(path)
         try:
             if not self._started:
                 await self.startup()
@@ -234,8 +245,7 @@ class GatewayApp:
             call.grant = grant
             if grant.rpm_limit is not None or grant.tpm_limit is not None:
                 call.extra_headers = await self._limiter.acquire(grant)
-            handler = self._routes.get((scope["method"], path)) or self._dynamic(call, grant)
-            await handler(call, grant)
+            await (handler or self._dynamic(call, grant))(call, grant)
         except DomicileError as exc:
             await call.fail(exc, list(exc.headers))
         except ClientDisconnected:
@@ -285,7 +295,6 @@ class GatewayApp:
             content_store_for(grant, self._store, "/v1/files")  # G4 for every files path
         if path.startswith("/v1/files/"):
             file_id, _, rest = path[len("/v1/files/"):].partition("/")
-            call.endpoint = "/v1/files/{file_id}" + ("/" + rest if rest else "")
             if method == "GET" and rest == "content":
                 return functools.partial(self._files_call, self._files.content, file_id)
             if method == "GET" and not rest:
@@ -294,14 +303,12 @@ class GatewayApp:
                 return functools.partial(self._files_call, self._files.delete, file_id)
         elif path.startswith("/v1/responses/") and "/" not in path[len("/v1/responses/"):]:
             response_id = path[len("/v1/responses/"):]
-            call.endpoint = "/v1/responses/{response_id}"
             if method == "GET":
                 return functools.partial(self._response_call, self._responses.retrieve,
                                          response_id)
             if method == "DELETE":
                 return functools.partial(self._response_call, self._responses.delete,
                                          response_id)
-        call.endpoint = "(unknown)"  # a path is client text: only known routes are kept
         raise NotFound(f"Invalid URL ({method} {path})")
 
     # -- endpoints --------------------------------------------------------------------------
@@ -460,6 +467,20 @@ class GatewayApp:
     async def _response_call(action: Callable[[Exchange, ApiKeyGrant, str], Awaitable[None]],
                              response_id: str, call: Exchange, grant: ApiKeyGrant) -> None:
         await action(call, grant, response_id)
+
+
+def route_template(path: str) -> str:
+    """The template of a route with an id in its path, as usage metadata keeps it; any other
+    path is "(unknown)" (a path is client text, never kept)."""
+    if path.startswith("/v1/files/"):
+        rest = path[len("/v1/files/"):].partition("/")[2]
+        if not rest:
+            return "/v1/files/{file_id}"
+        if rest == "content":
+            return "/v1/files/{file_id}/content"
+    elif path.startswith("/v1/responses/") and "/" not in path[len("/v1/responses/"):]:
+        return "/v1/responses/{response_id}"
+    return UNKNOWN_ROUTE
 
 
 def _is_api(path: str) -> bool:

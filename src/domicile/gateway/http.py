@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
@@ -21,6 +23,7 @@ from domicile.tenancy.grants import ApiKeyGrant
 __all__ = [
     "JSON",
     "MAX_JSON_BODY",
+    "MAX_JSON_DEPTH",
     "ClientDisconnected",
     "Exchange",
     "Headers",
@@ -44,6 +47,7 @@ Headers = list[tuple[bytes, bytes]]
 JSON = b"application/json"
 EVENT_STREAM = b"text/event-stream"
 MAX_JSON_BODY = 32 * 1024 * 1024
+MAX_JSON_DEPTH = 128
 _NO_HEADERS: Headers = []
 T = TypeVar("T")
 
@@ -56,15 +60,98 @@ def dump_json(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+class _NonFiniteNumber(ValueError):
+    """`NaN`, `Infinity` or `-Infinity`: Python's parser takes them, JSON does not."""
+
+
+def _refuse_constant(name: str) -> float:
+    raise _NonFiniteNumber(name)
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+# A `\uD800`-`\uDFFF` escape: a surrogate, half of a pair or alone (which is not Unicode).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_INNERMOST_PAIR = re.compile(rb"\[\]|\{\}")
+_NOT_A_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+
+
 def parse_json_object(body: bytes) -> dict[str, Any]:
-    """The request's one JSON parse. Bad JSON or a non-object is a 400."""
+    """The request's one JSON parse: strict UTF-8 JSON, one object, every number finite, no
+    lone surrogate, nested at most `MAX_JSON_DEPTH` deep. Anything else is a 400 that names
+    the parameter where it can (never echoing the text)."""
     try:
-        parsed = json.loads(body)
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput("The request body must be JSON encoded as UTF-8.") from None
+    try:
+        parsed = _DECODER.decode(text)
+    except _NonFiniteNumber:
+        raise InvalidInput("Numbers must be finite: NaN and Infinity are not JSON.",
+                           param=_param_with_non_finite(text)) from None
+    except RecursionError:
+        raise _too_deep() from None
     except ValueError:
         raise InvalidInput("We could not parse the JSON body of your request.") from None
     if not isinstance(parsed, dict):
         raise InvalidInput("The JSON body of your request must be an object.")
+    # Both checks are a scan of the bytes in C; the slower, exact check runs only when a body
+    # could fail it (surrogate escapes in emoji pairs, many brackets in token arrays).
+    if _SURROGATE_ESCAPE.search(body) is not None:
+        _refuse_lone_surrogates(parsed)
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and _deeper_than(body,
+                                                                             MAX_JSON_DEPTH):
+        raise _too_deep()
     return parsed
+
+
+def _too_deep() -> InvalidInput:
+    return InvalidInput(f"The JSON body is nested deeper than {MAX_JSON_DEPTH} levels.")
+
+
+def _param_with_non_finite(text: str) -> str | None:
+    """The top-level parameter holding a NaN or an infinity (the rare, refused case)."""
+    try:
+        parsed = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    for key, value in parsed.items():
+        pending = [value]
+        while pending:
+            item = pending.pop()
+            if isinstance(item, float) and not math.isfinite(item):
+                return str(key) if str(key).isascii() else None
+            if isinstance(item, dict):
+                pending.extend(item.values())
+            elif isinstance(item, list):
+                pending.extend(item)
+    return None
+
+
+def _refuse_lone_surrogates(parsed: dict[str, Any]) -> None:
+    """A 400 naming the parameter that holds a lone surrogate (a pair decodes to one code
+    point and passes): such a string cannot be encoded, forwarded or stored."""
+    for key, value in parsed.items():
+        try:
+            key.encode()
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            param = key if key.isascii() else None
+            raise InvalidInput("The request holds text that is not valid Unicode (a lone "
+                               "surrogate).", param=param) from None
+
+
+def _deeper_than(body: bytes, limit: int) -> bool:
+    """Whether valid JSON `body` nests deeper than `limit`: strings removed, brackets kept,
+    then innermost pairs taken away one level per pass."""
+    skeleton = _JSON_STRING.sub(b"", body).translate(None, _NOT_A_BRACKET)
+    for _ in range(limit):
+        if not skeleton:
+            return False
+        skeleton = _INNERMOST_PAIR.sub(b"", skeleton)
+    return bool(skeleton)
 
 
 def model_of(parsed: dict[str, Any]) -> str:
@@ -112,7 +199,7 @@ class Exchange:
         # Unique, not secret: a PRNG draw costs far less than a system call (os.urandom).
         self.request_id = f"req_{random.getrandbits(96):024x}"
         self.started = time.perf_counter()
-        self.endpoint: str = scope["path"]
+        self.endpoint = "(unknown)"  # the route's template, once known: never the raw path
         self.grant: ApiKeyGrant | None = None
         self.model = ""
         self.provider: str | None = None
@@ -191,7 +278,8 @@ class Exchange:
             self.extra_headers = [*self.extra_headers, *headers]
         if self.response_started:
             return
-        await self.respond(error.status, dump_json(error.to_openai()))
+        # ASCII-escaped: a message may quote client text holding a lone surrogate.
+        await self.respond(error.status, json.dumps(error.to_openai()).encode())
 
     async def start_stream(self, content_type: bytes = EVENT_STREAM,
                            extra: Headers | None = None) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from domicile.errors import ContentStoreUnavailable, ZeroRetentionViolation
 from domicile.storage.interfaces import ContentStore, TenantRef
-from domicile.tenancy.grants import ApiKeyGrant
+from domicile.tenancy.grants import GLOBAL_REGION, ApiKeyGrant
 
 from .routing import ModelRouter
 
@@ -27,7 +27,9 @@ __all__ = [
 def tenant_of(grant: ApiKeyGrant, region: str) -> TenantRef:
     """The tenant as this region's store sees it: a per-request-residency project keeps what
     it stores in the region it called."""
-    return TenantRef(id=grant.project_id, region=region, org_id=grant.org_id)
+    # A global tenant is keyed per region on its first write there (`RegionalStore`).
+    home = GLOBAL_REGION if grant.region == GLOBAL_REGION else region
+    return TenantRef(id=grant.project_id, region=home, org_id=grant.org_id)
 
 
 def content_store_for(grant: ApiKeyGrant, store: ContentStore | None,
