@@ -19,6 +19,8 @@ __all__ = [
     "CrossRegionWrite",
     "DomicileError",
     "Forbidden",
+    "HeadersTimeout",
+    "HeadersTooLarge",
     "InsufficientStorage",
     "InvalidApiKey",
     "InvalidInput",
@@ -28,6 +30,7 @@ __all__ = [
     "RateLimited",
     "RegionBusy",
     "RegionImmutable",
+    "ServerBusy",
     "StorageError",
     "StoreUnavailable",
     "TokenRateLimited",
@@ -170,6 +173,28 @@ class RegionBusy(DomicileError):
 
     status = 503
     code = "region_busy"
+    type = "server_error"
+
+
+class HeadersTooLarge(InvalidInput):
+    """A request line and headers past `server.max_header_bytes`; the connection is closed."""
+
+    status = 431
+    code = "request_header_fields_too_large"
+
+
+class HeadersTimeout(InvalidInput):
+    """A request's headers not complete within `server.header_timeout_s`; closed."""
+
+    status = 408
+    code = "request_timeout"
+
+
+class ServerBusy(DomicileError):
+    """A connection past `server.max_connections` of a region's server; closed at once."""
+
+    status = 503
+    code = "server_busy"
     type = "server_error"
 
 
