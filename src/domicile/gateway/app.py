@@ -251,11 +251,17 @@ class GatewayApp:
         except ClientDisconnected:
             call.status = 499
         except Exception as exc:
-            # The type and request id only: the message may quote request content (G4).
-            log.error("unhandled %s in request %s", type(exc).__name__, call.request_id)
-            await call.fail(DomicileError(
-                "The server had an error while processing your request "
-                f"(request id {call.request_id})."))
+            from domicile.storage.faults import store_fault  # the error path only
+
+            # A store fault is 503/507, logged with its cause by store_fault. Anything else:
+            # the type and request id only, the message may quote request content (G4).
+            fault = store_fault(exc, call.request_id)
+            if fault is None:
+                log.error("unhandled %s in request %s", type(exc).__name__, call.request_id)
+                fault = DomicileError(
+                    "The server had an error while processing your request "
+                    f"(request id {call.request_id}).")
+            await call.fail(fault)
         if call.grant is not None:  # auth failures leave no usage
             await self._account(call, call.grant)
 
