@@ -3,13 +3,19 @@
 `init` writes a config with regions `eu` and `us`, a key-encryption key per region
 (32 random bytes, mode 0600, never overwritten), the directory's secret, and migrated
 stores. A failure on a fresh site removes what it wrote: nothing is half-made.
+
+A process that works with a site creates nothing others may read: the umask is 0077 from
+the moment it opens one, and files are created 0600, folders 0700 (`storage.private`).
+`Site.open_for_serving` is what a server runs once before its workers start.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 
@@ -20,13 +26,16 @@ from domicile.config import Settings, load_settings
 from domicile.crypto import LocalKeyProvider, write_new_kek
 from domicile.errors import ConfigError, InvalidInput
 from domicile.storage.blobs import FileBlobStore
-from domicile.storage.db import make_engine, migrate
+from domicile.storage.db import make_engine, migrate, sqlite_path
+from domicile.storage.private import make_private_dirs, restrict_umask, tighten
 from domicile.storage.regional import RegionalStore, claim_region
 from domicile.tenancy import models as directory_models
 from domicile.tenancy.directory import DIRECTORY_CHAIN, Directory
 from domicile.tenancy.secrets import CredentialHasher, load_site_secret, write_site_secret
 
 __all__ = ["DEFAULT_SITE_DIR", "Site", "init_site", "render_config"]
+
+log = logging.getLogger("domicile.site")
 
 DEFAULT_SITE_DIR = Path(".domicile")
 CONFIG_NAME = "domicile.toml"
@@ -78,14 +87,15 @@ def init_site(directory: Path = DEFAULT_SITE_DIR, *, port_base: int = 8400,
     if config_path.exists() and not force:
         raise InvalidInput(f"{config_path} already exists; pass --force to rewrite its "
                            "configuration (existing keys are kept)", param="dir")
+    restrict_umask()
     fresh = not directory.exists()
     try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(directory)
         _write_atomically(config_path, render_config(port_base))
         settings = load_settings(config_path, check_files=False)
         for region in settings.regions.values():
             if not region.key_provider.path.exists():  # never overwrite a key
-                region.key_provider.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                make_private_dirs(region.key_provider.path.parent)
                 write_new_kek(region.key_provider.path)
         if not settings.directory.secret_file.exists():
             write_site_secret(settings.directory.secret_file)
@@ -116,6 +126,7 @@ class Site:
     """The directory and the regional stores of one configuration, opened lazily."""
 
     def __init__(self, settings: Settings) -> None:
+        restrict_umask()
         self.settings = settings
         self._stores: dict[str, RegionalStore] = {}
         self._engines: list[Engine] = []
@@ -182,6 +193,39 @@ class Site:
             store = self.store(name)
             migrate(store.engine, "region")
             claim_region(store.engine, name)
+
+    def open_for_serving(self, regions: Sequence[str] = ()) -> None:
+        """Run once before a server's workers start: apply migrations, check the data
+        folder's modes (anything looser than 0600/0700 is tightened), and sweep the temp blobs
+        that crashed uploads left in the blob folders of `regions` (default: all)."""
+        self.migrate()
+        tightened, failed = tighten(self._private_paths())
+        if tightened or failed:
+            log.warning("data folder: %d files and folders were looser than 0600/0700 and "
+                        "were tightened; %d could not be changed", tightened, failed)
+        else:
+            log.info("data folder: every file is 0600 and every folder 0700")
+        for name in regions or self.settings.regions:
+            swept = self.store(name).blobs.sweep_staged()
+            if swept:
+                log.warning("region %s: removed %d temporary blobs of interrupted uploads",
+                            name, swept)
+
+    def _private_paths(self) -> Iterator[Path]:
+        """The data folder, and whatever a site keeps outside it."""
+        yield self.settings.data_dir
+        yield self.settings.directory.secret_file
+        databases = [self.settings.directory.database_url]
+        for region in self.settings.regions.values():
+            databases.append(region.database_url)
+            if region.blob_path is not None:
+                yield region.blob_path
+            yield region.key_provider.path
+            databases.append(f"sqlite:///{region.key_provider.path}.keystore.db")
+        for url in databases:
+            if (path := sqlite_path(url)) is not None:
+                yield from (path.with_name(path.name + suffix)
+                            for suffix in ("", "-wal", "-shm", "-journal"))
 
     def close(self) -> None:
         for engine in self._engines:

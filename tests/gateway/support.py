@@ -24,7 +24,7 @@ import uvloop
 
 from domicile.config import Settings, parse_settings
 from domicile.errors import CrossRegionWrite
-from domicile.storage.interfaces import StoredBlob, TenantRef, UsageRecord
+from domicile.storage.interfaces import StagedBlob, StoredBlob, TenantRef, UsageRecord
 from domicile.tenancy.grants import ApiKeyGrant
 
 T = TypeVar("T")
@@ -72,13 +72,31 @@ class MemoryUsageSink:
 
 
 @dataclass
+class _MemoryPending:
+    key: str
+    size: int
+    data: bytes
+
+    def commit(self) -> None:
+        pass
+
+    def discard(self) -> None:
+        pass
+
+
+@dataclass
 class MemoryContentStore:
-    """A `ContentStore` fake: refuses tenants of other regions, notes how blobs arrived."""
+    """A `ContentStore` fake: refuses tenants of other regions, notes how blobs arrived.
+
+    With `keep_bytes` False a staged blob's bytes are counted and dropped (memory tests).
+    """
 
     region: str
     records: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
     blobs: dict[tuple[str, str, str], tuple[StoredBlob, bytes]] = field(default_factory=dict)
     chunk_counts: list[int] = field(default_factory=list)
+    staged: int = 0  # staged blobs neither committed nor discarded
+    keep_bytes: bool = True
 
     def _check(self, tenant: TenantRef) -> None:
         if tenant.region not in (self.region, "global"):
@@ -98,16 +116,34 @@ class MemoryContentStore:
     def list_records(self, tenant: TenantRef, kind: str) -> list[str]:
         return [r for (t, k, r) in self.records if t == tenant.id and k == kind]
 
+    def stage_blob(self, tenant: TenantRef, kind: str, blob_id: str,
+                   chunks: Iterable[bytes]) -> StagedBlob:
+        self._check(tenant)
+        parts, size = [], 0
+        for chunk in chunks:
+            size += len(chunk)
+            parts.append(chunk if self.keep_bytes else b"")
+        self.chunk_counts.append(len(parts))
+        self.staged += 1
+        pending = _MemoryPending(f"{tenant.id}/{kind}/{blob_id}", size, b"".join(parts))
+        return StagedBlob(tenant, kind, blob_id, size, pending)
+
+    def commit_blob(self, staged: StagedBlob, filename: str,
+                    meta: dict[str, str] | None = None) -> StoredBlob:
+        assert isinstance(staged.pending, _MemoryPending)
+        self.staged -= 1
+        blob = StoredBlob(staged.blob_id, staged.tenant.id, staged.kind, filename, staged.size,
+                          datetime.now(UTC), dict(meta or {}))
+        self.blobs[(staged.tenant.id, staged.kind, staged.blob_id)] = (blob,
+                                                                       staged.pending.data)
+        return blob
+
+    def discard_blob(self, staged: StagedBlob) -> None:
+        self.staged -= 1
+
     def put_blob(self, tenant: TenantRef, kind: str, blob_id: str, filename: str,
                  chunks: Iterable[bytes], meta: dict[str, str] | None = None) -> StoredBlob:
-        self._check(tenant)
-        parts = list(chunks)
-        self.chunk_counts.append(len(parts))
-        data = b"".join(parts)
-        blob = StoredBlob(blob_id, tenant.id, kind, filename, len(data), datetime.now(UTC),
-                          dict(meta or {}))
-        self.blobs[(tenant.id, kind, blob_id)] = (blob, data)
-        return blob
+        return self.commit_blob(self.stage_blob(tenant, kind, blob_id, chunks), filename, meta)
 
     def get_blob(self, tenant: TenantRef, kind: str, blob_id: str) -> StoredBlob | None:
         found = self.blobs.get((tenant.id, kind, blob_id))

@@ -1,16 +1,41 @@
 """/v1/files: refused under zero retention (G4); under regional retention streamed into the
-region's content store, never through a temporary file."""
+region's content store, never through a temporary file; stored only once the whole upload is
+read and valid; store faults answered 503/507, and deletes working on a full disk.
+
+Most tests run against the in-memory store of the session's stack; those about what reaches
+the disk run against a real site's `RegionalStore` (SQLite and blob files) behind its own
+gateway, served by uvicorn on the same loop.
+"""
 
 from __future__ import annotations
 
+import errno
+import logging
+import socket
+import sqlite3
 import tempfile
+import tracemalloc
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
+from sqlalchemy import event
 
+from domicile.gateway import create_gateway_app
+from domicile.site import Site, init_site
+from domicile.storage.blobs import FileBlobStore
+from domicile.storage.db import make_engine
+from domicile.storage.interfaces import BlobStore, PendingBlob
+from domicile.storage.regional import RegionalStore
 from tests.gateway.conftest import EU_REGIONAL_KEY, EU_ZERO_KEY, Stack
-from tests.gateway.support import grant
+from tests.gateway.support import MemoryUsageSink, ServedApp, grant
+
+CANARY = "CANARY-upload-51c3"
+MULTIPART = "multipart/form-data; boundary=XyZ"
 
 
 @pytest.mark.parametrize(("method", "path"), [
@@ -134,3 +159,287 @@ def test_a_roaming_project_keeps_its_files_in_the_region_it_called(stack: Stack)
     stack.client(secret).files.create(file=("r.txt", b"kept in eu"), purpose="assistants")
     (tenant, kind, _), = stack.store.blobs
     assert (tenant, kind) == ("proj_key_roaming_eu", "file")
+
+
+# -- what an upload keeps, and when (in-memory store) ---------------------------------------
+
+
+def _upload(client: httpx.Client, key: str, content: Any,
+            headers: dict[str, str] | None = None) -> httpx.Response:
+    return client.post("/v1/files", content=content, headers={
+        "Authorization": f"Bearer {key}", "Content-Type": MULTIPART, **(headers or {})})
+
+
+@pytest.mark.parametrize("declare_length", [True, False], ids=["content-length", "chunked"])
+def test_an_upload_over_the_limit_is_413_and_keeps_nothing(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch, declare_length: bool) -> None:
+    monkeypatch.setattr(stack.eu_app._files, "max_upload", 64 * 1024)
+    body = _multipart([("purpose", None, b"batch"), ("file", "big.bin", b"x" * 200_000)])
+    pieces = [body[i:i + 16_384] for i in range(0, len(body), 16_384)]
+    response = _upload(stack.http(), EU_REGIONAL_KEY, body if declare_length else iter(pieces))
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "request_too_large"
+    assert stack.store.blobs == {} and stack.store.staged == 0
+
+
+def test_a_file_before_its_purpose_is_never_held_in_memory(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stack.store, "keep_bytes", False)  # the store counts, keeps nothing
+    size, piece = 64 * 1024 * 1024, bytes(65_536)
+    head = (b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="big.bin"\r\n'
+            b"Content-Type: application/octet-stream\r\n\r\n")
+    tail = (b'\r\n--XyZ\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n'
+            b"batch\r\n--XyZ--\r\n")
+
+    def body() -> Iterator[bytes]:
+        yield head
+        for _ in range(size // len(piece)):
+            yield piece
+        yield tail
+
+    client = stack.http()
+    tracemalloc.start()
+    try:
+        response = _upload(client, EU_REGIONAL_KEY, body(),
+                           {"Content-Length": str(len(head) + size + len(tail))})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert response.status_code == 200, response.text
+    assert response.json()["bytes"] == size
+    assert peak < 8 * 1024 * 1024, f"{peak / 2**20:.1f} MiB held during a 64 MiB upload"
+
+
+# -- what reaches the disk: a real site's store behind its own gateway ----------------------
+
+
+class FullDisk:
+    """The region's disk with no room left: blob writes fail with ENOSPC (after their first
+    chunk, as a real disk would part-way) and SQL writes with SQLite's SQLITE_FULL, until a
+    blob's deletion frees space. Wraps a `BlobStore`; hooks the store's engine."""
+
+    def __init__(self, store: RegionalStore) -> None:
+        self.inner: BlobStore = store.blobs
+        self.full = False
+        store.blobs = self
+        event.listen(store.engine, "before_cursor_execute", self._refuse_writes)
+
+    def detach(self, store: RegionalStore) -> None:
+        store.blobs = self.inner
+        event.remove(store.engine, "before_cursor_execute", self._refuse_writes)
+
+    def _refuse_writes(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if self.full and statement.lstrip()[:6].upper() in ("INSERT", "UPDATE", "DELETE"):
+            raise _real_sqlite_full()
+
+    def stage(self, key: str, chunks: Iterable[bytes]) -> PendingBlob:
+        if not self.full:
+            return self.inner.stage(key, chunks)
+
+        def filling() -> Iterator[bytes]:
+            for chunk in chunks:
+                yield chunk
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+        return self.inner.stage(key, filling())
+
+    def put(self, key: str, chunks: Iterable[bytes]) -> int:
+        pending = self.stage(key, chunks)
+        pending.commit()
+        return pending.size
+
+    def delete(self, key: str) -> bool:
+        removed = self.inner.delete(key)
+        self.full = self.full and not removed
+        return removed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _real_sqlite_full() -> sqlite3.OperationalError:
+    db = sqlite3.connect(":memory:")
+    try:
+        db.execute("PRAGMA max_page_count = 2")
+        db.execute("CREATE TABLE t (x BLOB)")
+        db.execute("INSERT INTO t VALUES (zeroblob(100000))")
+    except sqlite3.OperationalError as exc:
+        return exc
+    finally:
+        db.close()
+    raise AssertionError("SQLite did not run out of room")
+
+
+@dataclass
+class Disk:
+    site: Site
+    store: RegionalStore
+    served: ServedApp
+    key: str
+    blob_root: Path
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.served.url, timeout=30,
+                            headers={"Authorization": f"Bearer {self.key}"})
+
+    def files_on_disk(self) -> list[Path]:
+        return sorted(p for p in self.blob_root.rglob("*") if p.is_file())
+
+    def listed(self, client: httpx.Client) -> list[str]:
+        response = client.get("/v1/files")
+        assert response.status_code == 200, response.text
+        return [f["id"] for f in response.json()["data"]]
+
+
+@pytest.fixture(scope="module")
+def disk(served: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Disk]:
+    root = tmp_path_factory.mktemp("files-disk")
+    site = Site(init_site(root / "site", port_base=18600))
+    org = site.directory.create_org("Acme")
+    project = site.directory.create_project(org.id, "app", "eu", retention="regional")
+    key = site.directory.create_api_key(project.id).secret
+    store = site.store("eu")
+    app = create_gateway_app(site.settings, "eu", authenticator=site.directory,
+                             usage_sink=store, content_store=store, providers=[])
+    serving = ServedApp(served.loop, app)
+    assert isinstance(store.blobs, FileBlobStore)
+    yield Disk(site, store, serving, key, store.blobs.root)
+    serving.stop()
+    site.close()
+
+
+@pytest.fixture
+def clean_disk(disk: Disk) -> Iterator[Disk]:
+    yield disk
+    with disk.http() as client:
+        for file_id in disk.listed(client):
+            client.delete(f"/v1/files/{file_id}")
+
+
+@pytest.fixture
+def blob_inserts(disk: Disk) -> Iterator[list[str]]:
+    """Every INSERT into the blobs table while the test runs (a stored file, however briefly)."""
+    seen: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "INSERT INTO blobs" in statement:
+            seen.append(statement)
+
+    event.listen(disk.store.engine, "before_cursor_execute", note)
+    yield seen
+    event.remove(disk.store.engine, "before_cursor_execute", note)
+
+
+@pytest.mark.parametrize(("parts", "param"), [
+    ([("purpose", None, b"assistants"), ("file", "a.txt", CANARY.encode() * 4000),
+      ("file", "b.txt", b"second")], "file"),
+    ([("file", "a.txt", CANARY.encode() * 4000), ("file", "b.txt", b"second"),
+      ("purpose", None, b"assistants")], "file"),
+    ([("file", "a.txt", CANARY.encode() * 4000), ("purpose", None, b"nonsense")], "purpose"),
+    ([("file", "a.txt", CANARY.encode() * 4000)], "purpose"),
+], ids=["two-files", "two-files-before-purpose", "bad-purpose-after-file", "no-purpose"])
+def test_an_invalid_upload_stores_nothing_ever(
+        clean_disk: Disk, blob_inserts: list[str],
+        parts: list[tuple[str, str | None, bytes]], param: str) -> None:
+    with clean_disk.http() as client:
+        response = client.post("/v1/files", content=_multipart(parts),
+                               headers={"Content-Type": MULTIPART})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == param
+        assert clean_disk.listed(client) == []
+    assert blob_inserts == []  # not stored, not even for a moment
+    assert clean_disk.files_on_disk() == []
+
+
+def test_an_upload_is_stored_once_complete(clean_disk: Disk, blob_inserts: list[str]) -> None:
+    with clean_disk.http() as client:
+        response = client.post("/v1/files", content=_multipart([
+            ("file", "late.txt", b"file first"), ("purpose", None, b"batch")]),
+            headers={"Content-Type": MULTIPART})
+        assert response.status_code == 200, response.text
+        assert clean_disk.listed(client) == [response.json()["id"]]
+        assert client.get(f"/v1/files/{response.json()['id']}/content").content == b"file first"
+    assert len(blob_inserts) == 1
+    assert [p.name.startswith(".") for p in clean_disk.files_on_disk()] == [False]
+
+
+def test_a_row_whose_bytes_are_gone_is_404_not_500(clean_disk: Disk) -> None:
+    with clean_disk.http() as client:
+        file_id = client.post("/v1/files", content=_multipart([
+            ("purpose", None, b"batch"), ("file", "gone.txt", b"soon gone")]),
+            headers={"Content-Type": MULTIPART}).json()["id"]
+        for path in clean_disk.files_on_disk():
+            path.unlink()
+        response = client.get(f"/v1/files/{file_id}/content")
+        assert response.status_code == 404, response.text
+        assert response.json()["error"]["code"] == "not_found"
+        assert client.delete(f"/v1/files/{file_id}").status_code == 200
+        assert clean_disk.listed(client) == []
+
+
+def test_a_full_disk_is_507_and_deletes_free_it(
+        clean_disk: Disk, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR)
+    disk = FullDisk(clean_disk.store)
+    try:
+        with clean_disk.http() as client:
+            kept = client.post("/v1/files", content=_multipart([
+                ("purpose", None, b"batch"), ("file", "kept.txt", b"kept")]),
+                headers={"Content-Type": MULTIPART}).json()["id"]
+            before = clean_disk.files_on_disk()
+            disk.full = True
+            refused = client.post("/v1/files", content=_multipart([
+                ("purpose", None, b"batch"), ("file", f"{CANARY}.txt", CANARY.encode() * 9000)]),
+                headers={"Content-Type": MULTIPART})
+            assert refused.status_code == 507, refused.text
+            error = refused.json()["error"]
+            assert (error["code"], error["type"]) == ("insufficient_storage", "server_error")
+            assert refused.headers["x-domicile-region"] == "eu"
+            assert clean_disk.files_on_disk() == before  # nothing stored, no temp file left
+            with pytest.raises(openai.APIStatusError) as caught:
+                openai.OpenAI(base_url=clean_disk.served.url + "/v1", api_key=clean_disk.key,
+                              max_retries=0).files.create(file=("b.txt", b"b"), purpose="batch")
+            assert caught.value.status_code == 507
+
+            deleted = client.delete(f"/v1/files/{kept}")  # works on the full disk
+            assert deleted.status_code == 200, deleted.text
+            assert not disk.full and clean_disk.files_on_disk() == []
+            assert clean_disk.listed(client) == []
+            assert client.post("/v1/files", content=_multipart([
+                ("purpose", None, b"batch"), ("file", "again.txt", b"room again")]),
+                headers={"Content-Type": MULTIPART}).status_code == 200
+    finally:
+        disk.detach(clean_disk.store)
+    faults = [r.getMessage() for r in caplog.records if "store fault" in r.getMessage()]
+    assert faults and "errno 28 (ENOSPC)" in faults[0], faults
+    assert CANARY not in caplog.text
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_database_that_cannot_be_reached_is_503(
+        disk: Disk, served: Stack, tmp_path: Path) -> None:
+    unreachable = RegionalStore(
+        "eu", make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{_closed_port()}/eu"),
+        FileBlobStore(tmp_path / "blobs"), disk.store.keys, audit_key=b"k" * 32)
+    app = create_gateway_app(disk.site.settings, "eu", authenticator=disk.site.directory,
+                             usage_sink=MemoryUsageSink(), content_store=unreachable,
+                             providers=[])
+    serving = ServedApp(served.loop, app)
+    try:
+        client = openai.OpenAI(base_url=serving.url + "/v1", api_key=disk.key, max_retries=0)
+        for action in (lambda: client.files.list(),
+                       lambda: client.files.retrieve("file-abc"),
+                       lambda: client.files.create(file=("a.txt", b"a"), purpose="batch")):
+            with pytest.raises(openai.InternalServerError) as caught:
+                action()
+            assert caught.value.status_code == 503
+            assert caught.value.code == "store_unavailable"  # type: ignore[attr-defined]
+        assert [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()] == []
+    finally:
+        serving.stop()
+        unreachable.engine.dispose()

@@ -1,10 +1,13 @@
 """`/v1/files` for projects with regional retention: uploads go straight into the region's
-encrypted `ContentStore`, streamed, never through a temporary file.
+encrypted `ContentStore`, streamed, never through a plaintext temporary file.
 
 The store is blocking, so it runs in threads; an upload's bytes are pulled by the store's
-thread from the request as they arrive (the thread asks the event loop for the next chunk),
-so a large file is never held whole. Only when the `file` part comes before `purpose` is
-the file held in memory until the purpose is known.
+thread from the request as they arrive (the thread asks the event loop for the next chunk)
+and sealed into a staged blob, so no part is ever held whole, whatever the order of the
+parts. The blob is stored (committed) only once the whole request has been read and is
+valid: one `file`, one known `purpose`, the closing boundary. On anything else (a second
+file, a bad purpose, a body past `max_upload` (413), a client that leaves, a store fault)
+the staged blob is discarded: nothing is stored or listed.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import parse_qs
 
-from domicile.errors import InvalidInput, NotFound
-from domicile.storage.interfaces import ContentStore, StoredBlob, TenantRef
+from domicile.errors import BodyTooLarge, InvalidInput, NotFound
+from domicile.storage.interfaces import ContentStore, StagedBlob, StoredBlob, TenantRef
 
 from .http import Exchange, header
 from .multipart import MultipartReader, boundary_of
@@ -54,45 +57,54 @@ def _filename(raw: str | None) -> str:
     return name[:255] or "upload"
 
 
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    yield data
+def _purpose(raw: bytes) -> str:
+    purpose = raw.decode("utf-8", "replace").strip()
+    if purpose not in PURPOSES:
+        raise InvalidInput(f"`purpose` must be one of {sorted(PURPOSES)}.", param="purpose")
+    return purpose
 
 
 class FilesEndpoint:
     """The handlers; the caller has already passed `content_store_for` (G4)."""
 
+    def __init__(self, *, max_upload: int = MAX_UPLOAD) -> None:
+        self.max_upload = max_upload
+
     async def upload(self, call: Exchange, store: ContentStore, tenant: TenantRef) -> None:
         boundary = boundary_of(header(call.scope, b"content-type"))
-        reader = MultipartReader(call.receive, boundary, limit=MAX_UPLOAD)
+        declared = header(call.scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_upload:
+            raise BodyTooLarge(f"The upload is larger than {self.max_upload} bytes.")
+        reader = MultipartReader(call.receive, boundary, limit=self.max_upload)
         purpose: str | None = None
-        stored: StoredBlob | None = None
-        held: tuple[str, bytes] | None = None
+        filename = "upload"
+        staged: StagedBlob | None = None
         file_id = new_id("file-")
-        while (part := await reader.next_part()) is not None:
-            if part.name == "purpose":
-                purpose = (await reader.read(64)).decode("utf-8", "replace").strip()
-                if purpose not in PURPOSES:
-                    raise InvalidInput(f"`purpose` must be one of {sorted(PURPOSES)}.",
-                                       param="purpose")
-            elif part.name == "file":
-                if stored is not None or held is not None:
-                    raise InvalidInput("Upload one file per request.", param="file")
-                if purpose is not None:
-                    stored = await self._put(store, tenant, file_id, _filename(part.filename),
-                                             reader.chunks(), purpose)
-                else:
-                    held = (_filename(part.filename), await reader.read(MAX_UPLOAD))
-        if stored is None and held is None:
-            raise InvalidInput("The upload has no `file` part.", param="file")
-        if purpose is None:
-            raise InvalidInput("The upload has no `purpose` field.", param="purpose")
-        if held is not None:
-            stored = await self._put(store, tenant, file_id, held[0], _once(held[1]), purpose)
-        assert stored is not None
+        try:
+            while (part := await reader.next_part()) is not None:
+                if part.name == "purpose":
+                    if purpose is not None:
+                        raise InvalidInput("Send `purpose` once.", param="purpose")
+                    purpose = _purpose(await reader.read(64))
+                elif part.name == "file":
+                    if staged is not None:
+                        raise InvalidInput("Upload one file per request.", param="file")
+                    filename = _filename(part.filename)
+                    staged = await self._stage(store, tenant, file_id, reader.chunks())
+            if staged is None:
+                raise InvalidInput("The upload has no `file` part.", param="file")
+            if purpose is None:
+                raise InvalidInput("The upload has no `purpose` field.", param="purpose")
+            stored = await asyncio.to_thread(store.commit_blob, staged, filename,
+                                             {"purpose": purpose})
+        except BaseException:
+            if staged is not None:
+                await asyncio.to_thread(store.discard_blob, staged)
+            raise
         await call.respond_json(_file_object(stored))
 
-    async def _put(self, store: ContentStore, tenant: TenantRef, file_id: str, filename: str,
-                   chunks: AsyncIterator[bytes], purpose: str) -> StoredBlob:
+    async def _stage(self, store: ContentStore, tenant: TenantRef, file_id: str,
+                     chunks: AsyncIterator[bytes]) -> StagedBlob:
         loop = asyncio.get_running_loop()
 
         async def step() -> bytes:
@@ -106,8 +118,7 @@ class FilesEndpoint:
                     return
 
         try:
-            return await asyncio.to_thread(store.put_blob, tenant, KIND, file_id, filename,
-                                           pull(), {"purpose": purpose})
+            return await asyncio.to_thread(store.stage_blob, tenant, KIND, file_id, pull())
         finally:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
@@ -140,7 +151,10 @@ class FilesEndpoint:
     async def content(self, call: Exchange, store: ContentStore, tenant: TenantRef,
                       file_id: str) -> None:
         await self._blob(store, tenant, file_id)
-        chunks = await asyncio.to_thread(store.open_blob, tenant, KIND, file_id)
+        try:
+            chunks = await asyncio.to_thread(store.open_blob, tenant, KIND, file_id)
+        except KeyError:  # a row whose bytes are gone (a delete that failed half-way)
+            raise NotFound(f"No such File object: {file_id}", param="id") from None
         await call.start_stream(b"application/octet-stream")
         while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
             await call.stream(chunk)

@@ -13,9 +13,9 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from domicile.errors import InvalidInput
+from domicile.errors import BodyTooLarge, InvalidInput
 
-from .http import Receive
+from .http import ClientDisconnected, Receive
 
 __all__ = ["MultipartParser", "MultipartReader", "PartStart", "boundary_of"]
 
@@ -143,7 +143,11 @@ class MultipartParser:
 
 
 class MultipartReader:
-    """Parts of a multipart body read from ASGI `receive`, one at a time."""
+    """Parts of a multipart body read from ASGI `receive`, one at a time.
+
+    Holds at most one received message (plus a boundary's worth) at a time; past `limit`
+    bytes of body it raises `BodyTooLarge` (413); a client that leaves, `ClientDisconnected`.
+    """
 
     def __init__(self, receive: Receive, boundary: bytes, *, limit: int) -> None:
         self._receive = receive
@@ -159,11 +163,11 @@ class MultipartReader:
             return False
         message = await self._receive()
         if message["type"] == "http.disconnect":
-            raise InvalidInput("The client disconnected during the upload.")
+            raise ClientDisconnected
         data: bytes = message.get("body", b"")
         self._received += len(data)
         if self._received > self._limit:
-            raise InvalidInput(f"The upload is larger than {self._limit} bytes.")
+            raise BodyTooLarge(f"The upload is larger than {self._limit} bytes.")
         self._events.extend(self._parser.feed(data))
         if not message.get("more_body", False):
             self._body_done = True

@@ -1,54 +1,106 @@
 """Blob stores: opaque (already encrypted) bytes by key, written atomically.
 
-`FileBlobStore` is the embedded default: a temp file in the target folder, fsync, rename,
-fsync of the folder, so a reader sees a whole blob or none. An S3 store fills the same
-`BlobStore` protocol for deployments past one machine.
+`FileBlobStore` is the embedded default. A write is staged first: its bytes go to a temp file
+beside the key (`.<name>.<12 hex>.tmp`, mode 0600, locked by its writer) and are fsynced;
+committing renames the temp file into place and fsyncs the folder, so a reader sees a whole
+blob or none, and a staged write that is never committed is never seen. Temp files whose
+writer died (a crash, kill -9) are removed by `sweep_staged`; a live writer holds its temp
+file's lock, so a sweep never takes a write in progress. An S3 store fills the same
+`BlobStore` protocol (staging as a multipart upload, the sweep as aborting stale ones).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import secrets
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["FileBlobStore", "open_blob_store"]
+from domicile.storage.private import FILE_MODE, make_private_dirs
 
-KEY = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+__all__ = ["FileBlobStore", "PendingFile", "open_blob_store"]
+
+# No segment starts with a dot: those names are the store's own (temp files).
+KEY = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*$")
+TEMP_NAME = re.compile(r"^\.[A-Za-z0-9_-][A-Za-z0-9_.-]*\.[0-9a-f]{12}\.tmp$")
 READ_SIZE = 1 << 16
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+class PendingFile:
+    """A staged write: the whole blob in a locked temp file, not yet under its key."""
+
+    def __init__(self, key: str, path: Path, temp: Path, fd: int, size: int) -> None:
+        self.key = key
+        self.size = size
+        self._path = path
+        self._temp = temp
+        self._fd = fd  # open, and locked, until committed or discarded
+
+    def commit(self) -> None:
+        """Make the staged bytes the blob of `key` (replacing any blob there)."""
+        os.replace(self._temp, self._path)
+        self._release()
+        _fsync_dir(self._path.parent)
+
+    def discard(self) -> None:
+        """Remove the staged bytes (idempotent; what cannot be removed now, a sweep will)."""
+        with contextlib.suppress(OSError):
+            self._temp.unlink(missing_ok=True)
+        self._release()
+
+    def _release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:  # an abandoned stage leaves its temp file to the sweep
+        self._release()
 
 
 class FileBlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(root)
 
     def _path(self, key: str) -> Path:
-        if not KEY.match(key) or any(part in (".", "..") for part in key.split("/")):
+        if not KEY.match(key):
             raise ValueError(f"invalid blob key {key!r}")
         return self.root / key
 
-    def put(self, key: str, chunks: Iterable[bytes]) -> int:
+    def stage(self, key: str, chunks: Iterable[bytes]) -> PendingFile:
+        """Write `chunks` to a temp file beside `key`, fsynced; nothing is visible yet."""
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        make_private_dirs(path.parent)
+        temp, fd = _create_temp(path)
         size = 0
         try:
-            with open(temp, "xb") as out:
-                for chunk in chunks:
-                    out.write(chunk)
-                    size += len(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temp, path)
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+                size += len(chunk)
+            os.fsync(fd)
         except BaseException:
+            os.close(fd)
             temp.unlink(missing_ok=True)
             raise
-        _fsync_dir(path.parent)
-        return size
+        return PendingFile(key, path, temp, fd, size)
+
+    def put(self, key: str, chunks: Iterable[bytes]) -> int:
+        pending = self.stage(key, chunks)
+        try:
+            pending.commit()
+        except BaseException:
+            pending.discard()
+            raise
+        return pending.size
 
     def get(self, key: str) -> Iterator[bytes]:
+        """The blob's bytes; KeyError if there is none."""
         path = self._path(key)
         try:
             handle = open(path, "rb")  # noqa: SIM115 - closed by the generator
@@ -74,6 +126,47 @@ class FileBlobStore:
                 key = path.relative_to(self.root).as_posix()
                 if key.startswith(prefix):
                     yield key
+
+    def sweep_staged(self) -> int:
+        """Remove the temp files of writers that are gone; returns how many were removed."""
+        removed = 0
+        for folder, _, names in os.walk(self.root):
+            for name in names:
+                if TEMP_NAME.match(name) and _remove_if_abandoned(Path(folder, name)):
+                    removed += 1
+        return removed
+
+
+def _create_temp(path: Path) -> tuple[Path, int]:
+    """A new temp file for `path`, open and locked by us."""
+    while True:
+        temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        fd = os.open(temp, _CREATE, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # A sweep may have taken the file between its creation and our lock: start over.
+            if os.fstat(fd).st_nlink:
+                return temp, fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def _remove_if_abandoned(temp: Path) -> bool:
+    try:
+        fd = os.open(temp, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:  # gone meanwhile (committed or discarded), or not a plain file
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # its writer is alive
+        temp.unlink(missing_ok=True)
+        return True
+    finally:
+        os.close(fd)
 
 
 def _read(handle: object) -> Iterator[bytes]:

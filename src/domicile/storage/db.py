@@ -1,7 +1,8 @@
 """Engines and schema migrations for the directory and the regional stores.
 
-The same code runs on SQLite (the embedded default, WAL mode) and PostgreSQL (one database
-per region). Schemas are Alembic migrations, applied by `init` and at `serve`.
+The same code runs on SQLite (the embedded default, WAL mode; the database file and its
+companions mode 0600) and PostgreSQL (one database per region). Schemas are Alembic
+migrations, applied by `init` and at `serve`.
 """
 
 from __future__ import annotations
@@ -13,17 +14,28 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 
-__all__ = ["Schema", "make_engine", "migrate"]
+from domicile.storage.private import create_private_file
+
+__all__ = ["Schema", "make_engine", "migrate", "sqlite_path"]
 
 Schema = Literal["directory", "region"]
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file of a `sqlite:///…` URL; None for another database or an in-memory one."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url.removeprefix("sqlite:///").partition("?")[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        path = url.removeprefix("sqlite:///")
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_path(url)
+        if path is not None:
+            # Made 0600 before SQLite opens it: its -wal and -shm files take its mode.
+            create_private_file(path)
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         # pysqlite's own transaction handling defers BEGIN; take it over so that

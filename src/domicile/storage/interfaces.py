@@ -7,7 +7,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-__all__ = ["BlobStore", "ContentStore", "StoredBlob", "TenantRef", "UsageRecord", "UsageSink"]
+__all__ = [
+    "BlobStore",
+    "ContentStore",
+    "PendingBlob",
+    "StagedBlob",
+    "StoredBlob",
+    "TenantRef",
+    "UsageRecord",
+    "UsageSink",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,20 +63,53 @@ class StoredBlob:
     meta: dict[str, str] = field(default_factory=dict)
 
 
-class BlobStore(Protocol):
-    """Opaque bytes by key; writes are atomic (a reader sees all or nothing)."""
+class PendingBlob(Protocol):
+    """A staged blob write: all its bytes written, nothing visible under its key yet."""
 
+    key: str
+    size: int
+
+    def commit(self) -> None: ...
+    def discard(self) -> None: ...
+
+
+class BlobStore(Protocol):
+    """Opaque bytes by key; writes are atomic (a reader sees all or nothing).
+
+    `put` is `stage` then `commit`. `get` raises KeyError for a key without bytes.
+    `sweep_staged` removes what writers that died (a crash) staged and never committed or
+    discarded; it never takes a write in progress.
+    """
+
+    def stage(self, key: str, chunks: Iterable[bytes]) -> PendingBlob: ...
     def put(self, key: str, chunks: Iterable[bytes]) -> int: ...
     def get(self, key: str) -> Iterator[bytes]: ...
     def delete(self, key: str) -> bool: ...
     def exists(self, key: str) -> bool: ...
     def keys(self, prefix: str = "") -> Iterator[str]: ...
+    def sweep_staged(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StagedBlob:
+    """A blob whose sealed bytes are written but which is not stored: not listed, not
+    readable, until `ContentStore.commit_blob`; `discard_blob` removes it."""
+
+    tenant: TenantRef
+    kind: str
+    blob_id: str
+    size: int  # plaintext bytes
+    pending: PendingBlob
 
 
 class ContentStore(Protocol):
     """A region's encrypted content: every byte sealed under the tenant's data key (G5).
 
     Refuses a tenant of another region (CrossRegionWrite). Blocking: call off the event loop.
+    A blob is written in two steps, so that a request can decide whether to keep it only once
+    it is complete: `stage_blob` streams the bytes in, `commit_blob` stores it (and on failure
+    leaves nothing), `discard_blob` drops it. `put_blob` is both. `open_blob` raises KeyError
+    when the blob's bytes are gone.
     """
 
     region: str
@@ -82,6 +124,11 @@ class ContentStore(Protocol):
         self, tenant: TenantRef, kind: str, blob_id: str, filename: str,
         chunks: Iterable[bytes], meta: dict[str, str] | None = None,
     ) -> StoredBlob: ...
+    def stage_blob(self, tenant: TenantRef, kind: str, blob_id: str,
+                   chunks: Iterable[bytes]) -> StagedBlob: ...
+    def commit_blob(self, staged: StagedBlob, filename: str,
+                    meta: dict[str, str] | None = None) -> StoredBlob: ...
+    def discard_blob(self, staged: StagedBlob) -> None: ...
     def get_blob(self, tenant: TenantRef, kind: str, blob_id: str) -> StoredBlob | None: ...
     def open_blob(self, tenant: TenantRef, kind: str, blob_id: str) -> Iterator[bytes]: ...
     def delete_blob(self, tenant: TenantRef, kind: str, blob_id: str) -> bool: ...

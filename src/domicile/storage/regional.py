@@ -19,7 +19,13 @@ from sqlalchemy.orm import Session
 from domicile.compliance.audit import AuditLog
 from domicile.crypto import Context, Envelope, KeyProvider
 from domicile.errors import CrossRegionWrite, StorageError
-from domicile.storage.interfaces import BlobStore, StoredBlob, TenantRef, UsageRecord
+from domicile.storage.interfaces import (
+    BlobStore,
+    StagedBlob,
+    StoredBlob,
+    TenantRef,
+    UsageRecord,
+)
 from domicile.storage.models import (
     AUDIT_HEAD,
     AUDIT_LOG,
@@ -135,8 +141,9 @@ class RegionalStore:
     def _blob_key(tenant_id: str, kind: str, blob_id: str) -> str:
         return f"{tenant_id}/{kind}/{blob_id}"
 
-    def put_blob(self, tenant: TenantRef, kind: str, blob_id: str, filename: str,
-                 chunks: Iterable[bytes], meta: dict[str, str] | None = None) -> StoredBlob:
+    def stage_blob(self, tenant: TenantRef, kind: str, blob_id: str,
+                   chunks: Iterable[bytes]) -> StagedBlob:
+        """Seal `chunks` into the blob store as they come, under a temp name: not stored yet."""
         context = self._sealing_context(tenant, kind, blob_id)
         size = 0
 
@@ -146,22 +153,43 @@ class RegionalStore:
                 size += len(chunk)
                 yield chunk
 
-        key = self._blob_key(tenant.id, kind, blob_id)
-        self.blobs.put(key, self.envelope.seal_stream(counted(), context))
-        now = datetime.now(UTC)
+        pending = self.blobs.stage(self._blob_key(tenant.id, kind, blob_id),
+                                   self.envelope.seal_stream(counted(), context))
+        return StagedBlob(tenant, kind, blob_id, size, pending)
+
+    def commit_blob(self, staged: StagedBlob, filename: str,
+                    meta: dict[str, str] | None = None) -> StoredBlob:
+        """Store a staged blob: its bytes under their key, then its row. On failure nothing
+        is left: no blob without its row."""
+        tenant, kind, blob_id = staged.tenant, staged.kind, staged.blob_id
         info = {"filename": filename, **(meta or {})}
         sealed_meta = self.envelope.seal(
             json.dumps(info).encode(), self._context(tenant, f"{kind}:{BLOB_META_KIND}", blob_id))
+        now = datetime.now(UTC)
+        committed = False
         try:
+            staged.pending.commit()
+            committed = True
             with self.engine.begin() as conn:
                 conn.execute(self._upsert(BlobRow, {
                     "tenant_id": tenant.id, "kind": kind, "blob_id": blob_id,
-                    "region": self.region, "size": size, "created_at": now, "meta": sealed_meta,
+                    "region": self.region, "size": staged.size, "created_at": now,
+                    "meta": sealed_meta,
                 }, ("size", "meta")))
         except BaseException:
-            self.blobs.delete(key)  # no blob without its row
+            if committed:
+                self.blobs.delete(staged.pending.key)
+            else:
+                staged.pending.discard()
             raise
-        return StoredBlob(blob_id, tenant.id, kind, filename, size, now, dict(meta or {}))
+        return StoredBlob(blob_id, tenant.id, kind, filename, staged.size, now, dict(meta or {}))
+
+    def discard_blob(self, staged: StagedBlob) -> None:
+        staged.pending.discard()
+
+    def put_blob(self, tenant: TenantRef, kind: str, blob_id: str, filename: str,
+                 chunks: Iterable[bytes], meta: dict[str, str] | None = None) -> StoredBlob:
+        return self.commit_blob(self.stage_blob(tenant, kind, blob_id, chunks), filename, meta)
 
     def get_blob(self, tenant: TenantRef, kind: str, blob_id: str) -> StoredBlob | None:
         with self.engine.connect() as conn:
@@ -179,17 +207,20 @@ class RegionalStore:
                           row.created_at, info)  # type: ignore[attr-defined]
 
     def open_blob(self, tenant: TenantRef, kind: str, blob_id: str) -> Iterator[bytes]:
+        """The blob's plaintext; KeyError if its bytes are gone."""
         context = self._context(tenant, kind, blob_id)
         return self.envelope.open_stream(
             self.blobs.get(self._blob_key(tenant.id, kind, blob_id)), context)
 
     def delete_blob(self, tenant: TenantRef, kind: str, blob_id: str) -> bool:
         self._context(tenant, kind, blob_id)
+        # The bytes first: on a full disk that frees the room the row's delete needs. A row
+        # left without its bytes (the delete failed) answers "not found" for its content.
+        removed = self.blobs.delete(self._blob_key(tenant.id, kind, blob_id))
         with self.engine.begin() as conn:
             result = conn.execute(delete(BlobRow).where(
                 BlobRow.tenant_id == tenant.id, BlobRow.kind == kind, BlobRow.blob_id == blob_id))
-        self.blobs.delete(self._blob_key(tenant.id, kind, blob_id))
-        return bool(result.rowcount)
+        return bool(result.rowcount) or removed
 
     def list_blobs(self, tenant: TenantRef, kind: str) -> list[StoredBlob]:
         with self.engine.connect() as conn:

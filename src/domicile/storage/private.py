@@ -1,0 +1,88 @@
+"""Files and folders of a site that only the server's user may open: 0600 and 0700.
+
+Everything Domicile creates under the data folder is private, whatever the process's umask:
+folders are made level by level with mode 0700, files are created with mode 0600 (SQLite's
+`-wal`/`-shm`/journal files take the mode of their database file, so a database file made
+here keeps its companions private too). `PRIVATE_UMASK` is the belt to those braces, for
+anything a library creates. `tighten` is the check at start: it narrows whatever has been
+loosened since.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["FILE_MODE", "FOLDER_MODE", "PRIVATE_UMASK", "create_private_file",
+           "make_private_dirs", "restrict_umask", "tighten"]
+
+FILE_MODE = 0o600
+FOLDER_MODE = 0o700
+PRIVATE_UMASK = 0o077
+
+
+def restrict_umask() -> None:
+    """No group or other bits on anything this process creates from now on."""
+    os.umask(PRIVATE_UMASK)
+
+
+def make_private_dirs(folder: Path) -> None:
+    """`mkdir -p` where every folder made is 0700 (`Path.mkdir(parents=True)` would give the
+    parents the default mode). Existing folders are left as they are."""
+    if folder.is_dir():
+        return
+    missing: list[Path] = []
+    at = folder
+    while not at.exists():
+        missing.append(at)
+        at = at.parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=FOLDER_MODE)
+
+
+def create_private_file(path: Path) -> None:
+    """Create an empty file with mode 0600 unless it exists (before a library opens it)."""
+    make_private_dirs(path.parent)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE))
+
+
+def tighten(roots: Iterable[Path]) -> tuple[int, int]:
+    """Narrow files to 0600 and folders to 0700 under `roots` (a root may be a file).
+
+    Returns (tightened, failed): how many were looser, and how many of those could not be
+    changed (not ours). Symbolic links are neither followed nor changed.
+    """
+    counts = [0, 0]
+    for root in roots:
+        _tighten_one(root, counts)
+        if root.is_dir() and not root.is_symlink():
+            for folder, folders, files in os.walk(root):
+                for name in (*folders, *files):
+                    _tighten_one(Path(folder, name), counts)
+    return counts[0], counts[1]
+
+
+def _tighten_one(path: Path, counts: list[int]) -> None:
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(mode):
+        wanted = FOLDER_MODE
+    elif stat.S_ISREG(mode):
+        wanted = FILE_MODE
+    else:
+        return  # links, sockets: not ours to change
+    if stat.S_IMODE(mode) & ~wanted == 0:
+        return
+    try:
+        os.chmod(path, stat.S_IMODE(mode) & wanted)
+    except OSError:
+        counts[1] += 1
+    else:
+        counts[0] += 1

@@ -1,0 +1,90 @@
+"""Every file a site keeps is 0600 and every folder 0700 (SQLite databases and their -wal and
+-shm files, blob files and their folders), whatever the umask; anything loosened since is
+tightened when a site is opened for serving, and leftover temp blobs are swept then."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from domicile.site import Site
+from domicile.storage.interfaces import TenantRef
+from tests.conftest import SiteFactory
+
+
+@pytest.fixture
+def permissive_umask() -> Iterator[None]:
+    """A umask that would leave files 0644 and folders 0755, as a careless shell has."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def _loose(root: Path) -> dict[str, str]:
+    """Every file not 0600 and every folder not 0700 under `root`, with its mode."""
+    found = {}
+    for path in [root, *root.rglob("*")]:
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        if mode != (0o700 if path.is_dir() else 0o600):
+            found[path.relative_to(root).as_posix()] = oct(mode)
+    return found
+
+
+def _write_content(site: Site) -> None:
+    org = site.directory.create_org("Acme")
+    project = site.directory.create_project(org.id, "app", "eu", retention="regional")
+    tenant = TenantRef(project.id, "eu", org.id)
+    store = site.store("eu")
+    store.put_record(tenant, "response", "resp_1", b"kept")
+    store.put_blob(tenant, "file", "file-1", "a.txt", [b"x" * 70_000])
+    store.write_usage([])
+
+
+def test_a_site_keeps_every_file_private(make_site: SiteFactory,
+                                         permissive_umask: None) -> None:
+    site = make_site("sqlite")
+    os.umask(0o022)  # opening the site narrowed it: widen it again, modes must not depend on it
+    _write_content(site)
+    root = site.settings.data_dir
+    names = {p.name for p in root.rglob("*")}
+    assert {"store.db", "store.db-wal", "store.db-shm", "directory.db-wal", "blobs"} <= names
+    assert _loose(root) == {}
+
+
+def test_loosened_modes_are_tightened_and_temp_blobs_swept_at_start(
+        make_site: SiteFactory, caplog: pytest.LogCaptureFixture) -> None:
+    site = make_site("sqlite")
+    _write_content(site)
+    root = site.settings.data_dir
+    blob_dir = root / "eu" / "blobs"
+    leftover = next(p for p in blob_dir.rglob("*") if p.is_file()).with_name(
+        ".file-2.0123456789ab.tmp")
+    leftover.write_bytes(b"an upload a crash interrupted")
+    loosened = [root / "eu" / "store.db", root / "directory.db-wal", blob_dir,
+                next(p for p in blob_dir.rglob("*") if p.name == "file-1")]
+    for path in loosened:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    caplog.set_level(logging.INFO, logger="domicile.site")
+
+    site.open_for_serving()
+
+    assert _loose(root) == {}
+    assert not leftover.exists()
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 2, lines
+    assert "4 files and folders were looser than 0600/0700" in lines[0]
+    assert "region eu: removed 1 temporary blobs" in lines[1]
+    assert str(root) not in caplog.text and "file-1" not in caplog.text
+
+
+def test_a_tidy_site_opens_with_one_quiet_line(make_site: SiteFactory,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    site = make_site("sqlite")
+    caplog.set_level(logging.INFO, logger="domicile.site")
+    site.open_for_serving()
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
