@@ -11,6 +11,7 @@ the moment it opens one, and files are created 0600, folders 0700 (`storage.priv
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -109,6 +110,10 @@ def init_site(directory: Path = DEFAULT_SITE_DIR, *, port_base: int = 8400,
         raise
 
 
+def _errno_name(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+
+
 def _write_atomically(path: Path, text: str) -> None:
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -195,18 +200,29 @@ class Site:
             claim_region(store.engine, name)
 
     def open_for_serving(self, regions: Sequence[str] = ()) -> None:
-        """Run once before a server's workers start: apply migrations, check the data
-        folder's modes (anything looser than 0600/0700 is tightened), and sweep the temp blobs
-        that crashed uploads left in the blob folders of `regions` (default: all)."""
-        self.migrate()
-        tightened, failed = tighten(self._private_paths())
-        if tightened or failed:
-            log.warning("data folder: %d files and folders were looser than 0600/0700 and "
-                        "were tightened; %d could not be changed", tightened, failed)
+        """Run once by a server before its workers start: check the data folder's modes,
+        tightening anything looser than 0600/0700, and sweep the temp blobs that crashed
+        uploads left in the blob folders of `regions` (default: all). Needs no database.
+        Logs a line for each; a failure here is logged, never fatal."""
+        try:
+            tightened, failed = tighten(self._private_paths())
+        except OSError as exc:
+            log.warning("data folder: modes not checked (%s)", _errno_name(exc))
         else:
-            log.info("data folder: every file is 0600 and every folder 0700")
+            if tightened or failed:
+                log.warning("data folder: %d files and folders were looser than 0600/0700 and "
+                            "were tightened; %d could not be changed", tightened, failed)
+            else:
+                log.info("data folder: every file is 0600 and every folder 0700")
         for name in regions or self.settings.regions:
-            swept = self.store(name).blobs.sweep_staged()
+            blob_dir = self.settings.region(name).blob_path
+            if blob_dir is None:
+                continue
+            try:
+                swept = FileBlobStore(blob_dir).sweep_staged()
+            except OSError as exc:
+                log.warning("region %s: temporary blobs not swept (%s)", name, _errno_name(exc))
+                continue
             if swept:
                 log.warning("region %s: removed %d temporary blobs of interrupted uploads",
                             name, swept)
