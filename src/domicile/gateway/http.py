@@ -258,7 +258,7 @@ class Exchange:
             if not task.done():
                 task.cancel()
                 task.add_done_callback(mark_retrieved)
-        if task.cancelled():
+        if not task.done() or task.cancelled():  # cancel() takes effect at the task's next step
             raise ClientDisconnected
         return task.result()
 
