@@ -1,5 +1,6 @@
 """HTTP upstreams: raw bytes forwarded, SSE relayed as it arrives, disconnects cancel the
-upstream, and G6: verified TLS 1.2+ only."""
+upstream, G6: verified TLS 1.2+ only, and an upstream's garbage or limits answered honestly
+(streams that break off: `test_upstream_faults.py`)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from pathlib import Path
 import openai
 import pytest
 
-from domicile.gateway.providers import OpenAICompatibleProvider
+from domicile.gateway.providers import OpenAICompatibleProvider, ProviderResponse
 from domicile.gateway.providers.openai_compatible import upstream_tls_context
+from domicile.storage.interfaces import UsageRecord
 from tests.gateway.conftest import EU_ZERO_KEY, UPSTREAM_SECRET, Stack
 from tests.gateway.support import make_settings, provider
 
@@ -22,6 +24,13 @@ MESSAGES = [{"role": "user", "content": "one two three"}]
 
 def _wait_for(condition: threading.Event, seconds: float = 3.0) -> bool:
     return condition.wait(seconds)
+
+
+def _records(stack: Stack, count: int, seconds: float = 3.0) -> list[UsageRecord]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and len(stack.sink.records) < count:
+        time.sleep(0.05)
+    return list(stack.sink.records)
 
 
 def test_the_clients_bytes_reach_the_upstream_unchanged(stack: Stack) -> None:
@@ -189,3 +198,70 @@ def test_upstream_refuses_a_server_that_only_speaks_tls11(stack: Stack) -> None:
         client_context.wrap_socket(raw, server_hostname="127.0.0.1")
     thread.join(5)
     listener.close()
+
+
+# -- what an upstream answers that is not an answer, and what it says about limits -----------
+
+
+@pytest.mark.parametrize(("endpoint", "garbage"), [
+    ("chat", b'{"id": "chatcmpl-fake", "choices": [{"message": {"content": "CANARY-cut off'),
+    ("chat", b"upstream request timeout CANARY"),
+    ("chat", b'["CANARY-a list, not an answer"]'),
+    ("chat", b""),
+    ("embeddings", b"<html><body>CANARY-a proxy's login page</body></html>"),
+])
+def test_a_200_that_is_not_a_json_object_is_a_502_the_sdk_understands(
+        stack: Stack, endpoint: str, garbage: bytes) -> None:
+    upstream = stack.upstreams["eu-solo"]
+    upstream.behaviour.mode = "garbage"
+    upstream.behaviour.garbage = garbage
+    client = stack.client()
+    with pytest.raises(openai.InternalServerError) as caught:  # not JSONDecodeError
+        if endpoint == "chat":
+            client.chat.completions.create(model="solo-model", messages=MESSAGES)
+        else:
+            client.embeddings.create(model="remote-embedder", input="x")
+    error = caught.value
+    assert error.status_code == 502
+    assert error.code == "upstream_error"  # type: ignore[attr-defined]
+    assert error.response.headers["x-domicile-provider"] in ("eu-solo", "eu-vectors")
+    assert "CANARY" not in error.message
+    assert len(upstream.received) == 1  # it answered: not sent to a second provider
+    record = _records(stack, 1)[0]
+    assert (record.status, record.prompt_tokens, record.completion_tokens) == (502, 0, 0)
+
+
+def test_a_provider_that_answers_garbage_is_not_failed_over(stack: Stack) -> None:
+    """It did answer (and may have done the work): the client gets its 502, not a second
+    provider's answer at a second cost."""
+    stack.upstreams["eu-a"].behaviour.mode = "garbage"
+    with pytest.raises(openai.InternalServerError) as caught:
+        stack.client().chat.completions.create(model="fo-model", messages=MESSAGES)
+    assert caught.value.status_code == 502
+    assert "eu-a" in caught.value.message
+    assert stack.upstreams["eu-b"].received == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstream_429_keeps_its_retry_after_and_limits(stack: Stack, stream: bool) -> None:
+    stack.upstreams["eu-solo"].behaviour.mode = "limit"
+    with pytest.raises(openai.RateLimitError) as caught:
+        stack.client().chat.completions.create(model="solo-model", messages=MESSAGES,
+                                               stream=stream)
+    headers = caught.value.response.headers
+    assert headers["retry-after"] == "7"
+    assert headers["retry-after-ms"] == "7000"
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert headers["x-ratelimit-reset-requests"] == "7s"
+    assert "x-upstream-internal" not in headers  # only what tells a client when to retry
+    assert headers["x-domicile-provider"] == "eu-solo"
+    assert caught.value.code == "rate_limit_exceeded"  # type: ignore[attr-defined]
+
+
+def test_the_gateways_own_limits_win_over_an_upstreams() -> None:
+    own = [(b"x-ratelimit-limit-requests", b"10"), (b"x-ratelimit-remaining-requests", b"9")]
+    upstream = ProviderResponse(429, b"{}", headers=(
+        (b"retry-after", b"7"), (b"x-ratelimit-limit-requests", b"60"),
+        (b"x-ratelimit-limit-tokens", b"1000")))
+    assert upstream.client_headers(own) == [*own, (b"retry-after", b"7")]
+    assert upstream.client_headers([]) == list(upstream.headers)

@@ -10,8 +10,9 @@ from pathlib import Path
 import openai
 import pytest
 
-from domicile.errors import ModelNotFound, NoInRegionProvider
+from domicile.errors import ModelNotFound, NoInRegionProvider, RegionBusy
 from domicile.gateway.providers import DevEchoProvider, Provider, ProviderUnavailable
+from domicile.gateway.providers.base import ProviderBusy
 from domicile.gateway.routing import ModelRouter
 from tests.gateway.conftest import Stack
 from tests.gateway.support import make_settings, provider
@@ -79,6 +80,53 @@ async def test_first_available_fails_over_then_fails_closed(tmp_path: Path) -> N
 
     with pytest.raises(NoInRegionProvider, match=r"a: ClientConnectorError; b: Client"):
         await router.first_available("m", router.route("m", "chat"), down)
+
+
+class _Pooled(DevEchoProvider):
+    """A provider whose connections may all be in use."""
+
+    full = False
+
+    @property
+    def saturated(self) -> bool:
+        return self.full
+
+
+async def test_providers_with_a_free_connection_are_tried_first(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, eu=[
+        provider(name, "dev-echo", ["m"]) for name in ("a", "b", "c")], us=[])
+    a, b, c = (_Pooled(p, "eu") for p in settings.regions["eu"].providers)
+    router = ModelRouter("eu", [a, b, c])
+    tried: list[str] = []
+
+    async def attempt(p: Provider) -> str:
+        tried.append(p.name)
+        raise ProviderBusy(p.name, "all 1 connections in use", retry_after=2)
+
+    a.full = True
+    with pytest.raises(RegionBusy):
+        await router.first_available("m", router.route("m", "chat"), attempt)
+    assert tried == ["b", "c", "a"]  # the busy one last, the others in their order
+
+
+async def test_busy_providers_make_the_region_busy_not_down(tmp_path: Path) -> None:
+    router = ModelRouter("eu", _providers(tmp_path, ("a", ["m"], 1), ("b", ["m"], 1),
+                                          ("c", ["m"], 1)))
+    waits = {"a": 5, "b": 2}
+
+    async def attempt(p: Provider) -> str:
+        if p.name in waits:
+            raise ProviderBusy(p.name, "all 8 connections in use", waits[p.name])
+        raise ProviderUnavailable(p.name, "ClientConnectorError")
+
+    with pytest.raises(RegionBusy) as caught:
+        await router.first_available("m", router.route("m", "chat"), attempt)
+    busy = caught.value
+    assert (busy.status, busy.code) == (503, "region_busy")
+    assert list(busy.headers) == [(b"retry-after", b"2")]  # the sooner of the two
+    assert busy.message.startswith("Region eu is busy")
+    assert "a: all 8 connections in use; b: all 8 connections in use; " \
+           "c: ClientConnectorError" in busy.message
 
 
 def test_failover_on_upstream_500_names_the_provider_that_served(stack: Stack) -> None:

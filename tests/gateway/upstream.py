@@ -1,11 +1,14 @@
 """A fake OpenAI upstream on a real loopback socket (aiohttp), for the gateway's tests.
 
 It records every request it receives (raw bytes and headers) and can be told to misbehave:
-answer 500, reject with 400, drop the connection, be slow, stream slowly (held at a gate
-after the first chunk), or stream without end until the client goes away (and note that it
-did). Streams follow OpenAI: with `stream_options.include_usage`, every chunk says
-`"usage": null` and a last chunk with empty `choices` carries the usage. `tls` serves HTTPS
-with a certificate the test gives it.
+answer 500, reject with 400, drop the connection, be slow, hold every request until the test
+lets go (to fill a connection pool), answer 200 with a body that is not JSON, answer 429
+with `retry-after` and `x-ratelimit-*`, stream slowly (held at a gate after the first
+chunk), stream without end until the client goes away (and note that it did), or, after the
+first chunk (and the gate), go silent, reset the connection, or close it without ending the
+chunked body (optionally half-way through an event). Streams follow OpenAI: with
+`stream_options.include_usage`, every chunk says `"usage": null` and a last chunk with empty
+`choices` carries the usage. `tls` serves HTTPS with a certificate the test gives it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,12 @@ from typing import Any
 from aiohttp import web
 
 CREATED = 1_700_000_000
+# How long a held request or a silent stream waits at most (the test has failed by then).
+HOLD_LIMIT_S = 30.0
+# What a 429 carries besides its body: the client should get all but the last.
+LIMIT_HEADERS = {"retry-after": "7", "retry-after-ms": "7000",
+                 "x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "0",
+                 "x-ratelimit-reset-requests": "7s", "x-upstream-internal": "not-for-clients"}
 
 
 @dataclass
@@ -32,9 +41,17 @@ class Received:
 
 @dataclass
 class Behaviour:
-    mode: str = "ok"  # ok | fail (500) | reject (400) | drop (close the connection)
+    # ok | fail (500) | reject (400) | drop (close the connection) | limit (429) |
+    # garbage (200 with `garbage` as its body)
+    mode: str = "ok"
     delay: float = 0.0  # seconds before answering
+    hold: threading.Event | None = None  # every request: wait for it before answering
+    garbage: bytes = b'{"id": "chatcmpl-fake", "choices": [{"message": {"content": "CANARY-'
     gate: threading.Event | None = None  # streaming: wait for it after the first chunk
+    # streaming, after the first chunk (and the gate): finish | stall (say nothing more until
+    # the client leaves) | reset (RST) | close (FIN before the chunked body's end) |
+    # close-mid-event (half an event, then as close)
+    then: str = "finish"
     endless: bool = False  # streaming: one chunk every 20 ms until the client leaves
     prompt_tokens: int = 11
     completion_tokens: int = 7
@@ -48,6 +65,7 @@ class FakeUpstream:
     behaviour: Behaviour = field(default_factory=Behaviour)
     received: list[Received] = field(default_factory=list)
     chunks_sent: int = 0
+    holding: int = 0  # requests waiting at `hold` right now
     stream_cancelled: threading.Event = field(default_factory=threading.Event)
     port: int = 0
     _runner: web.AppRunner | None = None
@@ -61,6 +79,7 @@ class FakeUpstream:
         self.behaviour = Behaviour()
         self.received.clear()
         self.chunks_sent = 0
+        self.holding = 0
         self.stream_cancelled.clear()
 
     async def start(self) -> None:
@@ -83,6 +102,19 @@ class FakeUpstream:
         b = self.behaviour
         if b.delay:
             await asyncio.sleep(b.delay)
+        if b.hold is not None:
+            self.holding += 1
+            try:
+                await _wait_for(b.hold)
+            finally:
+                self.holding -= 1
+        if b.mode == "garbage":
+            return web.Response(body=b.garbage, content_type="application/json"), body
+        if b.mode == "limit":
+            return web.json_response(
+                {"error": {"message": "Rate limit reached", "type": "requests", "param": None,
+                           "code": "rate_limit_exceeded"}},
+                status=429, headers=LIMIT_HEADERS), body
         if b.mode == "fail":
             return web.json_response({"error": {"message": "upstream exploded",
                                                 "type": "server_error", "param": None,
@@ -143,8 +175,9 @@ class FakeUpstream:
         try:
             await self._send(response, chunk({"role": "assistant", "content": words[0]}))
             if b.gate is not None:
-                while not b.gate.is_set():
-                    await asyncio.sleep(0.005)
+                await _wait_for(b.gate)
+            if b.then != "finish":
+                return await self._break_off(request, response, chunk({"content": " half"}))
             if b.endless:
                 deadline = time.monotonic() + 10
                 while time.monotonic() < deadline:
@@ -165,6 +198,30 @@ class FakeUpstream:
             raise
         return response
 
+    async def _break_off(self, request: web.Request, response: web.StreamResponse,
+                         event: bytes) -> web.StreamResponse:
+        """The stream's misbehaviour after its first chunk (`Behaviour.then`)."""
+        transport = request.transport
+        assert transport is not None
+        then = self.behaviour.then
+        if then == "stall":  # silent, until the client goes away
+            deadline = time.monotonic() + HOLD_LIMIT_S
+            while not transport.is_closing() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            if transport.is_closing():
+                self.stream_cancelled.set()
+            return response
+        if then == "close-mid-event":
+            await self._send(response, event[: len(event) // 2])
+            # Time for the gateway (same loop) to read the half before the FIN, or the two
+            # may arrive together and the half never be read.
+            await asyncio.sleep(0.05)
+        if then == "reset":
+            transport.abort()
+        else:  # FIN once the bytes written are out: the chunked body has no end
+            transport.close()
+        return response
+
     async def _send(self, response: web.StreamResponse, chunk: bytes) -> None:
         await response.write(chunk)
         self.chunks_sent += 1
@@ -181,3 +238,10 @@ class FakeUpstream:
                      for i in range(len(inputs))],
             "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)},
         })
+
+
+async def _wait_for(event: threading.Event) -> None:
+    """Until the test sets `event` (a thread's event: polled), at most `HOLD_LIMIT_S`."""
+    deadline = time.monotonic() + HOLD_LIMIT_S
+    while not event.is_set() and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)

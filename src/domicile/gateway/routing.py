@@ -6,6 +6,12 @@ providers in order; a provider that cannot serve (`ProviderUnavailable`: connect
 TLS failure, timeout, upstream 5xx) is skipped for the next, and when none is left the
 answer is 503 `no_in_region_provider`. Nothing ever leaves the region: fail closed.
 
+Capacity is not an outage: a provider whose connections are all in use (`ProviderBusy`, after
+waiting its `pool_timeout_s`) is skipped the same way, but providers with a free connection
+are tried before busy ones, and when busy providers are all that is left the answer is 503
+`region_busy` with `retry-after` (the request may succeed a moment later), not
+`no_in_region_provider`.
+
 Order: config order when the model's providers have equal weights (a primary and its
 fallbacks); otherwise a weighted random order per request (the Efraimidis-Spirakis draw),
 so weights spread load while every provider remains a fallback for the others.
@@ -18,9 +24,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from domicile.config import Capability
-from domicile.errors import ModelNotFound, NoInRegionProvider
+from domicile.errors import ModelNotFound, NoInRegionProvider, RegionBusy
 
-from .providers.base import Provider, ProviderUnavailable
+from .providers.base import Provider, ProviderBusy, ProviderUnavailable
 
 __all__ = ["ModelRouter"]
 
@@ -82,13 +88,26 @@ class ModelRouter:
     async def first_available(self, model: str, providers: Sequence[Provider],
                               attempt: Callable[[Provider], Awaitable[T]]
                               ) -> tuple[Provider, T]:
-        """`attempt` on each provider in turn until one serves; 503 when none can."""
+        """`attempt` on each provider in turn until one serves; 503 when none can
+        (`region_busy` when some were only busy)."""
+        if len(providers) > 1 and any(p.saturated for p in providers):
+            # A free connection first; the order among the free (and the busy) stays.
+            providers = sorted(providers, key=lambda p: p.saturated)
         failures: list[str] = []
+        retry_after = 0
         for provider in providers:
             try:
                 return provider, await attempt(provider)
             except ProviderUnavailable as exc:
                 failures.append(f"{provider.name}: {exc.reason}")
+                if isinstance(exc, ProviderBusy):
+                    retry_after = min(retry_after or exc.retry_after, exc.retry_after)
+        if retry_after:
+            raise RegionBusy(
+                f"Region {self.region} is busy: the providers of model `{model}` have no "
+                f"connection free ({'; '.join(failures)}). Please retry after {retry_after} "
+                "s. The request was not sent to any other region.",
+                headers=((b"retry-after", b"%d" % retry_after),))
         raise NoInRegionProvider(
             f"No provider in region {self.region} could serve model `{model}` "
             f"({'; '.join(failures)}). The request was not sent to any other region.")
