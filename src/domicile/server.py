@@ -4,6 +4,11 @@ The embedded default runs every region in one process (one uvicorn server per re
 event loop). With `workers > 1` the parent binds each region's socket and forks that many
 workers which all accept on them; workers keep no state another worker would need (key
 lookups are short-lived caches, usage is flushed to the region's store).
+
+Before any worker starts, the parent brings each region's store up to date. A region that
+cannot be prepared (its database unreachable, say) is named in one line on stderr and not
+served; the others are. Every server speaks HTTP through `http_server.RegionProtocol`, which
+bounds request heads, their time, idle connections and open connections (`[server]`).
 """
 
 from __future__ import annotations
@@ -25,10 +30,14 @@ from typing import Any
 import uvicorn
 
 from domicile.config import RegionSettings, Settings
-from domicile.errors import ConfigError
+from domicile.errors import ConfigError, StoreUnavailable
+from domicile.failures import describe
+from domicile.http_server import protocol_for
 from domicile.site import Site
+from domicile.storage.db import migrate
+from domicile.storage.regional import claim_region
 
-__all__ = ["TlsFiles", "build_region_app", "serve"]
+__all__ = ["TlsFiles", "build_region_app", "prepare_regions", "serve"]
 
 log = logging.getLogger("domicile.server")
 
@@ -79,11 +88,7 @@ def serve(settings: Settings, regions: Sequence[str] = (), *, workers: int = 1,
         settings.region(name)
     if tls is not None:
         tls_context(tls)  # fail at start, with the file named, not in a worker
-    # Schemas are brought up to date before any worker accepts a request.
-    site = Site(settings)
-    site.migrate()
-    site.close()
-    sockets = {name: _bind(settings.regions[name]) for name in names}
+    sockets = {name: _bind(settings.regions[name]) for name in prepare_regions(settings, names)}
     if workers <= 1:
         _run_worker(settings, sockets, tls, log_level)
         return
@@ -109,6 +114,37 @@ def serve(settings: Settings, regions: Sequence[str] = (), *, workers: int = 1,
             os.waitpid(child, 0)
 
 
+def prepare_regions(settings: Settings, names: Sequence[str]) -> list[str]:
+    """Bring the directory and each named region's store up to date, before any worker
+    accepts a request. A region that fails is named in one line on stderr and left out; the
+    ones that can be served are returned. Raises `StoreUnavailable` if the directory or every
+    region fails."""
+    site = Site(settings)
+    try:
+        site.site_secret  # noqa: B018 - a missing secret is the site's error, not a region's
+        try:
+            migrate(site.directory_engine, "directory")
+        except Exception as exc:
+            raise StoreUnavailable(
+                f"the directory's database cannot be used: {describe(exc)}") from None
+        ready = []
+        for name in names:
+            try:
+                store = site.store(name)
+                migrate(store.engine, "region")
+                claim_region(store.engine, name)
+            except Exception as exc:
+                print(f"region {name} not served: {describe(exc)}", file=sys.stderr,
+                      flush=True)
+            else:
+                ready.append(name)
+    finally:
+        site.close()
+    if not ready:
+        raise StoreUnavailable(f"no region can be served ({', '.join(names)}: see above)")
+    return ready
+
+
 def _run_worker(settings: Settings, sockets: dict[str, socket.socket], tls: TlsFiles | None,
                 log_level: str) -> None:
     try:
@@ -127,8 +163,9 @@ async def _serve_regions(settings: Settings, sockets: dict[str, socket.socket],
     for name, sock in sockets.items():
         config = uvicorn.Config(
             build_region_app(site, name), log_level=log_level, access_log=False,
-            http="httptools", loop="none", lifespan="on", server_header=False,
-            date_header=False, timeout_keep_alive=30, proxy_headers=False,
+            # The gateway speaks no WebSocket: an upgrade request is plain HTTP to it.
+            http=protocol_for(name, settings.server), ws="none", loop="none", lifespan="on",
+            server_header=False, date_header=False, proxy_headers=False,
             ssl_certfile=str(tls.cert) if tls else None,
             ssl_keyfile=str(tls.key) if tls else None,
         )

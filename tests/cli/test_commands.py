@@ -135,6 +135,23 @@ def test_audit_verify_exits_1_naming_the_bad_entry(cli: Cli, site_config: str) -
     assert human.code == 1 and "entry 2" in human.stderr
 
 
+def test_audit_verify_with_an_unreachable_database_exits_1_in_one_line(
+        cli: Cli, site_config: str) -> None:
+    config = Path(site_config)
+    config.write_text(config.read_text().replace(
+        'database_url = "sqlite:///us/store.db"',
+        'database_url = "postgresql://postgres@127.0.0.1:1/nope"'))  # nothing listens on 1
+    human = cli("audit", "verify", "--config", site_config)
+    assert human.code == 1
+    assert human.stderr.count("\n") == 1 and "Traceback" not in human.stderr
+    assert "chain us cannot be read: OperationalError" in human.stderr
+    assert "Connection refused" in human.stderr
+    result = cli("audit", "verify", "--config", site_config, "--json")
+    assert result.code == 1 and "Traceback" not in result.stderr
+    assert [(c["chain"], c["ok"]) for c in result.json["chains"]] == [
+        ("directory", True), ("eu", True), ("us", False)]
+
+
 def test_missing_config_is_exit_2_naming_it(cli: Cli) -> None:
     result = cli("org", "create", "--name", "x", "--config", "nowhere.toml")
     assert result.code == 2 and "nowhere.toml" in result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -10,7 +11,7 @@ import openai
 import pytest
 import trustme
 
-from tests.e2e.harness import Server, init_site
+from tests.e2e.harness import DOMICILE, Server, Site, init_site
 
 
 def tls_1_1_client() -> ssl.SSLContext:
@@ -114,3 +115,47 @@ def test_the_tls_1_1_client_does_negotiate_with_a_lax_server(tmp_path: Path) -> 
         assert tls.version() == "TLSv1.1"
     thread.join(5)
     listener.close()
+
+
+UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nope_{region}"  # nothing listens on port 1
+
+
+def break_database(site: Site, region: str) -> None:
+    config = site.config.read_text()
+    current = f'database_url = "sqlite:///{region}/store.db"'
+    assert current in config
+    unreachable = UNREACHABLE.format(region=region)
+    site.config.write_text(config.replace(current, f'database_url = "{unreachable}"'))
+
+
+def test_a_region_whose_database_is_unreachable_is_named_and_the_others_serve(
+        tmp_path: Path) -> None:
+    site = init_site(tmp_path / "site")
+    break_database(site, "us")
+    server = Server(site, tmp_path)
+    try:
+        server.wait_ready(("eu",))
+        assert httpx.get(site.url("eu") + "/healthz").json() == {"status": "ok", "region": "eu"}
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(site.url("us") + "/healthz", timeout=2)
+        log = server.log()
+        named = [line for line in log.splitlines() if "region us" in line]
+        assert len(named) == 1, log
+        assert "not served" in named[0] and "OperationalError" in named[0]
+        assert "Connection refused" in named[0]
+        assert "Traceback" not in log
+    finally:
+        server.stop()
+
+
+def test_serve_exits_1_naming_each_region_when_none_can_start(tmp_path: Path) -> None:
+    site = init_site(tmp_path / "site")
+    break_database(site, "eu")
+    break_database(site, "us")
+    done = subprocess.run([DOMICILE, "serve", "--config", str(site.config)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert [line.split(" not served:")[0] for line in lines[:2]] == ["region eu", "region us"]
+    assert len(lines) == 3 and lines[2].startswith("error: no region can be served")
+    assert "Traceback" not in done.stderr + done.stdout

@@ -17,11 +17,14 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from domicile.config import find_config, load_settings
 from domicile.errors import DomicileError, InvalidInput
+from domicile.failures import describe
 from domicile.site import DEFAULT_SITE_DIR, Site, init_site
+from domicile.tenancy.directory import DIRECTORY_CHAIN
 
 __all__ = ["app", "main"]
 
@@ -101,7 +104,8 @@ def command(func: Callable[P, R]) -> Callable[P, R]:
         except Failure as exc:
             if as_json:
                 sys.stdout.write(json.dumps(exc.payload, default=_jsonable) + "\n")
-            stderr.print(f"[red]error:[/red] {exc}", highlight=False)
+            stderr.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False,
+                         soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper
@@ -111,7 +115,8 @@ def _report(as_json: bool, payload: Mapping[str, Any], message: str) -> None:
     if as_json:
         sys.stderr.write(json.dumps(payload) + "\n")
     else:
-        stderr.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+        stderr.print(f"[red]error:[/red] {escape(message)}", highlight=False, markup=True,
+                     soft_wrap=True)
 
 
 def open_site(config: Path | None) -> Site:
@@ -167,7 +172,12 @@ def serve_command(
         raise InvalidInput("--tls-cert and --tls-key go together", param="tls_cert")
     settings = load_settings(find_config(config))
     tls = TlsFiles(tls_cert, tls_key) if tls_cert and tls_key else None
-    serve(settings, region or (), workers=workers, tls=tls, log_level=log_level)
+    try:
+        serve(settings, region or (), workers=workers, tls=tls, log_level=log_level)
+    except DomicileError:
+        raise
+    except Exception as exc:  # one line for the operator, never a traceback
+        raise DomicileError(f"serve failed: {describe(exc)}") from None
 
 
 # -- orgs ---------------------------------------------------------------------------------
@@ -405,19 +415,33 @@ def audit_verify(
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Check every audit chain; exit 1 naming the first bad entry."""
+    """Check every audit chain; exit 1 naming the first bad entry, or a chain that cannot be
+    read (its database unreachable, say)."""
     site = open_site(config)
+    names = ([site.settings.region(region).name] if region is not None
+             else [DIRECTORY_CHAIN, *site.settings.regions])
     results: list[dict[str, Any]] = []
-    first_problem = None
-    for chain in site.audit_chains(region):
-        problem = chain.verify()
-        results.append({"chain": chain.chain, "ok": problem is None,
+    first_problem: str | None = None
+    for name in names:
+        try:
+            problem = site.audit_log(name).verify()
+        except InvalidInput:  # a configuration to fix: exit 2, as for any command
+            raise
+        except Exception as exc:
+            unread = f"chain {name} cannot be read: {describe(exc)}"
+            results.append({"chain": name, "ok": False, "problem": unread,
+                            "first_bad_seq": None})
+            first_problem = first_problem or unread
+            continue
+        results.append({"chain": name, "ok": problem is None,
                         "problem": None if problem is None else str(problem),
                         "first_bad_seq": None if problem is None else problem.seq})
-        first_problem = first_problem or problem
+        if problem is not None:
+            first_problem = first_problem or str(problem)
+    site.close()
     payload = {"ok": first_problem is None, "chains": results}
     if first_problem is not None:
-        raise Failure(str(first_problem), payload)
+        raise Failure(first_problem, payload)
     table = Table(title="Audit chains", title_justify="left")
     table.add_column("chain")
     table.add_column("status")
