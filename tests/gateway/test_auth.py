@@ -4,13 +4,16 @@ right region's URL. Plus the key cache: revocation within one second."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 
 import openai
 import pytest
 
+from domicile.gateway import GatewayApp
 from domicile.gateway.auth import KeyCache, mask_secret
+from domicile.gateway.http import Message, Scope
 from tests.gateway.conftest import (
     EU_ZERO_KEY,
     GLOBAL_KEY,
@@ -46,17 +49,51 @@ def test_unknown_key_is_401_and_only_its_first_8_characters_are_echoed(stack: St
     assert secret[:9] not in caught.value.response.text
 
 
+def _post_scope(path: str, secret: str, announced: int) -> Scope:
+    """An HTTP scope as uvicorn builds it: headers only, the body announced, not yet read."""
+    return {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1", "method": "POST", "scheme": "http", "path": path,
+        "raw_path": path.encode(), "root_path": "", "query_string": b"",
+        "headers": [(b"host", b"eu.domicile.example"),
+                    (b"authorization", f"Bearer {secret}".encode()),
+                    (b"content-type", b"application/json"),
+                    (b"content-length", b"%d" % announced)],
+        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 443),
+    }
+
+
+async def _call_without_a_body(app: GatewayApp, scope: Scope) -> list[Message]:
+    """Every message between the app and its server, in order: `receive` (a read of the
+    body, answered with a disconnect, so a read ends the request without an answer) or the
+    app's own `send`s."""
+    events: list[Message] = []
+
+    async def receive() -> Message:
+        events.append({"type": "test.receive"})
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        events.append(message)
+
+    await asyncio.wait_for(app(scope, receive, send), 10)
+    return events
+
+
+@pytest.mark.parametrize("key", [US_KEY, MISFILED_KEY], ids=["us-prefix", "us-project"])
 def test_us_key_is_refused_at_eu_naming_the_us_url_before_the_body_is_read(
-        stack: Stack) -> None:
+        stack: Stack, key: str) -> None:
+    """The app answers 403 without once asking its server for the body (`receive`)."""
     lookups = stack.auth.lookups
-    # Not even JSON: a body that would be a 400 if it were read.
-    response = stack.http().post("/v1/chat/completions", content=b"\x00not json",
-                                 headers={"Authorization": f"Bearer {US_KEY}"})
-    assert response.status_code == 403
-    error = response.json()["error"]
+    events = stack.loop.run(_call_without_a_body(
+        stack.eu_app, _post_scope("/v1/chat/completions", key, 1_000_000)))
+    assert [event["type"] for event in events] == ["http.response.start", "http.response.body"]
+    assert events[0]["status"] == 403
+    error = json.loads(events[1]["body"])["error"]
     assert error["code"] == "wrong_region"
     assert US_URL in error["message"]
-    assert stack.auth.lookups == lookups  # refused from the prefix alone
+    if key == US_KEY:
+        assert stack.auth.lookups == lookups  # refused from the prefix alone
 
 
 def test_sdk_raises_permission_denied_for_the_wrong_region(stack: Stack) -> None:
