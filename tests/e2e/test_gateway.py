@@ -7,6 +7,8 @@ codes of the contract, and what usage keeps (metadata, never content).
 from __future__ import annotations
 
 import base64
+import json
+import socket
 import time
 
 import httpx
@@ -105,18 +107,50 @@ def test_eu_key_at_us_is_refused_naming_the_eu_url(live: Deployment) -> None:
     assert all(not u.received for u in live.upstreams.values())
 
 
-def test_wrong_door_is_refused_before_the_body_is_read(live: Deployment) -> None:
-    """The server answers 403 while the client has not even sent the body it announced."""
-    import socket
+def read_http_answer(sock: socket.socket, deadline_s: float = 15) -> tuple[bytes, bytes]:
+    """(status line and headers, body) of one HTTP/1.1 answer, read until its Content-Length
+    is in or the server closes; a server that stalls fails the test at the deadline."""
+    deadline = time.monotonic() + deadline_s
+    data = bytearray()
+    head: bytes | None = None
+    length: int | None = None
+    while True:
+        if head is None and b"\r\n\r\n" in data:
+            head, _, rest = bytes(data).partition(b"\r\n\r\n")
+            data = bytearray(rest)
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+        if length is not None and len(data) >= length:
+            return head or b"", bytes(data[:length])
+        left = deadline - time.monotonic()
+        if left <= 0:
+            pytest.fail(f"no complete answer within {deadline_s} s: {bytes(data)[:200]!r}")
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue  # the deadline check above fails the test
+        if not chunk:  # closed: the answer is what came
+            assert head is not None, f"closed before the headers ended: {bytes(data)!r}"
+            return head, bytes(data)
+        data += chunk
 
+
+def test_wrong_door_is_refused_before_the_body_is_read(live: Deployment) -> None:
+    """The server answers 403 while the client has not even sent the body it announced: the
+    client sends the headers of a 1 MB request and never a byte of its body."""
     with socket.create_connection(("127.0.0.1", live.site.port_base + 1), timeout=5) as sock:
         sock.sendall(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             + f"Authorization: Bearer {live.keys['eu_zero']}\r\n".encode()
-            + b"Content-Length: 1000000\r\n\r\n{\"model\":")
-        answer = sock.recv(65536)
-    assert answer.startswith(b"HTTP/1.1 403")
-    assert live.site.url("eu").encode() in answer
+            + b"Content-Length: 1000000\r\n\r\n")
+        head, body = read_http_answer(sock)
+    assert head.startswith(b"HTTP/1.1 403")
+    error = json.loads(body)["error"]
+    assert error["code"] == "wrong_region"
+    assert live.site.url("eu") in error["message"]
 
 
 def test_unknown_and_revoked_keys_are_401(live: Deployment) -> None:
