@@ -1,33 +1,86 @@
-"""Shared fixtures: sites on SQLite and on a real PostgreSQL server, and a canary scanner."""
+"""Shared fixtures: sites on SQLite and on a real PostgreSQL server (a throwaway one unless
+DOMICILE_TEST_POSTGRES_URL names one; see tests/pgserver.py), and a canary scanner."""
 
 from __future__ import annotations
 
 import base64
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from domicile.config import Settings, load_settings
 from domicile.site import Site, init_site
+from tests.pgserver import PostgresFailed, PostgresUnavailable, ThrowawayPostgres
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-PG_ADMIN_URL = os.environ.get("DOMICILE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ("sqlite", "postgresql")
+# An admin URL of a server to use instead of a throwaway one (DOMICILE_TEST_PG: its old name).
+POSTGRES_URL_ENV = ("DOMICILE_TEST_POSTGRES_URL", "DOMICILE_TEST_PG")
+HOW_TO_GET_POSTGRES = (
+    "install PostgreSQL's server binaries (Debian: `apt-get install postgresql`; no running "
+    f"server needed) or set {POSTGRES_URL_ENV[0]} to an admin URL such as "
+    "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+SKIP_PREFIX = "PostgreSQL tests not run: "
+
+
+def _postgres_missing(reason: str) -> NoReturn:
+    """Skip the test, loudly; under CI=true fail it: CI must not pass without PostgreSQL."""
+    message = f"{SKIP_PREFIX}{reason}; {HOW_TO_GET_POSTGRES}"
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(f"{message} (CI=true: a missing PostgreSQL fails the run)", pytrace=False)
+    pytest.skip(message)
+
+
+def _started_throwaway() -> ThrowawayPostgres:
+    try:
+        server = ThrowawayPostgres()
+    except PostgresUnavailable as exc:
+        _postgres_missing(str(exc))
+    try:
+        server.start()
+    except PostgresFailed as exc:  # binaries present but broken: an error, never a skip
+        server.close()
+        pytest.fail(f"the throwaway PostgreSQL server did not start: {exc}", pytrace=False)
+    return server
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item,
+                              call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Every skip for a missing PostgreSQL at one location, so `-ra` folds them into one line
+    (pytest would name each test's own line)."""
+    report: pytest.TestReport = yield
+    longrepr = report.longrepr
+    if report.skipped and isinstance(longrepr, tuple) and SKIP_PREFIX in longrepr[2]:
+        report.longrepr = (__file__, _postgres_missing.__code__.co_firstlineno, longrepr[2])
+    return report
 
 
 class PostgresDatabases:
-    """Creates throwaway databases (`domicile_test_<name>_<random>`) and drops them after."""
+    """Creates throwaway databases (`domicile_test_<name>_<random>`) on the server of
+    `admin_url` and drops them after."""
 
-    def __init__(self) -> None:
-        self._admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    def __init__(self, admin_url: str) -> None:
+        scheme, rest = admin_url.split("://", 1)
+        if scheme not in ("postgresql", "postgres", "postgresql+psycopg"):
+            raise ValueError(f"{POSTGRES_URL_ENV[0]} must be a postgresql:// URL")
+        self.admin_url = f"postgresql+psycopg://{rest}"
+        self._admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
         self._created: list[str] = []
-        base = PG_ADMIN_URL.rsplit("/", 1)[0]
-        self._base = base.replace("postgresql+psycopg://", "postgresql://")
+        self._base = "postgresql://" + rest.rsplit("/", 1)[0]
+
+    def check(self) -> None:
+        with self._admin.connect() as conn:
+            conn.execute(text("SELECT 1"))
 
     def create(self, name: str) -> str:
         database = f"domicile_test_{name}_{secrets.token_hex(4)}"
@@ -45,14 +98,37 @@ class PostgresDatabases:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresDatabases]:
-    databases = PostgresDatabases()
+    """Databases on the server of DOMICILE_TEST_POSTGRES_URL, else on one throwaway server
+    for the whole session (started on first use, about 2 s), else the test is skipped with
+    one reason (failed under CI=true). Pytest caches a session fixture's skip or failure, so
+    the server is tried once and the summary names the reason once."""
+    given = next((os.environ[name] for name in POSTGRES_URL_ENV if os.environ.get(name)), None)
+    server = None
+    if given is None:
+        server = _started_throwaway()
+        given = server.url()
+    databases = PostgresDatabases(given)
     try:
-        with databases._admin.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except Exception as exc:  # the suite must run against PostgreSQL, never skip it
-        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
+        databases.check()
+    except Exception as exc:  # a server the user named but cannot be reached: an error
+        if server is not None:
+            server.close()
+        pytest.fail(f"PostgreSQL is not reachable at {databases.admin_url}: "
+                    f"{type(exc).__name__}: {exc}", pytrace=False)
     yield databases
     databases.drop_all()
+    if server is not None:
+        server.close()
+
+
+@pytest.fixture
+def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
+    """A started PostgreSQL server of this test's own, which it may `stop()` and `start()`
+    (same port) to simulate an outage; `url(database)` gives an admin URL. Needs the
+    binaries even when DOMICILE_TEST_POSTGRES_URL is set (a shared server is not stopped)."""
+    server = _started_throwaway()
+    yield server
+    server.close()
 
 
 SiteFactory = Callable[..., Site]
