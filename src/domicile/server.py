@@ -115,10 +115,11 @@ def serve(settings: Settings, regions: Sequence[str] = (), *, workers: int = 1,
 
 
 def prepare_regions(settings: Settings, names: Sequence[str]) -> list[str]:
-    """Bring the directory and each named region's store up to date, before any worker
-    accepts a request. A region that fails is named in one line on stderr and left out; the
-    ones that can be served are returned. Raises `StoreUnavailable` if the directory or every
-    region fails."""
+    """Bring the directory and each named region's store up to date, then check the data
+    folder and sweep the served regions' temp blobs (`Site.open_for_serving`), before any
+    worker accepts a request. A region that fails is named in one line on stderr and left
+    out; the ones that can be served are returned. Raises `StoreUnavailable` if the directory
+    or every region fails."""
     site = Site(settings)
     try:
         site.site_secret  # noqa: B018 - a missing secret is the site's error, not a region's
@@ -138,6 +139,8 @@ def prepare_regions(settings: Settings, names: Sequence[str]) -> list[str]:
                       flush=True)
             else:
                 ready.append(name)
+        if ready:  # the data folder's modes checked, crashed uploads' temp blobs swept
+            site.open_for_serving(ready)
     finally:
         site.close()
     if not ready:

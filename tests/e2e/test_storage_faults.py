@@ -62,8 +62,6 @@ def _temp_blobs(site: Site) -> list[Path]:
     return sorted((site.root / "eu" / "blobs").rglob(".*.tmp"))
 
 
-@pytest.mark.xfail(strict=True, reason="until `domicile serve` calls Site.open_for_serving once "
-                   "before its workers start (server.prepare_regions); then drop this mark")
 def test_a_kill_9_mid_upload_leaves_a_temp_blob_the_next_start_sweeps(tmp_path: Path) -> None:
     site, key = _site_with_key(tmp_path / "site")
     first = Server(site, tmp_path / "first")
