@@ -367,6 +367,8 @@ class GatewayApp:
         call.provider = provider.name
         call.prompt_tokens = answer.prompt_tokens
         call.completion_tokens = answer.completion_tokens
+        if answer.headers:  # an upstream 4xx's `retry-after` and `x-ratelimit-*`
+            call.extra_headers = answer.client_headers(call.extra_headers)
         await call.respond(answer.status, answer.body, answer.content_type)
 
     async def _chat_stream(self, call: Exchange, providers: Sequence[Provider], body: bytes,
@@ -396,6 +398,8 @@ class GatewayApp:
         except UpstreamRejected as rejected:
             call.provider = rejected.provider
             answer = rejected.response
+            if answer.headers:  # the upstream's `retry-after` and `x-ratelimit-*`
+                call.extra_headers = answer.client_headers(call.extra_headers)
             await call.respond(answer.status, answer.body, answer.content_type)
             return
         call.provider = provider.name
@@ -405,7 +409,12 @@ class GatewayApp:
                      first: bytes, *, strip_usage: bool = False) -> None:
         """Upstream SSE bytes to the client as they come; a client that leaves cancels the
         upstream request (closing the generator closes its connection). With `strip_usage`
-        the usage the gateway asked for is taken out on the way (`SseUsageStripper`)."""
+        the usage the gateway asked for is taken out on the way (`SseUsageStripper`).
+
+        A stream that breaks off upstream (silent past the provider's idle timeout, its
+        connection cut, its body truncated) ends with an error event in OpenAI's shape and
+        then a clean end of the body, so the client knows the answer is incomplete (the
+        `openai` SDK raises `APIError`); its usage status is 502."""
         scanner = SseUsageScanner()
         stripper = SseUsageStripper() if strip_usage else None
 
@@ -428,10 +437,23 @@ class GatewayApp:
 
         async def pump() -> None:
             await call.start_stream()
-            if stripper is None:
-                await relay_as_is()
-            else:
-                await relay_stripped(stripper)
+            try:
+                if stripper is None:
+                    await relay_as_is()
+                else:
+                    await relay_stripped(stripper)
+            except ProviderUnavailable as broken:
+                call.status = 502
+                await call.stream(broken.stream_error())
+            except Exception:
+                # Not the upstream's doing: still a parseable end for the client; the caller
+                # logs the type.
+                call.status = 500
+                await call.stream(b"data: " + dump_json(DomicileError(
+                    "The server had an error while relaying this stream (request id "
+                    f"{call.request_id}); the answer is incomplete.").to_openai()) + b"\n\n")
+                await call.end_stream()
+                raise
             await call.end_stream()
 
         pumping = asyncio.ensure_future(pump())
@@ -444,15 +466,12 @@ class GatewayApp:
             if not pumping.done():
                 pumping.cancel()
                 call.status = 499  # the client closed the request
-            with contextlib.suppress(asyncio.CancelledError, ProviderUnavailable):
+            with contextlib.suppress(asyncio.CancelledError):
                 await pumping
             await chunks.aclose()
             counted = scanner if stripper is None else stripper
             call.prompt_tokens = counted.prompt_tokens
             call.completion_tokens = counted.completion_tokens
-        if not pumping.cancelled() and isinstance(pumping.exception(), ProviderUnavailable):
-            # Broken off mid-stream: the answer is left incomplete, so the client sees it is.
-            call.status = 502
 
     # -- content-keeping endpoints (regional retention only) -------------------------------
 
