@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import base64
+import json
 import math
+import socket
 import struct
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
 
+from domicile.gateway.providers.local_embeddings import STEP_INPUTS, LocalEmbeddingsProvider
 from tests.gateway.conftest import EU_ZERO_KEY, Stack
+from tests.gateway.encoder_gate import EncoderGate, gate_fixture  # noqa: F401
 
 MODEL = "all-minilm-l6-v2"
+
+
+def _provider(stack: Stack) -> LocalEmbeddingsProvider:
+    found = next(p for p in stack.eu_app.providers if p.name == "eu-embeddings")
+    assert isinstance(found, LocalEmbeddingsProvider)
+    return found
 
 
 def _cosine(a: list[float], b: list[float]) -> float:
@@ -52,12 +63,12 @@ def test_concurrent_requests_each_get_their_own_vectors(stack: Stack) -> None:
     texts = [f"sentence number {i} about topic {i * 7}" for i in range(8)]
     alone = {t: client.embeddings.create(model=MODEL, input=t).data[0].embedding
              for t in texts[:2]}
-    provider = next(p for p in stack.eu_app.providers if p.name == "eu-embeddings")
-    before = provider.batches_run  # type: ignore[attr-defined]
+    provider = _provider(stack)
+    before = provider.steps_run
     with ThreadPoolExecutor(8) as pool:
         together = list(pool.map(
             lambda t: client.embeddings.create(model=MODEL, input=[t, "x"]).data, texts))
-    assert provider.batches_run - before < len(texts)  # type: ignore[attr-defined]
+    assert provider.steps_run - before < len(texts)
     for text, data in zip(texts, together, strict=True):
         assert [d.index for d in data] == [0, 1]
         if text in alone:
@@ -75,3 +86,55 @@ def test_a_bad_encoding_format_is_a_400(stack: Stack) -> None:
     with pytest.raises(openai.BadRequestError):
         stack.client().embeddings.create(model=MODEL, input="x",
                                          encoding_format="int8")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("inputs", "limit"), [
+    (["a"] * 2049, "2,048 inputs per request"),
+    (["word " * 8191], "8,192 tokens per input"),  # 8,193 with [CLS] and [SEP]
+    ([("각" * 30 + " ") * 100], "8,192 tokens per input"),  # 3,100 characters, 9,002 tokens
+    (["word " * 7500] * 41, "300,000 tokens per request"),  # 41 x 7,502
+])
+def test_past_a_limit_is_a_400_naming_it(stack: Stack, inputs: list[str], limit: str) -> None:
+    provider = _provider(stack)
+    before = provider.steps_run
+    with pytest.raises(openai.BadRequestError) as caught:
+        stack.client().embeddings.create(model=MODEL, input=inputs)
+    assert caught.value.status_code == 400
+    assert caught.value.type == "invalid_request_error"
+    assert caught.value.param == "input"
+    assert limit in caught.value.message
+    assert caught.value.response.headers["x-domicile-region"] == "eu"
+    assert provider.steps_run == before  # refused before the encoder saw any of it
+
+
+def test_an_input_at_the_limit_is_served(stack: Stack) -> None:
+    result = stack.client().embeddings.create(model=MODEL, input="word " * 8190)  # 8,192
+    assert result.usage.prompt_tokens == 256  # what the model reads of it
+
+
+def _poll(condition: object, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if callable(condition) and condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_client_that_leaves_stops_the_encoder(stack: Stack, gate: EncoderGate) -> None:
+    provider = _provider(stack)
+    texts = [f"paragraph {i} of a long report" for i in range(3 * STEP_INPUTS)]
+    body = json.dumps({"model": MODEL, "input": texts}).encode()
+    with socket.create_connection(("127.0.0.1", stack.eu.port), timeout=10) as client:
+        client.sendall(b"POST /v1/embeddings HTTP/1.1\r\nhost: eu\r\n"
+                       b"authorization: Bearer " + EU_ZERO_KEY.encode() + b"\r\n"
+                       b"content-type: application/json\r\n"
+                       b"content-length: %d\r\n\r\n" % len(body) + body)
+        assert gate.next_step() == texts[:STEP_INPUTS]  # the first step holds the encoder
+    # Gone while its first step runs: the rest of its inputs leave the queue at once.
+    assert _poll(lambda: provider.queued_inputs == 0), "the request stayed queued"
+    gate.open()
+    stack.client().embeddings.create(model=MODEL, input="hello")
+    assert gate.steps[1:] == [["hello"]]
+    stack.loop.run(stack.eu_app.usage.flush())
+    assert [r.status for r in stack.sink.records if r.endpoint == "/v1/embeddings"] == [499, 200]

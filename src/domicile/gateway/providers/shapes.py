@@ -23,12 +23,17 @@ __all__ = [
     "embedding_inputs",
     "embeddings_list",
     "encoding_format",
+    "input_too_long",
     "message_text",
     "new_id",
+    "request_too_long",
     "sse",
 ]
 
+# OpenAI's own limits for embeddings; the in-process model counts tokens with its tokenizer.
 MAX_EMBEDDING_INPUTS = 2048
+MAX_INPUT_TOKENS = 8192
+MAX_REQUEST_TOKENS = 300_000
 
 
 def new_id(prefix: str) -> str:
@@ -103,9 +108,20 @@ def embedding_inputs(parsed: Mapping[str, Any]) -> list[str]:
         raise InvalidInput("`input` must be a non-empty string or a list of non-empty "
                            "strings.", param="input")
     if len(value) > MAX_EMBEDDING_INPUTS:
-        raise InvalidInput(f"`input` may hold at most {MAX_EMBEDDING_INPUTS} items.",
-                           param="input")
+        raise InvalidInput(f"`input` holds {len(value):,} inputs; the limit is "
+                           f"{MAX_EMBEDDING_INPUTS:,} inputs per request.", param="input")
     return value
+
+
+def input_too_long(index: int, tokens: int) -> InvalidInput:
+    """`tokens` is as far as counting went: at least that many."""
+    return InvalidInput(f"`input[{index}]` holds at least {tokens:,} tokens; the limit is "
+                        f"{MAX_INPUT_TOKENS:,} tokens per input.", param="input")
+
+
+def request_too_long(tokens: int) -> InvalidInput:
+    return InvalidInput(f"`input` holds at least {tokens:,} tokens in all; the limit is "
+                        f"{MAX_REQUEST_TOKENS:,} tokens per request.", param="input")
 
 
 def encoding_format(parsed: Mapping[str, Any]) -> Literal["float", "base64"]:

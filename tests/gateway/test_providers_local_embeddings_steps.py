@@ -1,0 +1,137 @@
+"""The in-process encoder's steps: bounded, shared round-robin between waiting requests, and
+given up by a request that has gone (real model, one step at a time through `EncoderGate`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from domicile.gateway.providers import local_embeddings
+from domicile.gateway.providers.local_embeddings import STEP_INPUTS, LocalEmbeddingsProvider
+from tests.gateway.encoder_gate import EncoderGate, gate_fixture  # noqa: F401
+from tests.gateway.support import make_settings, provider
+
+MODEL = "all-minilm-l6-v2"
+
+
+@pytest.fixture(scope="module")
+def model() -> Any:
+    return local_embeddings.load_model()  # once per process (about 5 s)
+
+
+@pytest.fixture
+async def embedder(model: Any, tmp_path: Path) -> AsyncIterator[LocalEmbeddingsProvider]:
+    settings = make_settings(tmp_path, eu=[provider("emb", "local-embeddings", [MODEL])], us=[])
+    served = LocalEmbeddingsProvider(settings.regions["eu"].providers[0], "eu")
+    await served.start()
+    yield served
+    await served.aclose()
+
+
+def _texts(name: str, count: int) -> list[str]:
+    return [f"{name} paragraph {i} on the weather in region {i % 7}" for i in range(count)]
+
+
+async def _embed(embedder: LocalEmbeddingsProvider, texts: list[str]) -> list[list[float]]:
+    answer = await embedder.embeddings(b"", {"model": MODEL, "input": texts,
+                                             "encoding_format": "float"})
+    return [item["embedding"] for item in json.loads(answer.body)["data"]]
+
+
+async def _queued(embedder: LocalEmbeddingsProvider, inputs: int) -> None:
+    """Until `inputs` wait for a step (yields to the loop, a bounded number of times)."""
+    for _ in range(1000):
+        if embedder.queued_inputs == inputs:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{embedder.queued_inputs} inputs queued, not {inputs}")
+
+
+async def _step(gate: EncoderGate) -> list[str]:
+    return await asyncio.to_thread(gate.next_step)
+
+
+async def test_a_short_request_waits_at_most_one_step_behind_a_batch(
+        embedder: LocalEmbeddingsProvider, gate: EncoderGate, model: Any) -> None:
+    batch = _texts("batch", 8 * STEP_INPUTS)
+    big = asyncio.create_task(_embed(embedder, batch))
+    assert await _step(gate) == batch[:STEP_INPUTS]  # step 1 holds the encoder
+    small = asyncio.create_task(_embed(embedder, ["hello"]))
+    await _queued(embedder, len(batch) - STEP_INPUTS + 1)
+    gate.release()
+    second = await _step(gate)
+    assert "hello" in second
+    assert len(second) == STEP_INPUTS
+    gate.release()
+    await _step(gate)  # step 3 waits at the encoder: the short request needs no more
+    assert len(await asyncio.wait_for(small, 30)) == 1
+    assert not big.done()
+    gate.open()
+    vectors = await asyncio.wait_for(big, 60)
+    assert all(len(step) <= STEP_INPUTS for step in gate.steps)
+    assert len(vectors) == len(batch)  # in order, each its own text's
+    alone, _ = gate.encode(model, [batch[0], batch[-1]])
+    assert vectors[0] == pytest.approx(alone[0], abs=1e-4)
+    assert vectors[-1] == pytest.approx(alone[1], abs=1e-4)
+
+
+async def test_every_waiting_request_gets_a_fair_share_of_a_step(
+        embedder: LocalEmbeddingsProvider, gate: EncoderGate) -> None:
+    batch = _texts("batch", 100)
+    big = asyncio.create_task(_embed(embedder, batch))
+    await _step(gate)
+    others = {name: _texts(name, count) for name, count in (("one", 1), ("two", 2),
+                                                            ("forty", 40))}
+    tasks = {name: asyncio.create_task(_embed(embedder, texts))
+             for name, texts in others.items()}
+    await _queued(embedder, len(batch) - STEP_INPUTS + 43)
+    gate.release()
+    second = await _step(gate)
+    share = Counter(text.split()[0] for text in second)
+    assert len(second) == STEP_INPUTS  # all four requests in one step
+    assert share["one"] == 1 and share["two"] == 2
+    assert abs(share["batch"] - share["forty"]) <= 1
+    gate.release()
+    await _step(gate)
+    assert len(await asyncio.wait_for(tasks["one"], 30)) == 1
+    assert len(await asyncio.wait_for(tasks["two"], 30)) == 2
+    gate.open()
+    assert len(await asyncio.wait_for(tasks["forty"], 60)) == 40
+    assert len(await asyncio.wait_for(big, 60)) == 100
+
+
+async def test_a_cancelled_request_takes_no_further_step(
+        embedder: LocalEmbeddingsProvider, gate: EncoderGate) -> None:
+    batch = _texts("batch", 3 * STEP_INPUTS)
+    big = asyncio.create_task(_embed(embedder, batch))
+    assert await _step(gate) == batch[:STEP_INPUTS]
+    big.cancel()  # what the gateway does when its client leaves
+    with contextlib.suppress(asyncio.CancelledError):
+        await big
+    assert embedder.queued_inputs == 0
+    gate.release()  # the step under way ends; its vectors are dropped
+    small = asyncio.create_task(_embed(embedder, ["hello"]))
+    assert await _step(gate) == ["hello"]
+    gate.release()
+    await asyncio.wait_for(small, 30)
+    assert embedder.steps_run == 2  # and none begun after it
+
+
+async def test_requests_arriving_together_share_one_step(
+        embedder: LocalEmbeddingsProvider, gate: EncoderGate) -> None:
+    first = asyncio.create_task(_embed(embedder, ["first"]))
+    await _step(gate)
+    texts = [[f"sentence {i}", "x"] for i in range(8)]
+    together = [asyncio.create_task(_embed(embedder, pair)) for pair in texts]
+    await _queued(embedder, 16)
+    gate.open()
+    assert sorted(await _step(gate)) == sorted(t for pair in texts for t in pair)
+    await asyncio.wait_for(asyncio.gather(first, *together), 30)
+    assert embedder.steps_run == 2
