@@ -208,6 +208,8 @@ def test_upstream_refuses_a_server_that_only_speaks_tls11(stack: Stack) -> None:
     ("chat", b"upstream request timeout CANARY"),
     ("chat", b'["CANARY-a list, not an answer"]'),
     ("chat", b""),
+    ("chat", b'{"id": "chatcmpl-fake", "choices": [{"message": CANARY-broken inside}]}'),
+    ("chat", b'{"id": "chatcmpl-fake", "temperature": NaN, "note": "CANARY"}'),
     ("embeddings", b"<html><body>CANARY-a proxy's login page</body></html>"),
 ])
 def test_a_200_that_is_not_a_json_object_is_a_502_the_sdk_understands(

@@ -32,6 +32,7 @@ __all__ = [
     "Send",
     "dump_json",
     "header",
+    "loads_strict",
     "mark_retrieved",
     "model_of",
     "parse_json_object",
@@ -69,6 +70,11 @@ def _refuse_constant(name: str) -> float:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
+def loads_strict(data: bytes) -> Any:
+    """JSON as the standard has it: UTF-8, and no NaN or infinities (ValueError otherwise)."""
+    return _DECODER.decode(data.decode("utf-8"))
 # A `\uD800`-`\uDFFF` escape: a surrogate, half of a pair or alone (which is not Unicode).
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')

@@ -30,6 +30,7 @@ __all__ = [
     "SseUsageStripper",
     "UsageRecorder",
     "request_usage",
+    "token_counts",
     "usage_counts",
 ]
 
@@ -49,7 +50,8 @@ _INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
 _Row = tuple[float, str, str, str, str, str | None, int, int, int, float, str]
 
 
-def _counts(usage: object) -> tuple[int, int]:
+def token_counts(usage: object) -> tuple[int, int]:
+    """(prompt, completion) tokens of a usage object, chat's or the Responses API's."""
     if not isinstance(usage, dict):
         return 0, 0
     prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0))
@@ -72,14 +74,14 @@ def usage_counts(body: bytes) -> tuple[int, int]:
     colon = body.find(b":", at + 7)
     try:
         usage, _ = _DECODER.raw_decode(body[colon + 1 :].decode().lstrip())
-        return _counts(usage)
+        return token_counts(usage)
     except ValueError:
         pass
     try:
         parsed = json.loads(body)
     except ValueError:
         return 0, 0
-    return _counts(parsed.get("usage") if isinstance(parsed, dict) else None)
+    return token_counts(parsed.get("usage") if isinstance(parsed, dict) else None)
 
 
 class SseUsageScanner:
@@ -115,7 +117,7 @@ class SseUsageScanner:
                 except ValueError:
                     continue
                 if isinstance(event, dict):
-                    prompt, completion = _counts(event.get("usage"))
+                    prompt, completion = token_counts(event.get("usage"))
                     if prompt or completion:
                         self.prompt_tokens, self.completion_tokens = prompt, completion
 
@@ -266,7 +268,7 @@ class SseUsageStripper:
         if not isinstance(parsed, dict):
             return False
         usage = parsed.get("usage")
-        prompt, completion = _counts(usage)
+        prompt, completion = token_counts(usage)
         if prompt or completion:
             self.prompt_tokens, self.completion_tokens = prompt, completion
         return isinstance(usage, dict) and parsed.get("choices") == []

@@ -41,7 +41,8 @@ from yarl import URL
 
 from domicile.config import Capability, ProviderSettings
 
-from ..usage import usage_counts
+from ..http import loads_strict
+from ..usage import token_counts, usage_counts
 from .base import (
     JSON,
     Provider,
@@ -91,11 +92,10 @@ def _passed_on(raw: Sequence[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes],
 def _object_shaped(data: bytes) -> bool:
     """A JSON object's first and last bytes, whitespace aside (no copy of the body).
 
-    What an upstream's broken answer looks like (empty, cut short, an HTML or text error
-    page, an array) fails this; a body broken only inside is not caught. A full parse would
-    catch it too, but costs about three times the partial parse of `usage_counts` for a
-    typical chat answer (roughly 6-10 us against 3 us for 800 bytes), a few per cent of the
-    gateway's whole time per request, and far more for embeddings (float arrays).
+    The check for answers too large to parse on the request path (embeddings are float
+    arrays: a full parse of 100 vectors costs ~50 ms). What an upstream's broken answer
+    looks like (empty, cut short, an HTML or text error page, an array) fails it; a body
+    broken only inside is not caught. Chat answers are parsed whole instead (`_chat_answer`).
     """
     start, end = 0, len(data) - 1
     while start < end and data[start] in _WHITESPACE:
@@ -228,7 +228,11 @@ class OpenAICompatibleProvider(Provider):
                 self._retry_after) from None
         return slots
 
-    async def _post(self, url: URL, body: bytes) -> ProviderResponse:
+    async def _post(self, url: URL, body: bytes, *, parse_whole: bool = False
+                    ) -> ProviderResponse:
+        """One non-stream call. A 200 must be a JSON object: checked by a full parse where
+        `parse_whole` (chat answers, small; the parse also reads the usage), else by its
+        edges (`_object_shaped`)."""
         session = self._open()
         slots = await self._take_slot()
         try:
@@ -245,16 +249,25 @@ class OpenAICompatibleProvider(Provider):
             raise ProviderUnavailable(self.name, f"HTTP {status}")
         if status != 200:
             return ProviderResponse(status, data, _header_value(content_type), headers=passed)
-        if not _object_shaped(data):
-            # The upstream did answer (and may have done the work): a broken body is its
-            # error, not a reason to send the request to a second provider.
+        # The upstream did answer (and may have done the work): a broken body is its error,
+        # not a reason to send the request to a second provider.
+        if parse_whole:
+            try:
+                answer = loads_strict(data)
+            except (ValueError, RecursionError):
+                answer = None
+            if not isinstance(answer, dict):
+                return malformed(self.name, "a body that is not a JSON object")
+            prompt, completion = token_counts(answer.get("usage"))
+        elif _object_shaped(data):
+            prompt, completion = usage_counts(data)
+        else:
             return malformed(self.name, "a body that is not a JSON object")
-        prompt, completion = usage_counts(data)
         return ProviderResponse(status, data, _header_value(content_type), prompt,
                                 completion)
 
     async def chat(self, body: bytes, parsed: Mapping[str, Any]) -> ProviderResponse:
-        return await self._post(self._chat_url, body)
+        return await self._post(self._chat_url, body, parse_whole=True)
 
     async def embeddings(self, body: bytes, parsed: Mapping[str, Any]) -> ProviderResponse:
         return await self._post(self._embeddings_url, body)
