@@ -79,13 +79,15 @@ def hostile_requests(draw: st.DrawFn) -> tuple[str, str, bytes]:
     body.setdefault("input", CANARY)
     raw = json.dumps(body, allow_nan=True).encode()  # ASCII: surrogates travel as escapes
     mangle = draw(st.sampled_from(
-        ("none", "none", "truncate", "deep", "latin1", "canary path")))
+        ("none", "none", "truncate", "deep", "latin1", "huge number", "canary path")))
     if mangle == "truncate":
         raw = raw[: draw(st.integers(min_value=1, max_value=max(1, len(raw) - 1)))]
     elif mangle == "deep":
         depth = draw(st.integers(min_value=100, max_value=5000))
         nest = b"[" * depth + b'"' + CANARY.encode() + b'"' + b"]" * depth
         raw = raw[:-1] + b', "x": ' + nest + b"}"
+    elif mangle == "huge number":  # a literal that overflows a double (json.dumps can't)
+        raw = raw[:-1] + b', "temperature": 1e400, "metadata": {"x": -2E+999}}'
     elif mangle == "latin1":
         raw = raw.replace(b'"', b'"\xe9', 1)
     elif mangle == "canary path":
@@ -149,6 +151,8 @@ def test_nothing_of_the_attack_reaches_disk_or_log(attacked: Deployment,
             {"role": "user", "content": [{"type": f"{CANARY}\ud800", "text": "x"}]}]}).encode()),
         ("POST", "/v1/responses", json.dumps(
             {"model": "dev-echo", "input": CANARY, "temperature": float("nan")}).encode()),
+        ("POST", "/v1/responses", json.dumps({"model": "dev-echo", "input": CANARY}).encode()
+         [:-1] + b', "temperature": 1e400}'),
         ("GET", f"/v1/files/{CANARY}", b""),
         ("DELETE", f"/v1/files/{CANARY}", b""),
         ("GET", f"/v1/files/{CANARY}/content", b""),

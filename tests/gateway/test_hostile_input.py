@@ -34,6 +34,9 @@ BODIES = [
      f'"{SURROGATE}", "text": "x"}}]}}]}}'),
     ("/v1/responses", f'{{"model": "dev-echo", "input": "{SURROGATE}"}}'),
     ("/v1/responses", f'{{"model": "dev-echo", "input": "{CANARY}", "temperature": Infinity}}'),
+    ("/v1/responses",
+     f'{{"model": "dev-echo", "input": "{CANARY}", "temperature": 1e400, '
+     f'"metadata": {{"x": -1e999}}}}'),
     ("/v1/images/generations", f'{{"model": "dev-echo", "prompt": "{SURROGATE}"}}'),
     ("/v1/chat/completions", '{"x":' + "[" * 100_000 + "]" * 100_000 + "}"),
 ]

@@ -26,6 +26,13 @@ def nested(depth: int) -> bytes:
         (b'{"model": "m", "temperature": NaN}', "temperature", "finite"),
         (b'{"model": "m", "x": {"y": [1, Infinity]}}', "x", "finite"),
         (b'{"model": "m", "top_p": -Infinity}', "top_p", "finite"),
+        (b'{"model": "m", "temperature": 1e400}', "temperature", "finite"),
+        (b'{"model": "m", "metadata": {"x": -1.5E+999}}', "metadata", "finite"),
+        (b'{"model": "m", "n": 1' + b"0" * 400 + b'.5}', "n", "finite"),
+        (b'{"model": "m", "x": "\\udc00 after"}', "x",
+         "not valid Unicode"),
+        (b'{"model": "m", "x": "ends high \\ud83d"}', "x",
+         "not valid Unicode"),
         (nested(MAX_JSON_DEPTH + 1), None, f"deeper than {MAX_JSON_DEPTH}"),
         (b'{"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}", None, "deeper than"),
         (b'{"model": "caf\xe9"}', None, "UTF-8"),  # Latin-1, not UTF-8
@@ -54,6 +61,8 @@ def test_hostile_bodies_are_a_400_naming_the_parameter(body: bytes, param: str |
         nested(MAX_JSON_DEPTH),
         json.dumps({"input": [[1, 2, 3]] * 2048}).encode(),  # many brackets, shallow
         json.dumps({"x": "NaN", "y": "Infinity", "z": 1e308}).encode(),
+        b'{"x": 1e-400, "y": "5e400", "z": 12345678901234567890}',
+        b'{"x": "\\ud83d\\ude00 and \\udbff\\udfff"}',
     ],
 )
 def test_valid_bodies_pass(body: bytes) -> None:

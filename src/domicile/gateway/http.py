@@ -62,24 +62,41 @@ def dump_json(value: object) -> bytes:
 
 
 class _NonFiniteNumber(ValueError):
-    """`NaN`, `Infinity` or `-Infinity`: Python's parser takes them, JSON does not."""
+    """`NaN`, `Infinity`, `-Infinity`, or a literal too large for a float (`1e400`): Python's
+    parser takes them (as nan and inf), JSON has no such numbers."""
 
 
 def _refuse_constant(name: str) -> float:
     raise _NonFiniteNumber(name)
 
 
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise _NonFiniteNumber("overflow")
+    return value
+
+
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+# Only a body holding a number that could overflow a float pays for a Python call per float.
+_FINITE_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+_HUGE_NUMBER = re.compile(
+    rb"(?<![A-Za-z0-9+/])[0-9]+(?:\.[0-9]*)?[eE]\+?[0-9]{3}|[0-9]{309}")
+# A surrogate escape without its other half (a pair decodes to one code point and is fine).
+_LONE_SURROGATE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+
+
+def _decode(body: bytes) -> Any:
+    """Strict UTF-8 JSON; `_NonFiniteNumber` for a number JSON does not have."""
+    decoder = _FINITE_DECODER if _HUGE_NUMBER.search(body) else _DECODER
+    return decoder.decode(body.decode("utf-8"))
 
 
 def loads_strict(data: bytes) -> Any:
-    """JSON as the standard has it: UTF-8, and no NaN or infinities (ValueError otherwise)."""
-    return _DECODER.decode(data.decode("utf-8"))
-# A `\uD800`-`\uDFFF` escape: a surrogate, half of a pair or alone (which is not Unicode).
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
-_INNERMOST_PAIR = re.compile(rb"\[\]|\{\}")
-_NOT_A_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+    """JSON as the standard has it: UTF-8, every number finite (ValueError otherwise)."""
+    return _decode(data)
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -87,26 +104,23 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     lone surrogate, nested at most `MAX_JSON_DEPTH` deep. Anything else is a 400 that names
     the parameter where it can (never echoing the text)."""
     try:
-        text = body.decode("utf-8")
+        parsed = _decode(body)
     except UnicodeDecodeError:
         raise InvalidInput("The request body must be JSON encoded as UTF-8.") from None
-    try:
-        parsed = _DECODER.decode(text)
     except _NonFiniteNumber:
-        raise InvalidInput("Numbers must be finite: NaN and Infinity are not JSON.",
-                           param=_param_with_non_finite(text)) from None
+        raise InvalidInput("Numbers must be finite: NaN, Infinity and numbers too large for "
+                           "a double are not JSON.", param=_param_with_non_finite(body)) from None
     except RecursionError:
         raise _too_deep() from None
     except ValueError:
         raise InvalidInput("We could not parse the JSON body of your request.") from None
     if not isinstance(parsed, dict):
         raise InvalidInput("The JSON body of your request must be an object.")
-    # Both checks are a scan of the bytes in C; the slower, exact check runs only when a body
-    # could fail it (surrogate escapes in emoji pairs, many brackets in token arrays).
-    if _SURROGATE_ESCAPE.search(body) is not None:
+    # The exact checks run only when a scan of the bytes (in C) says a body could fail them.
+    if _LONE_SURROGATE.search(body) is not None:
         _refuse_lone_surrogates(parsed)
-    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and _deeper_than(body,
-                                                                             MAX_JSON_DEPTH):
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and _deeper_than(
+            parsed, MAX_JSON_DEPTH):
         raise _too_deep()
     return parsed
 
@@ -115,10 +129,10 @@ def _too_deep() -> InvalidInput:
     return InvalidInput(f"The JSON body is nested deeper than {MAX_JSON_DEPTH} levels.")
 
 
-def _param_with_non_finite(text: str) -> str | None:
-    """The top-level parameter holding a NaN or an infinity (the rare, refused case)."""
+def _param_with_non_finite(body: bytes) -> str | None:
+    """The top-level parameter holding a non-finite number (the rare, refused case)."""
     try:
-        parsed = json.loads(text)
+        parsed = json.loads(body)
     except (ValueError, RecursionError):
         return None
     if not isinstance(parsed, dict):
@@ -137,8 +151,9 @@ def _param_with_non_finite(text: str) -> str | None:
 
 
 def _refuse_lone_surrogates(parsed: dict[str, Any]) -> None:
-    """A 400 naming the parameter that holds a lone surrogate (a pair decodes to one code
-    point and passes): such a string cannot be encoded, forwarded or stored."""
+    """A 400 naming the parameter that holds a lone surrogate: such a string cannot be
+    encoded, forwarded or stored. (The byte scan also matches an escaped backslash followed
+    by the letters `ud800`, which is fine text: hence this exact check.)"""
     for key, value in parsed.items():
         try:
             key.encode()
@@ -149,15 +164,27 @@ def _refuse_lone_surrogates(parsed: dict[str, Any]) -> None:
                                "surrogate).", param=param) from None
 
 
-def _deeper_than(body: bytes, limit: int) -> bool:
-    """Whether valid JSON `body` nests deeper than `limit`: strings removed, brackets kept,
-    then innermost pairs taken away one level per pass."""
-    skeleton = _JSON_STRING.sub(b"", body).translate(None, _NOT_A_BRACKET)
-    for _ in range(limit):
-        if not skeleton:
-            return False
-        skeleton = _INNERMOST_PAIR.sub(b"", skeleton)
-    return bool(skeleton)
+def _deeper_than(value: object, limit: int) -> bool:
+    """Whether a parsed value nests more than `limit` levels (the value itself is level 1).
+
+    Breadth-first, one level at a time, descending only into objects and arrays; a
+    container's children are typed in C (`set(map(type, ...))`) so an array of numbers or
+    strings costs no Python step per item. The cost follows the number of containers, as
+    the parse's does."""
+    level: list[Any] = [value]
+    depth = 1
+    while level:
+        if depth > limit:
+            return True
+        below: list[Any] = []
+        for item in level:
+            children = item.values() if type(item) is dict else item
+            kinds = set(map(type, children))
+            if dict in kinds or list in kinds:
+                below.extend(c for c in children if type(c) is dict or type(c) is list)
+        level = below
+        depth += 1
+    return False
 
 
 def model_of(parsed: dict[str, Any]) -> str:
