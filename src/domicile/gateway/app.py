@@ -26,12 +26,14 @@ from typing import Any
 
 from domicile.config import Capability, Settings
 from domicile.errors import DomicileError, NotFound, ZeroRetentionViolation
+from domicile.storage.faults import store_fault
 from domicile.storage.interfaces import ContentStore, UsageSink
 from domicile.tenancy.grants import ApiKeyGrant, KeyAuthenticator
 
 from .auth import Doorkeeper, KeyCache
 from .files import FilesEndpoint
 from .http import (
+    UNKNOWN_ROUTE,
     ClientDisconnected,
     Exchange,
     Message,
@@ -42,10 +44,9 @@ from .http import (
     mark_retrieved,
     model_of,
     parse_json_object,
-    until_disconnect,
 )
 from .providers import Provider, ProviderResponse, UpstreamRejected, build_providers
-from .providers.base import ProviderUnavailable
+from .providers.base import ProviderUnavailable, sse_error
 from .ratelimit import InMemoryRateLimiter, RateLimiter
 from .residency import content_store_for, residency_answer, tenant_of
 from .responses import ResponsesEndpoint
@@ -58,7 +59,6 @@ log = logging.getLogger("domicile.gateway")
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Handler = Callable[[Exchange, ApiKeyGrant], Awaitable[None]]
-UNKNOWN_ROUTE = "(unknown)"
 
 
 class _MountedLifespan:
@@ -251,8 +251,6 @@ class GatewayApp:
         except ClientDisconnected:
             call.status = 499
         except Exception as exc:
-            from domicile.storage.faults import store_fault  # the error path only
-
             # A store fault is 503/507, logged with its cause by store_fault. Anything else:
             # the type and request id only, the message may quote request content (G4).
             fault = store_fault(exc, call.request_id)
@@ -457,25 +455,18 @@ class GatewayApp:
                 # Not the upstream's doing: still a parseable end for the client; the caller
                 # logs the type.
                 call.status = 500
-                await call.stream(b"data: " + dump_json(DomicileError(
+                await call.stream(sse_error(DomicileError(
                     "The server had an error while relaying this stream (request id "
-                    f"{call.request_id}); the answer is incomplete.").to_openai()) + b"\n\n")
+                    f"{call.request_id}); the answer is incomplete.")))
                 await call.end_stream()
                 raise
             await call.end_stream()
 
-        pumping = asyncio.ensure_future(pump())
-        watching = asyncio.ensure_future(until_disconnect(call.receive))
-        watching.add_done_callback(mark_retrieved)
         try:
-            await asyncio.wait((pumping, watching), return_when=asyncio.FIRST_COMPLETED)
+            await call.unless_disconnected(pump())
         finally:
-            watching.cancel()
-            if not pumping.done():
-                pumping.cancel()
-                call.status = 499  # the client closed the request
-            with contextlib.suppress(asyncio.CancelledError):
-                await pumping
+            # Always, whatever ended the relay: closes the upstream connection (or returns it
+            # to the pool) and frees the provider's connection slot.
             await chunks.aclose()
             counted = scanner if stripper is None else stripper
             call.prompt_tokens = counted.prompt_tokens

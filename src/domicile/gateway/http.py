@@ -24,6 +24,7 @@ __all__ = [
     "JSON",
     "MAX_JSON_BODY",
     "MAX_JSON_DEPTH",
+    "UNKNOWN_ROUTE",
     "ClientDisconnected",
     "Exchange",
     "Headers",
@@ -49,6 +50,8 @@ JSON = b"application/json"
 EVENT_STREAM = b"text/event-stream"
 MAX_JSON_BODY = 32 * 1024 * 1024
 MAX_JSON_DEPTH = 128
+# What usage metadata keeps as the endpoint of a path no route serves (a path is client text).
+UNKNOWN_ROUTE = "(unknown)"
 _NO_HEADERS: Headers = []
 T = TypeVar("T")
 
@@ -232,7 +235,7 @@ class Exchange:
         # Unique, not secret: a PRNG draw costs far less than a system call (os.urandom).
         self.request_id = f"req_{random.getrandbits(96):024x}"
         self.started = time.perf_counter()
-        self.endpoint = "(unknown)"  # the route's template, once known: never the raw path
+        self.endpoint = UNKNOWN_ROUTE  # the route's template, once known: never the raw path
         self.grant: ApiKeyGrant | None = None
         self.model = ""
         self.provider: str | None = None
