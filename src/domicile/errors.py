@@ -6,6 +6,7 @@ exit code. Messages must never carry request content or secrets: they are writte
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -65,6 +66,11 @@ class DomicileError(Exception):
                 "code": self.code,
             }
         }
+
+    def body(self) -> bytes:
+        """`to_openai` as an HTTP body. ASCII-escaped on purpose: a message may quote client
+        text holding a lone surrogate, which has no UTF-8 encoding."""
+        return json.dumps(self.to_openai()).encode()
 
 
 class InvalidInput(DomicileError):
