@@ -12,6 +12,11 @@ adds, per connection and before anything reaches the app (`[server]` in domicile
 - `max_connections`: open connections of this server (one region, one worker); a connection
   past it is answered 503 `server_busy` at once and closed.
 
+What httptools cannot parse (a request line, a header line, Content-Length with chunked, a
+chunk's framing) is answered 400 `invalid_request` and the connection closed, instead of
+uvicorn's plain-text 400. uvicorn logs it as "Invalid HTTP request received.", nothing of the
+request's bytes.
+
 Refusals are answered in OpenAI's error shape with the `x-domicile-*` headers, then the write
 side is shut and input is read and dropped for a short while before the close ("lingering
 close"), so that a client still sending reads the answer instead of a reset.
@@ -25,18 +30,20 @@ from __future__ import annotations
 
 import asyncio
 import http
-import json
 import logging
 import random
 from asyncio import TimerHandle
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 from domicile.config import ServerSettings
-from domicile.errors import DomicileError, HeadersTimeout, HeadersTooLarge, ServerBusy
+from domicile.errors import HeadersTimeout, HeadersTooLarge, InvalidInput, ServerBusy
+
+if TYPE_CHECKING:
+    from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, Scope
 
 __all__ = ["LINGER_S", "RegionProtocol", "protocol_for"]
 
@@ -47,9 +54,7 @@ LINGER_S = 2.0
 # At most one log line per this many seconds about refused connections, per server.
 _BUSY_LOG_EVERY_S = 10.0
 
-
-def _body(error: DomicileError) -> bytes:
-    return json.dumps(error.to_openai(), separators=(",", ":")).encode()
+_MALFORMED = InvalidInput("The request is not valid HTTP/1.1.")
 
 
 class RegionProtocol(HttpToolsProtocol):
@@ -61,6 +66,7 @@ class RegionProtocol(HttpToolsProtocol):
     _too_large: ClassVar[tuple[int, bytes, bytes]]
     _too_slow: ClassVar[tuple[int, bytes, bytes]]
     _busy: ClassVar[tuple[int, bytes, bytes]]
+    _malformed: ClassVar[tuple[int, bytes, bytes]] = (_MALFORMED.status, _MALFORMED.body(), b"")
     _busy_logged_at: ClassVar[float] = float("-inf")
 
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
@@ -191,17 +197,72 @@ class RegionProtocol(HttpToolsProtocol):
         # Idle (the keep-alive timer's job) or busy with a request: look again later.
         self._head_timer = loop.call_at(now + self._header_timeout, self._check_head)
 
-    def _refuse(self, answer: tuple[int, bytes, bytes]) -> None:
-        """Answer `answer`, shut the write side, drop input for `LINGER_S`, then close."""
+    def send_400_response(self, msg: str) -> None:
+        """httptools could not parse what was read (uvicorn has logged `msg`, which holds
+        nothing of it): 400 in OpenAI's shape, then close."""
+        cycle = self.cycle
+        if self.transport.is_closing() or self._head_left < 0:
+            return
+        if self._in_head or cycle is None:
+            # A request line or header: nothing of this request reached the app.
+            self._refuse(self._malformed)
+            return
+        # The body of `cycle`'s request, whose app may be waiting for it.
+        if cycle.response_complete:
+            # Answered before its body was read: nothing to add.
+            self._stop_reading()
+            self._close_lingering()
+        elif cycle.response_started:
+            # Being answered, maybe while waiting for the rest of a body that will never
+            # come: cut it, as uvicorn does.
+            self._stop_reading()
+            self.transport.close()
+        else:
+            for index, (queued, _app) in enumerate(self.pipeline):
+                if queued is cycle:
+                    # Behind an answer being written: refused in its turn, in its app's place.
+                    self._stop_reading()
+                    self.pipeline[index] = (cycle, self._refusal_app(cycle))
+                    return
+            self._end_cycle(cycle)
+            self._refuse(self._malformed)
+
+    def _refusal_app(self, cycle: RequestResponseCycle) -> ASGI3Application:
+        async def refuse(_scope: Scope, _receive: ASGIReceiveCallable,
+                         _send: ASGISendCallable) -> None:
+            self._end_cycle(cycle)
+            if not self.transport.is_closing():
+                self._answer_and_close(self._malformed)
+        return refuse
+
+    @staticmethod
+    def _end_cycle(cycle: RequestResponseCycle) -> None:
+        """Over without an answer from its app: its `receive` says the client left, what it
+        sends is dropped, and no `100 Continue` is written after the refusal."""
+        cycle.disconnected = cycle.response_complete = True
+        cycle.waiting_for_100_continue = False
+        cycle.message_event.set()
+
+    def _stop_reading(self) -> None:
+        """From now on, input is read and dropped; no timer but the linger's closes."""
         self._in_head = True
         self._head_left = -1
         self._unset_keepalive_if_required()
+        # A body past uvicorn's high-water mark pauses reading; the linger must read.
+        self.flow.resume_reading()
+
+    def _refuse(self, answer: tuple[int, bytes, bytes]) -> None:
+        """Answer `answer`, shut the write side, drop input for `LINGER_S`, then close."""
+        self._stop_reading()
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             # A pipelined head went wrong while an earlier answer is being written: nothing
             # may be written into the middle of it. Close once it is complete.
             cycle.keep_alive = False
             return
+        self._answer_and_close(answer)
+
+    def _answer_and_close(self, answer: tuple[int, bytes, bytes]) -> None:
         status, body, extra = answer
         request_id = b"req_%024x" % random.getrandbits(96)
         transport = self.transport
@@ -217,6 +278,10 @@ class RegionProtocol(HttpToolsProtocol):
             b"\r\n",
             body,
         )))
+        self._close_lingering()
+
+    def _close_lingering(self) -> None:
+        transport = self.transport
         if transport.can_write_eof():
             transport.write_eof()
         self._linger = self.loop.call_later(min(LINGER_S, self._header_timeout),
@@ -246,8 +311,8 @@ def protocol_for(region: str, limits: ServerSettings) -> type[RegionProtocol]:
 
     BoundRegionProtocol.limits = limits
     BoundRegionProtocol.region_header = region.encode()
-    BoundRegionProtocol._too_large = (too_large.status, _body(too_large), b"")
-    BoundRegionProtocol._too_slow = (too_slow.status, _body(too_slow), b"")
-    BoundRegionProtocol._busy = (busy.status, _body(busy), b"retry-after: 1\r\n")
+    BoundRegionProtocol._too_large = (too_large.status, too_large.body(), b"")
+    BoundRegionProtocol._too_slow = (too_slow.status, too_slow.body(), b"")
+    BoundRegionProtocol._busy = (busy.status, busy.body(), b"retry-after: 1\r\n")
     BoundRegionProtocol.__name__ = BoundRegionProtocol.__qualname__ = f"RegionProtocol[{region}]"
     return BoundRegionProtocol

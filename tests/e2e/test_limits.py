@@ -3,13 +3,15 @@
 Raw sockets, so that nothing between the test and the server buffers, waits or retries: a
 head past `max_header_bytes` is a 431 once the bound is read, whatever follows; memory does
 not grow with it; headers sent too slowly and idle connections are closed; a connection past
-`max_connections` is answered 503 `server_busy` at once. Answers are read until the server
-closes the connection, never from one `recv`.
+`max_connections` is answered 503 `server_busy` at once; what httptools cannot parse is a 400
+in OpenAI's shape, not uvicorn's plain text, and logged without a byte of it. Answers are read
+until the server closes the connection, never from one `recv`.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import select
 import socket
 import time
@@ -20,7 +22,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import scan_for_canary
 from tests.e2e.harness import Server, Site, init_site
+from tests.raw_http import assert_refusal, parse_answer, parse_head, read_until_closed
 
 MAX_HEAD = 8192
 HEAD = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -67,24 +71,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 # -- reading answers ----------------------------------------------------------------------
 
 
-def read_until_closed(sock: socket.socket, timeout: float = 20) -> bytes:
-    """Everything the server sends until it closes (a reset after its answer counts as a
-    close); an open connection after `timeout` is a failure."""
-    sock.settimeout(timeout)
-    received = bytearray()
-    while True:
-        try:
-            data = sock.recv(65536)
-        except ConnectionResetError:
-            return bytes(received)
-        except TimeoutError:
-            raise AssertionError(f"still open after {timeout} s; got {bytes(received)[:200]!r}"
-                                 ) from None
-        if not data:
-            return bytes(received)
-        received += data
-
-
 def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     """One answer with a content-length, leaving the connection as it is."""
     sock.settimeout(20)
@@ -101,37 +87,6 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
         assert data, "closed in the middle of an answer"
         body += data
     return status, headers, body
-
-
-def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return status, headers
-
-
-def parse_answer(raw: bytes) -> tuple[int, dict[str, str], bytes]:
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    assert sep, f"no complete answer: {raw[:200]!r}"
-    status, headers = parse_head(head)
-    return status, headers, body
-
-
-def assert_refusal(raw: bytes, status: int, code: str,
-                   region: str = "eu") -> dict[str, str]:
-    """An answer in OpenAI's error shape with the transparency headers, then a close."""
-    got, headers, body = parse_answer(raw)
-    assert got == status, raw[:300]
-    error = json.loads(body)["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["code"] == code
-    assert headers["x-domicile-region"] == region
-    assert headers["x-request-id"].startswith("req_")
-    assert headers["connection"] == "close"
-    return headers
 
 
 def stream_until_answered(sock: socket.socket, chunk: bytes, total: int,
@@ -248,6 +203,44 @@ def test_idle_connections_are_closed(served: Served) -> None:
     # and a fresh connection that never sends a byte
     with served.connect() as sock:
         assert read_until_closed(sock, timeout=10) == b""
+
+
+# -- malformed HTTP -----------------------------------------------------------------------
+
+
+CANARY = f"LIMITS-{secrets.token_hex(12)}"
+
+
+def malformed(kind: str, key: str) -> bytes:
+    """A request httptools cannot parse, with the canary in it."""
+    canary = CANARY.encode()
+    post = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    if kind == "garbage request line":
+        return b"\x16\x03\x01\x00 " + canary + b"\r\n\r\n"
+    if kind == "header line without a colon":
+        return HEAD + b"X-" + canary + b"\r\n\r\n"
+    if kind == "content-length with chunked":
+        body = b'{"model": "%s"}' % canary
+        return (post + b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n" % len(body)
+                + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+    assert kind == "invalid chunk size"
+    # With a valid key, so that the app waits for the body: the 400 cannot come after an
+    # answer (a 401) however the server's reads split this.
+    return (post + b"Authorization: Bearer " + key.encode() + b"\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"zz" + canary + b"\r\n{}\r\n0\r\n\r\n")
+
+
+@pytest.mark.parametrize("kind", ["garbage request line", "header line without a colon",
+                                  "content-length with chunked", "invalid chunk size"])
+def test_malformed_http_is_400_in_openais_shape(served: Served, kind: str) -> None:
+    region = "us" if kind == "invalid chunk size" else "eu"
+    with served.connect(region) as sock:
+        sock.sendall(malformed(kind, served.us_key))
+        assert_refusal(read_until_closed(sock), 400, "invalid_request", region)
+    # Logged by uvicorn (before the answer was written) without a byte of the request.
+    assert "Invalid HTTP request received." in served.server.log()
+    assert scan_for_canary([served.server.log_path], CANARY) == []
 
 
 # -- max_connections ----------------------------------------------------------------------
