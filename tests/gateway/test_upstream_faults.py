@@ -166,7 +166,7 @@ def test_a_stream_whose_upstream_goes_silent_ends_with_an_error_event(faults: Fa
     assert faults.record(2).status == 502
 
 
-@pytest.mark.parametrize("then", ["reset", "close", "close-mid-event"])
+@pytest.mark.parametrize("then", ["reset", "close", "close-mid-event", "end"])
 def test_a_stream_cut_upstream_ends_with_an_error_event_then_a_clean_end(
         faults: Faults, then: str) -> None:
     upstream = faults.upstream
@@ -211,6 +211,20 @@ def test_a_stream_cut_upstream_ends_with_an_error_event_then_a_clean_end(
                                  b"quiet broke off")
     assert b"[DONE]" not in body
     assert not [line for line in faults.log.lines if INCOMPLETE in line or "unhandled" in line]
+
+
+def test_a_200_that_is_not_an_event_stream_is_a_502(faults: Faults) -> None:
+    """A proxy's page or a JSON answer to a stream request: the upstream's error, not an
+    empty stream the SDK would take for a finished one."""
+    faults.upstream.behaviour.mode = "garbage"
+    with pytest.raises(openai.InternalServerError) as caught:
+        for _chunk in faults.client().chat.completions.create(
+                model="quiet-model", messages=MESSAGES, stream=True):
+            pass
+    assert caught.value.status_code == 502
+    assert caught.value.code == "upstream_error"  # type: ignore[attr-defined]
+    assert "CANARY" not in caught.value.message
+    assert faults.record().status == 502
 
 
 # -- capacity is not an outage (item 13) --------------------------------------------------------

@@ -50,7 +50,8 @@ class Behaviour:
     gate: threading.Event | None = None  # streaming: wait for it after the first chunk
     # streaming, after the first chunk (and the gate): finish | stall (say nothing more until
     # the client leaves) | reset (RST) | close (FIN before the chunked body's end) |
-    # close-mid-event (half an event, then as close)
+    # close-mid-event (half an event, then as close) | end (a clean end of the body, but no
+    # `data: [DONE]`)
     then: str = "finish"
     endless: bool = False  # streaming: one chunk every 20 ms until the client leaves
     prompt_tokens: int = 11
@@ -210,6 +211,9 @@ class FakeUpstream:
                 await asyncio.sleep(0.01)
             if transport.is_closing():
                 self.stream_cancelled.set()
+            return response
+        if then == "end":
+            await response.write_eof()
             return response
         if then == "close-mid-event":
             await self._send(response, event[: len(event) // 2])

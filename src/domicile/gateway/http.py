@@ -282,19 +282,24 @@ class Exchange:
 
     async def unless_disconnected(self, work: Awaitable[T]) -> T:
         """`work`'s result, once the body has been read; if the client goes away first, the
-        work is cancelled (an in-process model stops, an upstream request is closed) and
+        work is cancelled (an in-process model stops, an upstream request is closed), allowed
+        to unwind (what it holds is released before the caller goes on), and
         `ClientDisconnected` is raised."""
         task = asyncio.ensure_future(work)
         watch = asyncio.ensure_future(until_disconnect(self.receive))
         watch.add_done_callback(mark_retrieved)
         try:
             await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # cancelled ourselves: take the work down with us
+            task.cancel()
+            task.add_done_callback(mark_retrieved)
+            raise
         finally:
             watch.cancel()
-            if not task.done():
-                task.cancel()
-                task.add_done_callback(mark_retrieved)
-        if not task.done() or task.cancelled():  # cancel() takes effect at the task's next step
+        if not task.done():
+            task.cancel()
+            await asyncio.wait((task,))
+            mark_retrieved(task)
             raise ClientDisconnected
         return task.result()
 
@@ -314,8 +319,7 @@ class Exchange:
             self.extra_headers = [*self.extra_headers, *headers]
         if self.response_started:
             return
-        # ASCII-escaped: a message may quote client text holding a lone surrogate.
-        await self.respond(error.status, json.dumps(error.to_openai()).encode())
+        await self.respond(error.status, error.body())
 
     async def start_stream(self, content_type: bytes = EVENT_STREAM,
                            extra: Headers | None = None) -> None:

@@ -28,8 +28,6 @@ from typing import Any, ClassVar
 from domicile.config import Capability, ProviderSettings
 from domicile.errors import DomicileError, UpstreamError
 
-from ..http import dump_json
-
 __all__ = [
     "JSON",
     "Provider",
@@ -73,12 +71,12 @@ def malformed(provider: str, what: str) -> ProviderResponse:
     hold content)."""
     error = UpstreamError(f"The provider {provider} answered with {what}; the gateway does "
                           "not relay it as an answer.")
-    return ProviderResponse(error.status, dump_json(error.to_openai()))
+    return ProviderResponse(error.status, error.body())
 
 
 def sse_error(error: DomicileError) -> bytes:
     """`error` as an SSE event, as OpenAI's streams carry errors."""
-    return b"data: " + dump_json(error.to_openai()) + b"\n\n"
+    return b"data: " + error.body() + b"\n\n"
 
 
 class ProviderUnavailable(Exception):

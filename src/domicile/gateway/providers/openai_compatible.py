@@ -105,6 +105,10 @@ def _object_shaped(data: bytes) -> bool:
     return start < end and data[start] == 0x7B and data[end] == 0x7D  # "{" ... "}"
 
 
+_DONE = b"[DONE]"
+_TAIL = 32
+
+
 def _whole_events(data: bytes) -> int:
     """How many leading bytes of `data` are whole SSE events."""
     lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
@@ -295,6 +299,12 @@ class OpenAICompatibleProvider(Provider):
                         raise UpstreamRejected(self.name, ProviderResponse(
                             response.status, data, _header_value(content_type) or JSON,
                             headers=_passed_on(response.raw_headers)))
+                    if not response.headers.get("Content-Type", "").startswith(
+                            "text/event-stream"):
+                        # A 200 that is no stream (a proxy's page, a JSON answer): the
+                        # upstream's error, answered as such, not relayed as an empty stream.
+                        raise UpstreamRejected(self.name, malformed(
+                            self.name, "an answer that is not an event stream"))
                     chunk = await response.content.readany()
             except _ERRORS as exc:
                 raise ProviderUnavailable(self.name, type(exc).__name__) from None
@@ -303,6 +313,7 @@ class OpenAICompatibleProvider(Provider):
             clock = loop.time
             watch = _SilenceWatch(loop, content, self._idle_s)
             held = b""
+            tail = b""  # the stream's last bytes: an OpenAI stream ends with `data: [DONE]`
             framing = True
             try:
                 while chunk:
@@ -315,13 +326,19 @@ class OpenAICompatibleProvider(Provider):
                         else:
                             chunk, held = chunk[:cut], chunk[cut:]
                     if chunk:
+                        tail = chunk[-_TAIL:] if len(chunk) >= _TAIL else (tail + chunk)[-_TAIL:]
                         yield chunk
                     watch.since = clock()
                     chunk = await content.readany()
                     watch.since = None
                 finished = True
                 if held:  # the last event came without its blank line: as the upstream sent it
+                    tail = (tail + held)[-_TAIL:]
                     yield held
+                if _DONE not in tail:
+                    # Ended cleanly but early (a connection closed at an event boundary looks
+                    # like this): the client must not take a cut answer for a whole one.
+                    raise ProviderUnavailable(self.name, "it ended with no end-of-stream event")
             except _ERRORS as exc:
                 # Broken off: what was held is part of an event and is dropped with it.
                 reason = (f"no data for {self._idle_s:g} s" if watch.expired
