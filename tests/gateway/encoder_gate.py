@@ -1,8 +1,10 @@
-"""`EncoderGate`: the in-process embedding model's encoder, one step at a time.
+"""`EncoderGate` and `CountingGate`: the in-process embedding model's encoder and its counting
+tokenizer, one step (one chunk) at a time.
 
-It stands in for `local_embeddings._encode` (the real model still does the work): each
-encoder step announces its texts and then waits until the test lets it run, so tests of
-step order and cancellation assert on what each step held, never on wall-clock time.
+They stand in for `local_embeddings._encode` and for the provider's counting tokenizer (the
+real model and tokenizer still do the work): each step or chunk announces its texts and then
+waits until the test lets it run, so tests of order, fairness and cancellation assert on
+what each step or chunk held, never on wall-clock time.
 """
 
 from __future__ import annotations
@@ -20,23 +22,23 @@ Encode = Callable[[Any, list[str]], tuple[list[list[float]], list[int]]]
 STEP_TIMEOUT_S = 60.0  # a bound for a broken test, never reached by a passing one
 
 
-class EncoderGate:
-    def __init__(self, encode: Encode) -> None:
-        self.encode = encode  # the real one
-        self.steps: list[list[str]] = []  # every step's texts, in order
+class _Gate:
+    """Work announced, then held until released (or the gate is open)."""
+
+    def __init__(self) -> None:
+        self.steps: list[list[str]] = []  # every step's (chunk's) texts, in order
         self._started: queue.Queue[list[str]] = queue.Queue()
         self._go = threading.Semaphore(0)
         self._open = threading.Event()
 
-    def __call__(self, model: Any, texts: list[str]) -> tuple[list[list[float]], list[int]]:
+    def _enter(self, texts: list[str]) -> None:
         self.steps.append(list(texts))
         self._started.put(list(texts))
         if not self._open.is_set() and not self._go.acquire(timeout=STEP_TIMEOUT_S):
-            raise TimeoutError("the test never let this encoder step run")
-        return self.encode(model, texts)
+            raise TimeoutError("the test never let this step run")
 
     def next_step(self) -> list[str]:
-        """The texts of the next step once it has reached the encoder (it waits there)."""
+        """The texts of the next step once it has reached the gate (it waits there)."""
         return self._started.get(timeout=STEP_TIMEOUT_S)
 
     def release(self) -> None:
@@ -48,6 +50,28 @@ class EncoderGate:
         self._open.set()
         for _ in range(64):
             self._go.release()
+
+
+class EncoderGate(_Gate):
+    def __init__(self, encode: Encode) -> None:
+        super().__init__()
+        self.encode = encode  # the real one
+
+    def __call__(self, model: Any, texts: list[str]) -> tuple[list[list[float]], list[int]]:
+        self._enter(texts)
+        return self.encode(model, texts)
+
+
+class CountingGate(_Gate):
+    """The counting tokenizer; a step here is one chunk of pieces handed to it."""
+
+    def __init__(self, counter: Any) -> None:
+        super().__init__()
+        self.counter = counter  # the real one
+
+    def encode_batch_fast(self, texts: list[str], **options: Any) -> Any:
+        self._enter(texts)
+        return self.counter.encode_batch_fast(texts, **options)
 
 
 @pytest.fixture(name="gate")

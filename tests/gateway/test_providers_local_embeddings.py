@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from domicile.gateway.providers.local_embeddings import STEP_INPUTS, LocalEmbeddingsProvider
-from tests.gateway.conftest import EU_ZERO_KEY, Stack
+from tests.gateway.conftest import EU_REGIONAL_KEY, EU_ZERO_KEY, Stack
 from tests.gateway.encoder_gate import EncoderGate, gate_fixture  # noqa: F401
 
 MODEL = "all-minilm-l6-v2"
@@ -138,3 +138,21 @@ def test_a_client_that_leaves_stops_the_encoder(stack: Stack, gate: EncoderGate)
     assert gate.steps[1:] == [["hello"]]
     stack.loop.run(stack.eu_app.usage.flush())
     assert [r.status for r in stack.sink.records if r.endpoint == "/v1/embeddings"] == [499, 200]
+
+
+def test_the_encoder_takes_turns_by_project(stack: Stack, gate: EncoderGate) -> None:
+    # The gateway says whose request each is: another project's short request is in the
+    # next step, though it came behind one project's batch of three steps.
+    provider = _provider(stack)
+    batch = [f"paragraph {i} of a long report" for i in range(3 * STEP_INPUTS)]
+    with ThreadPoolExecutor(2) as pool:
+        big = pool.submit(stack.client().embeddings.create, model=MODEL, input=batch)
+        assert gate.next_step() == batch[:STEP_INPUTS]
+        small = pool.submit(stack.client(EU_REGIONAL_KEY).embeddings.create, model=MODEL,
+                            input="hello")
+        assert _poll(lambda: provider.queued_inputs == 2 * STEP_INPUTS + 1)
+        gate.release()
+        assert "hello" in gate.next_step()
+        gate.open()
+        assert len(small.result(30).data) == 1
+        assert len(big.result(60).data) == len(batch)

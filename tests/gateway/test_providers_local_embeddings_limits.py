@@ -1,11 +1,16 @@
 """The in-process model's limits (OpenAI's: 2,048 inputs, 8,192 tokens per input, 300,000 per
 request), counted with the model's own tokenizer: the bound that spares tokenizing is checked
-against that tokenizer, and counting a hostile request stops early, off the event loop."""
+against that tokenizer, counting a hostile request stops early, off the event loop, and the
+tenants waiting for the counting thread take turns (one chunk at a time, through
+`CountingGate`)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +22,12 @@ from domicile.errors import InvalidInput
 from domicile.gateway.providers import local_embeddings, shapes
 from domicile.gateway.providers.local_embeddings import (
     LocalEmbeddingsProvider,
-    count_within_limits,
     counting_tokenizer,
+    counting_turns,
     token_bound,
     within_bound,
 )
+from tests.gateway.encoder_gate import CountingGate
 from tests.gateway.support import make_settings, provider
 
 MODEL = "all-minilm-l6-v2"
@@ -40,6 +46,15 @@ def counter() -> Any:
 
 def _tokens(counter: Any, text: str, *, special: bool = True) -> int:
     return len(counter.encode(text, add_special_tokens=special).ids)
+
+
+def _count(counter: Any, texts: list[str]) -> list[str]:
+    """`texts` counted whole (every turn in a row): as the encoder gets them, or the 400."""
+    turns = counting_turns(counter, texts, 256)
+    for _ in range(10_000):
+        if (kept := local_embeddings._count_turn(turns)) is not None:
+            return kept
+    raise AssertionError("counting never ended")
 
 
 @settings(max_examples=400, deadline=None)
@@ -81,7 +96,7 @@ class _Recording:
 
 
 @pytest.fixture
-async def embedder(counter: Any, tmp_path: Path) -> Any:
+async def embedder(counter: Any, tmp_path: Path) -> AsyncIterator[Any]:
     config = make_settings(tmp_path, eu=[provider("emb", "local-embeddings", [MODEL])], us=[])
     served = LocalEmbeddingsProvider(config.regions["eu"].providers[0], "eu")
     await served.start()
@@ -128,11 +143,11 @@ def test_the_limits_are_inclusive(counter: Any) -> None:
     # 36 inputs of 8,192 tokens and one of 5,088: 300,000 tokens exactly.
     full, rest = "word " * 8190, "word " * 5086
     assert _tokens(counter, full) == 8192 and _tokens(counter, rest) == 5088
-    count_within_limits(counter, [full] * 36 + [rest], threading.Event(), 256)
+    _count(counter, [full] * 36 + [rest])
     with pytest.raises(InvalidInput, match="300,000 tokens per request"):
-        count_within_limits(counter, [full] * 36 + [rest + "x"], threading.Event(), 256)
+        _count(counter, [full] * 36 + [rest + "x"])
     with pytest.raises(InvalidInput, match=r"`input\[1\]` .* 8,192 tokens per input"):
-        count_within_limits(counter, ["x", full + "x"], threading.Event(), 256)
+        _count(counter, ["x", full + "x"])
 
 
 async def test_a_long_input_reaches_the_encoder_cut_but_embeds_the_same(
@@ -140,7 +155,7 @@ async def test_a_long_input_reaches_the_encoder_cut_but_embeds_the_same(
     # Past 256 tokens the model truncates: it gets only the pieces that hold them, and the
     # same vector as from the whole text.
     text = SENTENCE * 560  # 36 KB, 7,842 tokens
-    kept = count_within_limits(counter, [text], threading.Event(), 256)
+    kept = _count(counter, [text])
     assert text.startswith(kept[0]) and len(kept[0]) < len(text)
     answer = await embedder.embeddings(b"", {"model": MODEL, "input": text,
                                              "encoding_format": "float"})
@@ -149,11 +164,68 @@ async def test_a_long_input_reaches_the_encoder_cut_but_embeds_the_same(
     assert json.loads(answer.body)["data"][0]["embedding"] == pytest.approx(whole[0], abs=1e-5)
 
 
-def test_counting_stops_when_its_request_has_gone(counter: Any) -> None:
-    stop = threading.Event()
-    stop.set()
-    with pytest.raises(local_embeddings._Stopped):
-        count_within_limits(counter, ["word " * 9000], stop, 256)
+@pytest.fixture
+def counting(embedder: Any) -> Iterator[CountingGate]:
+    held = CountingGate(embedder._counter)
+    embedder._counter = held
+    yield held
+    held.open()
+
+
+def _past_the_limit(word: str) -> list[str]:
+    # 2,048 inputs of 4,002 tokens: refused after 75 of them (600 KB), in the third chunk.
+    return [f"{word} " * 4000] * 2048
+
+
+async def _refused(embedder: Any, texts: list[str], owner: str) -> str:
+    with pytest.raises(InvalidInput) as caught:
+        await embedder.embeddings(b"", {"model": MODEL, "input": texts}, owner=owner)
+    return caught.value.message
+
+
+async def _counting(embedder: Any, requests: int) -> None:
+    """Until `requests` are being counted or wait to be (a bounded number of loop turns)."""
+    for _ in range(1000):
+        if embedder.queued_counts == requests:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{embedder.queued_counts} requests counting, not {requests}")
+
+
+def _whose(chunks: list[list[str]]) -> list[str]:
+    return [chunk[0].split()[0] for chunk in chunks]
+
+
+async def test_counting_takes_turns_by_tenant(embedder: Any, counting: CountingGate) -> None:
+    # Tenant A's two requests (x, y), counted in arrival order, and tenant B's (z): one chunk
+    # each in turn, so A's second request does not hold B back, nor does the size of A's first.
+    first = asyncio.create_task(_refused(embedder, _past_the_limit("x"), "proj_a"))
+    await asyncio.to_thread(counting.next_step)  # A's first chunk holds the counting thread
+    tasks = [first, asyncio.create_task(_refused(embedder, _past_the_limit("y"), "proj_a")),
+             asyncio.create_task(_refused(embedder, _past_the_limit("z"), "proj_b"))]
+    await _counting(embedder, 3)
+    counting.open()
+    for message in await asyncio.wait_for(asyncio.gather(*tasks), 60):
+        assert "300,000 tokens per request" in message
+    chunks = _whose(counting.steps)
+    turns = chunks.count("z")
+    assert turns >= 3 and chunks.count("x") == chunks.count("y") == turns
+    assert chunks == ["x"] + ["z", "x"] * (turns - 1) + ["z"] + ["y"] * turns
+    assert embedder.steps_run == 0
+
+
+async def test_counting_stops_when_its_request_has_gone(embedder: Any,
+                                                        counting: CountingGate) -> None:
+    gone = asyncio.create_task(_refused(embedder, _past_the_limit("x"), "proj_a"))
+    await asyncio.to_thread(counting.next_step)  # its first chunk holds the counting thread
+    gone.cancel()  # what the gateway does when its client leaves
+    with contextlib.suppress(asyncio.CancelledError):
+        await gone
+    assert embedder.queued_counts == 0
+    counting.open()
+    await asyncio.wait_for(_refused(embedder, _past_the_limit("z"), "proj_b"), 60)
+    chunks = _whose(counting.steps)
+    assert chunks[0] == "x" and set(chunks[1:]) == {"z"}  # no chunk of it after the one
 
 
 def test_the_limits_are_openais() -> None:

@@ -1,5 +1,6 @@
-"""The in-process encoder's steps: bounded, shared round-robin between waiting requests, and
-given up by a request that has gone (real model, one step at a time through `EncoderGate`)."""
+"""The in-process encoder's steps: bounded, shared round-robin between the tenants (owners)
+waiting, an owner's requests in arrival order, and given up by a request that has gone (real
+model, one step at a time through `EncoderGate`)."""
 
 from __future__ import annotations
 
@@ -39,9 +40,10 @@ def _texts(name: str, count: int) -> list[str]:
     return [f"{name} paragraph {i} on the weather in region {i % 7}" for i in range(count)]
 
 
-async def _embed(embedder: LocalEmbeddingsProvider, texts: list[str]) -> list[list[float]]:
+async def _embed(embedder: LocalEmbeddingsProvider, texts: list[str],
+                 owner: str = "proj_a") -> list[list[float]]:
     answer = await embedder.embeddings(b"", {"model": MODEL, "input": texts,
-                                             "encoding_format": "float"})
+                                             "encoding_format": "float"}, owner=owner)
     return [item["embedding"] for item in json.loads(answer.body)["data"]]
 
 
@@ -63,7 +65,7 @@ async def test_a_short_request_waits_at_most_one_step_behind_a_batch(
     batch = _texts("batch", 8 * STEP_INPUTS)
     big = asyncio.create_task(_embed(embedder, batch))
     assert await _step(gate) == batch[:STEP_INPUTS]  # step 1 holds the encoder
-    small = asyncio.create_task(_embed(embedder, ["hello"]))
+    small = asyncio.create_task(_embed(embedder, ["hello"], owner="proj_b"))
     await _queued(embedder, len(batch) - STEP_INPUTS + 1)
     gate.release()
     second = await _step(gate)
@@ -82,14 +84,14 @@ async def test_a_short_request_waits_at_most_one_step_behind_a_batch(
     assert vectors[-1] == pytest.approx(alone[1], abs=1e-4)
 
 
-async def test_every_waiting_request_gets_a_fair_share_of_a_step(
+async def test_every_waiting_tenant_gets_a_fair_share_of_a_step(
         embedder: LocalEmbeddingsProvider, gate: EncoderGate) -> None:
     batch = _texts("batch", 100)
-    big = asyncio.create_task(_embed(embedder, batch))
+    big = asyncio.create_task(_embed(embedder, batch, owner="proj_batch"))
     await _step(gate)
     others = {name: _texts(name, count) for name, count in (("one", 1), ("two", 2),
                                                             ("forty", 40))}
-    tasks = {name: asyncio.create_task(_embed(embedder, texts))
+    tasks = {name: asyncio.create_task(_embed(embedder, texts, owner=f"proj_{name}"))
              for name, texts in others.items()}
     await _queued(embedder, len(batch) - STEP_INPUTS + 43)
     gate.release()
@@ -128,10 +130,49 @@ async def test_requests_arriving_together_share_one_step(
         embedder: LocalEmbeddingsProvider, gate: EncoderGate) -> None:
     first = asyncio.create_task(_embed(embedder, ["first"]))
     await _step(gate)
-    texts = [[f"sentence {i}", "x"] for i in range(8)]
-    together = [asyncio.create_task(_embed(embedder, pair)) for pair in texts]
+    texts = [[f"sentence {i}", "x"] for i in range(8)]  # of four tenants, two each
+    together = [asyncio.create_task(_embed(embedder, pair, owner=f"proj_{i % 4}"))
+                for i, pair in enumerate(texts)]
     await _queued(embedder, 16)
     gate.open()
     assert sorted(await _step(gate)) == sorted(t for pair in texts for t in pair)
     await asyncio.wait_for(asyncio.gather(first, *together), 30)
+    assert embedder.steps_run == 2
+
+
+async def test_one_tenants_many_requests_hold_back_anothers_short_one_one_step_at_most(
+        embedder: LocalEmbeddingsProvider, gate: EncoderGate) -> None:
+    # Issue 11: one tenant's batch may delay another's short request by one step at most,
+    # however many requests that batch comes in.
+    flood = [asyncio.create_task(_embed(embedder, _texts(f"a{n}", STEP_INPUTS)))
+             for n in range(64)]
+    await _step(gate)  # step 1 holds the encoder
+    small = asyncio.create_task(_embed(embedder, ["hello"], owner="proj_b"))
+    await _queued(embedder, 63 * STEP_INPUTS + 1)
+    gate.release()
+    second = await _step(gate)
+    assert "hello" in second
+    assert len(second) == STEP_INPUTS
+    gate.release()
+    await _step(gate)  # step 3 waits at the encoder: the short request needs no more
+    assert await asyncio.wait_for(small, 30)
+    for task in flood:  # their other steps would only cost the test time
+        task.cancel()
+    gate.open()
+    await asyncio.gather(*flood, return_exceptions=True)
+
+
+async def test_a_tenants_own_requests_take_its_share_in_arrival_order(
+        embedder: LocalEmbeddingsProvider, gate: EncoderGate) -> None:
+    # Both steps full: the tenant's first request takes its share of each until it is done.
+    first = _texts("first", 2 * STEP_INPUTS - 2)
+    tasks = [asyncio.create_task(_embed(embedder, first)),
+             asyncio.create_task(_embed(embedder, ["later"])),
+             asyncio.create_task(_embed(embedder, ["other"], owner="proj_b"))]
+    await _queued(embedder, 2 * STEP_INPUTS)
+    gate.open()
+    share = STEP_INPUTS - 1
+    assert Counter(t.split()[0] for t in await _step(gate)) == {"first": share, "other": 1}
+    assert Counter(t.split()[0] for t in await _step(gate)) == {"first": share, "later": 1}
+    await asyncio.wait_for(asyncio.gather(*tasks), 30)
     assert embedder.steps_run == 2

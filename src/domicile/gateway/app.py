@@ -343,7 +343,10 @@ class GatewayApp:
         await self._answer(call, provider, answer)
 
     async def _embeddings(self, call: Exchange, grant: ApiKeyGrant) -> None:
-        await self._forward(call, "embeddings", lambda p, body, parsed: p.embeddings(body, parsed))
+        # Whose request it is: an in-process encoder shares its steps fairly among projects.
+        owner = grant.project_id
+        await self._forward(call, "embeddings",
+                            lambda p, body, parsed: p.embeddings(body, parsed, owner=owner))
 
     async def _images(self, call: Exchange, grant: ApiKeyGrant) -> None:
         await self._forward(call, "images", lambda p, body, parsed: p.images(body, parsed))

@@ -169,7 +169,10 @@ class Provider:
         request."""
         raise NotImplementedError(f"{self.kind} does not stream chat")
 
-    async def embeddings(self, body: bytes, parsed: Mapping[str, Any]) -> ProviderResponse:
+    async def embeddings(self, body: bytes, parsed: Mapping[str, Any], *,
+                         owner: str = "") -> ProviderResponse:
+        """`owner` says whose request this is (the gateway passes the project's id): for a
+        fair share of a resource the provider's callers share, nothing else."""
         raise NotImplementedError(f"{self.kind} does not serve embeddings")
 
     async def images(self, body: bytes, parsed: Mapping[str, Any]) -> ProviderResponse:

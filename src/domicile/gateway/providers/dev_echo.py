@@ -126,7 +126,8 @@ class DevEchoProvider(Provider):
                                                usage_counts=(prompt_words, _words(reply))))
         yield b"data: [DONE]\n\n"
 
-    async def embeddings(self, body: bytes, parsed: Mapping[str, Any]) -> ProviderResponse:
+    async def embeddings(self, body: bytes, parsed: Mapping[str, Any], *,
+                         owner: str = "") -> ProviderResponse:
         texts = shapes.embedding_inputs(parsed)
         fmt = shapes.encoding_format(parsed)
         tokens = sum(_words(text) for text in texts)

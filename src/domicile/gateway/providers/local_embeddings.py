@@ -3,18 +3,25 @@
 The model is loaded once per process, in a thread, at the app's start-up (or on first use):
 loading takes seconds and must not stall the event loop.
 
-Fair use of the one encoder a region has:
+Fair use of the one encoder a region has, among its tenants: each request comes with its
+`owner` (the gateway passes the project's id), and the turns below are taken by owner, so a
+tenant sending many requests at once gets no larger share than one sending a single one.
 
 - Limits (OpenAI's own): at most 2,048 inputs per request, 8,192 tokens per input and
   300,000 tokens per request, counted with the model's own tokenizer; past one, a 400 that
   names it. A cheap bound decides most requests on the event loop without tokenizing; the
-  rest are counted on a counting thread, in chunks, stopping at the first limit passed.
+  rest are counted on a counting thread, one chunk (`CHUNK_CHARS`) per turn, the owners
+  waiting taking turns (an owner's own requests in arrival order), stopping at the first
+  limit passed.
 - Steps: encoding runs on a single dedicated thread, in steps of at most `STEP_INPUTS`
-  inputs (one forward pass). Each step takes its inputs round-robin from every waiting
-  request, so a request that arrives behind a 2,048-input batch is served in the next step;
-  requests arriving together still share one step (micro-batching).
+  inputs (one forward pass). Each step takes its inputs one at a time from each waiting
+  owner in turn (an owner's own requests in arrival order) until it is full, so another
+  tenant's short request arriving behind any number of one tenant's batches is served in
+  the next step (while fewer than `STEP_INPUTS` owners wait); small requests of several
+  owners still share one step (micro-batching).
 - A request whose client has gone (the gateway cancels it) gives up its place: its
-  not-yet-encoded inputs are dropped before the next step is formed.
+  not-yet-encoded inputs are dropped before the next step is formed, and its counting
+  before the next chunk.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections import deque
+from collections.abc import Generator, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -133,14 +141,13 @@ def _spans(text: str, size: int) -> Iterator[tuple[int, int]]:
     yield start, end
 
 
-class _Stopped(Exception):
-    """Counting was stopped: its request has gone."""
+_Turns = Generator[None, None, list[str]]
 
 
-def count_within_limits(counter: Any, texts: list[str], stop: threading.Event,
-                        keep_tokens: int) -> list[str]:
+def counting_turns(counter: Any, texts: list[str], keep_tokens: int) -> _Turns:
     """Count `texts`' tokens with the model's tokenizer (on a thread: seconds for 30 MB),
     raising the 400 of the first limit passed; tokenizes only what the bound leaves open.
+    Each `next` counts one chunk (the requests of other owners may take a turn between two).
 
     Returns the texts as the encoder needs them: one counted past `keep_tokens` (the model's
     `max_seq_length`, where it truncates) is cut after the piece that got there, so an encoder
@@ -154,6 +161,7 @@ def count_within_limits(counter: Any, texts: list[str], stop: threading.Event,
     total = 0  # exact tokens of the texts counted so far (a lower bound of the request's)
     counts: dict[int, int] = {}
     kept = list(texts)
+    first = True
 
     def pieces(order: list[int]) -> Iterator[list[tuple[int, int, int]]]:
         chunk: list[tuple[int, int, int]] = []
@@ -172,8 +180,9 @@ def count_within_limits(counter: Any, texts: list[str], stop: threading.Event,
         if total + uncounted <= shapes.MAX_REQUEST_TOKENS and order is others:
             break  # every text left is within the input limit, and the request within its own
         for chunk in pieces(order):
-            if stop.is_set():
-                raise _Stopped
+            if not first:
+                yield  # the end of a turn: the next chunk is the next turn's
+            first = False
             encodings = counter.encode_batch_fast(
                 [texts[index][start:end] for index, start, end in chunk],
                 add_special_tokens=False)
@@ -195,6 +204,24 @@ def count_within_limits(counter: Any, texts: list[str], stop: threading.Event,
             if order is others and total + uncounted <= shapes.MAX_REQUEST_TOKENS:
                 break  # the texts left fit within the request's limit as they are
     return kept
+
+
+def _count_turn(turns: _Turns) -> list[str] | None:
+    """One turn on the counting thread: a chunk counted, and the texts once all are."""
+    try:
+        next(turns)
+    except StopIteration as done:
+        kept: list[str] = done.value
+        return kept
+    return None
+
+
+@dataclass(eq=False, slots=True)
+class _Count:
+    """One request's texts on their way through the counting thread."""
+
+    turns: _Turns
+    future: asyncio.Future[list[str]]
 
 
 @dataclass(eq=False, slots=True)
@@ -220,15 +247,26 @@ class LocalEmbeddingsProvider(Provider):
         self._load_lock: asyncio.Lock | None = None
         self._model: Any = None
         self._counter: Any = None
-        self._waiting: list[_Job] = []  # jobs with texts not yet in a step, in turn order
+        # Owner -> its requests waiting, in arrival order; the owners in turn order (a dict
+        # keeps insertion order: an owner served goes to the back by re-insertion).
+        self._waiting: dict[str, deque[_Job]] = {}  # jobs with texts not yet in a step
         self._stepping: list[_Job] = []  # the jobs of the step under way
         self._runner: asyncio.Task[None] | None = None
+        self._counts: dict[str, deque[_Count]] = {}  # requests being counted
+        self._count_runner: asyncio.Task[None] | None = None
         self.steps_run = 0  # encode calls so far: fewer than requests when batching works
 
     @property
     def queued_inputs(self) -> int:
         """Inputs waiting for an encoder step (those of requests that have gone excluded)."""
-        return sum(len(job.texts) - job.taken for job in self._waiting if not job.future.done())
+        return sum(len(job.texts) - job.taken for jobs in self._waiting.values()
+                   for job in jobs if not job.future.done())
+
+    @property
+    def queued_counts(self) -> int:
+        """Requests being counted or waiting for the counting thread (gone ones excluded)."""
+        return sum(not count.future.done() for counts in self._counts.values()
+                   for count in counts)
 
     def _thread(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -260,25 +298,31 @@ class LocalEmbeddingsProvider(Provider):
                 self._model, self._counter = await loop.run_in_executor(self._thread(), _load)
 
     async def aclose(self) -> None:
-        if self._runner is not None:
-            self._runner.cancel()
-            self._runner = None
-        for job in (*self._waiting, *self._stepping):
-            if not job.future.done():
-                job.future.set_exception(ProviderUnavailable(self.name, "closed"))
-        self._waiting, self._stepping = [], []
+        for runner in (self._runner, self._count_runner):
+            if runner is not None:
+                runner.cancel()
+        self._runner = self._count_runner = None
+        closed = ProviderUnavailable(self.name, "closed")
+        pending: list[asyncio.Future[Any]] = [job.future for job in self._stepping]
+        pending += [job.future for jobs in self._waiting.values() for job in jobs]
+        pending += [count.future for counts in self._counts.values() for count in counts]
+        for future in pending:
+            if not future.done():
+                future.set_exception(closed)
+        self._waiting, self._stepping, self._counts = {}, [], {}
         for executor in (self._executor, self._counting):
             if executor is not None:
                 executor.shutdown(wait=False, cancel_futures=True)
         self._executor = self._counting = None
 
-    async def embeddings(self, body: bytes, parsed: Mapping[str, Any]) -> ProviderResponse:
+    async def embeddings(self, body: bytes, parsed: Mapping[str, Any], *,
+                         owner: str = "") -> ProviderResponse:
         texts = shapes.embedding_inputs(parsed)
         fmt = shapes.encoding_format(parsed)
         await self.warm_up()
-        texts = await self._within_limits(texts)
+        texts = await self._within_limits(texts, owner)
         job = _Job(texts, asyncio.get_running_loop().create_future())
-        self._waiting.append(job)
+        self._waiting.setdefault(owner, deque()).append(job)
         if self._runner is None or self._runner.done():
             self._runner = asyncio.create_task(self._run_steps())
         # Cancelled (the client left): the future is cancelled with it, and the next step
@@ -287,38 +331,74 @@ class LocalEmbeddingsProvider(Provider):
         answer = shapes.embeddings_list(MODEL_NAME, vectors, tokens, fmt)
         return ProviderResponse(200, answer, prompt_tokens=tokens)
 
-    async def _within_limits(self, texts: list[str]) -> list[str]:
+    async def _within_limits(self, texts: list[str], owner: str) -> list[str]:
         """`texts` as the encoder needs them, or the 400 of the first limit passed."""
         if within_bound(texts):  # most requests: decided here, without tokenizing
             return texts
-        stop = threading.Event()
-        try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._counting_thread(), count_within_limits, self._counter, texts, stop,
-                self._model.max_seq_length)
-        finally:
-            stop.set()  # gone or done: the counting thread stops at its next chunk
+        count = _Count(counting_turns(self._counter, texts, self._model.max_seq_length),
+                       asyncio.get_running_loop().create_future())
+        self._counts.setdefault(owner, deque()).append(count)
+        if self._count_runner is None or self._count_runner.done():
+            self._count_runner = asyncio.create_task(self._run_counting())
+        # Cancelled (the client left): the future is cancelled with it, and counting drops
+        # the request before its next chunk.
+        return await count.future
+
+    async def _run_counting(self) -> None:
+        """Counting turns, one chunk each, the owners waiting taking turns (round-robin)."""
+        loop = asyncio.get_running_loop()
+        while self._counts:
+            owner, counts = next(iter(self._counts.items()))
+            while counts and counts[0].future.done():
+                counts.popleft()  # its request has gone
+            if counts:
+                count = counts[0]
+                try:
+                    kept = await loop.run_in_executor(self._counting_thread(), _count_turn,
+                                                      count.turns)
+                except Exception as exc:  # the 400 of a limit passed, above all
+                    counts.popleft()
+                    if not count.future.done():
+                        count.future.set_exception(exc)
+                else:
+                    if kept is not None:
+                        counts.popleft()
+                        if not count.future.done():
+                            count.future.set_result(kept)
+            # To the back of the line (requests it sent meanwhile joined its own queue).
+            self._counts.pop(owner, None)
+            if counts:
+                self._counts[owner] = counts
 
     def _next_step(self) -> list[tuple[_Job, int]]:
-        """The inputs of the next step, round-robin over the waiting jobs (jobs whose request
-        has gone are dropped here); the jobs served go to the back of the line."""
-        waiting = [job for job in self._waiting if not job.future.done()]
+        """The inputs of the next step: one at a time from each waiting owner in turn (from
+        its first request with inputs left) until the step is full; the owners served go to
+        the back of the line. Jobs whose request has gone are dropped here."""
+        owners: dict[str, deque[_Job]] = {}
+        for owner, jobs in self._waiting.items():
+            live = deque(job for job in jobs if not job.future.done())
+            if live:
+                owners[owner] = live
         step: list[tuple[_Job, int]] = []
-        served: dict[_Job, None] = {}
+        served: dict[str, None] = {}
         while len(step) < STEP_INPUTS:
             took = False
-            for job in waiting:
-                if job.taken < len(job.texts):
-                    step.append((job, job.taken))
-                    job.taken += 1
-                    served[job] = None
-                    took = True
-                    if len(step) == STEP_INPUTS:
-                        break
+            for owner, jobs in owners.items():
+                if not jobs:
+                    continue
+                job = jobs[0]
+                step.append((job, job.taken))
+                job.taken += 1
+                if job.taken == len(job.texts):
+                    jobs.popleft()
+                served[owner] = None
+                took = True
+                if len(step) == STEP_INPUTS:
+                    break
             if not took:
                 break
-        self._waiting = [job for job in waiting if job not in served] + [
-            job for job in served if job.taken < len(job.texts)]
+        self._waiting = {owner: jobs for owner, jobs in owners.items() if owner not in served}
+        self._waiting.update((owner, owners[owner]) for owner in served if owners[owner])
         return step
 
     async def _run_steps(self) -> None:
@@ -332,7 +412,8 @@ class LocalEmbeddingsProvider(Provider):
                     self._thread(), _encode, self._model, [job.texts[i] for job, i in step])
             except Exception as exc:
                 failed = {job for job, _ in step}
-                self._waiting = [job for job in self._waiting if job not in failed]
+                self._waiting = {owner: left for owner, jobs in self._waiting.items()
+                                 if (left := deque(job for job in jobs if job not in failed))}
                 for job in failed:
                     if not job.future.done():
                         job.future.set_exception(exc)

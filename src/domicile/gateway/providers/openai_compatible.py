@@ -273,7 +273,8 @@ class OpenAICompatibleProvider(Provider):
     async def chat(self, body: bytes, parsed: Mapping[str, Any]) -> ProviderResponse:
         return await self._post(self._chat_url, body, parse_whole=True)
 
-    async def embeddings(self, body: bytes, parsed: Mapping[str, Any]) -> ProviderResponse:
+    async def embeddings(self, body: bytes, parsed: Mapping[str, Any], *,
+                         owner: str = "") -> ProviderResponse:
         return await self._post(self._embeddings_url, body)
 
     async def images(self, body: bytes, parsed: Mapping[str, Any]) -> ProviderResponse:
