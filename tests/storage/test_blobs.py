@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,6 +52,44 @@ def test_a_staged_blob_is_invisible_until_committed(tmp_path: Path) -> None:
     pending.commit()
     assert b"".join(store.get("t/file/a")) == b"onetwo"
     assert [p.name for p in (tmp_path / "blobs" / "t" / "file").iterdir()] == ["a"]
+
+
+def test_a_staged_files_descriptor_is_closed_once_whoever_releases_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cancelled upload's commit thread and the upload's own discard release at once: the
+    second must not close the fd again (by then it may be another file's). The discard is run,
+    on its own thread, at the worst moment: while the commit is closing the fd."""
+    store = FileBlobStore(tmp_path / "blobs")
+    pending = store.stage("t/file/a", [b"x"])
+    staged_fd = pending._fd
+    staged = os.fstat(staged_fd)
+    real_close = os.close
+    closes: list[int] = []
+
+    def is_staged(fd: int) -> bool:
+        """The staged file's fd (not another file's that reused its number later), or an fd
+        closed already."""
+        try:
+            found = os.fstat(fd)
+        except OSError:
+            return True
+        return (found.st_dev, found.st_ino) == (staged.st_dev, staged.st_ino)
+
+    def close(fd: int) -> None:
+        if fd == staged_fd and is_staged(fd):
+            closes.append(fd)
+            if len(closes) == 1:
+                racing = threading.Thread(target=pending.discard)
+                racing.start()
+                racing.join(timeout=30)
+                assert not racing.is_alive()
+        real_close(fd)
+
+    monkeypatch.setattr(os, "close", close)
+    pending.commit()
+    pending.discard()
+    monkeypatch.undo()
+    assert closes == [staged_fd]
 
 
 def test_a_discarded_blob_leaves_nothing(tmp_path: Path) -> None:

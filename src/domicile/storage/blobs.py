@@ -5,8 +5,8 @@ beside the key (`.<name>.<12 hex>.tmp`, mode 0600, locked by its writer) and are
 committing renames the temp file into place and fsyncs the folder, so a reader sees a whole
 blob or none, and a staged write that is never committed is never seen. Temp files whose
 writer died (a crash, kill -9) are removed by `sweep_staged`; a live writer holds its temp
-file's lock, so a sweep never takes a write in progress. An S3 store fills the same
-`BlobStore` protocol (staging as a multipart upload, the sweep as aborting stale ones).
+file's lock, so a sweep never takes a write in progress. It is the only `BlobStore` there is:
+`open_blob_store` refuses any other scheme than `file://`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import fcntl
 import os
 import re
 import secrets
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -39,6 +40,9 @@ class PendingFile:
         self._path = path
         self._temp = temp
         self._fd = fd  # open, and locked, until committed or discarded
+        # A cancelled commit's thread and the upload's own discard can release at once: the
+        # fd is taken under the lock, so it is closed once (never a reused fd of another).
+        self._fd_lock = threading.Lock()
 
     def commit(self) -> None:
         """Make the staged bytes the blob of `key` (replacing any blob there)."""
@@ -53,9 +57,10 @@ class PendingFile:
         self._release()
 
     def _release(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        with self._fd_lock:
+            fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def __del__(self) -> None:  # an abandoned stage leaves its temp file to the sweep
         self._release()
