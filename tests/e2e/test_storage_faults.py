@@ -1,6 +1,7 @@
 """Through `domicile serve`: a kill -9 in the middle of an upload leaves its temp blob, and the
-next start sweeps it; with the region's PostgreSQL stopped, uploads and lists answer 503
-`store_unavailable` (nothing kept), and work again once it is back."""
+next start sweeps it; with the region's PostgreSQL stopped, uploads, lists, downloads and
+deletes answer 503 `store_unavailable` (nothing kept, nothing deleted), and work again once it
+is back."""
 
 from __future__ import annotations
 
@@ -141,7 +142,9 @@ def test_a_stopped_postgresql_is_503_and_the_region_recovers(
                 for response in (upload(client, "during.txt"),
                                  client.get("/v1/files", headers=auth),
                                  client.get(f"/v1/files/{kept.json()['id']}/content",
-                                            headers=auth)):
+                                            headers=auth),
+                                 client.delete(f"/v1/files/{kept.json()['id']}",
+                                               headers=auth)):
                     assert response.status_code == 503, response.text
                     assert response.json()["error"]["code"] == "store_unavailable"
                     assert response.headers["x-domicile-region"] == "eu"
@@ -150,6 +153,8 @@ def test_a_stopped_postgresql_is_503_and_the_region_recovers(
             listed = client.get("/v1/files", headers=auth)
             assert listed.status_code == 200, listed.text
             assert [f["filename"] for f in listed.json()["data"]] == ["before.txt"]
+            content = client.get(f"/v1/files/{kept.json()['id']}/content", headers=auth)
+            assert content.content == b"kept in eu"  # the refused DELETE took nothing
             assert upload(client, "after.txt").status_code == 200
         assert len([p for p in blob_files.rglob("*") if p.is_file()]) == 2  # nothing half-kept
         assert "store fault (503 store_unavailable)" in server.log()

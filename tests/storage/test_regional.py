@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import sqlite3
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import event, text, update
 from sqlalchemy.exc import DBAPIError
 
 from domicile.crypto import DecryptionError
-from domicile.errors import CrossRegionWrite, StorageError
+from domicile.errors import CrossRegionWrite, StorageError, StoreUnavailable
 from domicile.site import Site
+from domicile.storage.faults import store_fault
 from domicile.storage.interfaces import TenantRef
 from domicile.storage.models import RecordRow
-from domicile.storage.regional import claim_region
-from tests.conftest import scan_for_canary
+from domicile.storage.regional import RegionalStore, claim_region
+from tests.conftest import SiteFactory, scan_for_canary
 
 
 @pytest.fixture
@@ -183,3 +186,79 @@ def test_a_global_tenant_gets_its_key_in_a_region_on_first_write(site: Site) -> 
         assert not store.keys.has_tenant(project.id)
         store.put_record(roaming, "response", "r", region.encode())
         assert store.get_record(roaming, "response", "r") == region.encode()
+
+
+@pytest.fixture
+def stored_file(make_site: SiteFactory) -> tuple[RegionalStore, TenantRef, Path]:
+    """An eu store on SQLite holding one file, and that file's blob on disk."""
+    site = make_site("sqlite")
+    org = site.directory.create_org("Acme")
+    project = site.directory.create_project(org.id, "app", "eu", retention="regional")
+    tenant = TenantRef(project.id, "eu", org.id)
+    store = site.store("eu")
+    store.put_blob(tenant, "file", "file_1", "kept.txt", [b"kept"])
+    blob_root = site.settings.regions["eu"].blob_path
+    assert blob_root is not None
+    [blob] = [path for path in blob_root.rglob("*") if path.is_file()]
+    return store, tenant, blob
+
+
+def test_a_delete_the_database_refuses_leaves_the_file_whole(
+        stored_file: tuple[RegionalStore, TenantRef, Path]) -> None:
+    """A real SQLITE_BUSY (another process holds the write lock): the DELETE fails as a store
+    fault (503), and the file is still listed with its content."""
+    store, tenant, blob = stored_file
+
+    @event.listens_for(store.engine, "connect")
+    def no_waiting(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+        dbapi_connection.execute("PRAGMA busy_timeout = 0")
+
+    store.engine.dispose()
+    holder = sqlite3.connect(store.engine.url.database or "", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(DBAPIError) as refused:
+            store.delete_blob(tenant, "file", "file_1")
+        assert isinstance(store_fault(refused.value), StoreUnavailable)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert blob.exists()
+    assert [b.filename for b in store.list_blobs(tenant, "file")] == ["kept.txt"]
+    assert b"".join(store.open_blob(tenant, "file", "file_1")) == b"kept"
+    assert store.delete_blob(tenant, "file", "file_1")
+    assert not blob.exists() and store.list_blobs(tenant, "file") == []
+
+
+def test_a_delete_on_a_full_disk_frees_the_file_then_deletes_the_row(
+        stored_file: tuple[RegionalStore, TenantRef, Path]) -> None:
+    store, tenant, blob = stored_file
+    refused: list[str] = []
+
+    @event.listens_for(store.engine, "before_cursor_execute")
+    def full_until_the_file_is_gone(_conn: object, _cursor: object, statement: str,
+                                    *_: object) -> None:
+        if statement.lstrip().upper().startswith("DELETE") and blob.exists():
+            refused.append(statement)
+            raise sqlite3.OperationalError("database or disk is full")
+
+    assert store.delete_blob(tenant, "file", "file_1")
+    assert len(refused) == 1
+    assert not blob.exists() and store.list_blobs(tenant, "file") == []
+
+
+def test_a_deleted_file_whose_blob_cannot_be_removed_is_still_deleted(
+        stored_file: tuple[RegionalStore, TenantRef, Path], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Its row is gone, so the DELETE succeeded: answered as such, the leftover logged."""
+    store, tenant, blob = stored_file
+
+    def broken_disk(key: str) -> bool:
+        raise OSError(errno.EIO, "Input/output error", str(blob))
+
+    monkeypatch.setattr(store.blobs, "delete", broken_disk)
+    assert store.delete_blob(tenant, "file", "file_1")
+    assert store.list_blobs(tenant, "file") == []
+    assert "errno 5 (EIO)" in caplog.text and str(blob) not in caplog.text
+    with pytest.raises(OSError):  # nothing deleted: the error is the answer
+        store.delete_blob(tenant, "file", "file_1")

@@ -4,8 +4,9 @@
 store's file system) to the error a client should see: a database or disk that cannot be
 reached now is 503 `store_unavailable`, a full disk or quota 507 `insufficient_storage`.
 Anything else (a bug) is not a store fault: None. It logs one line naming the cause by
-constants only (exception types, errno, SQLite's error name, PostgreSQL's SQLSTATE), never
-an exception's text, which can quote SQL parameters and paths.
+constants only (`failures.describe(exc, text=False)`: exception types, errno, SQLite's error
+name, PostgreSQL's SQLSTATE), never an exception's text, which can quote SQL parameters and
+paths. `is_full` is the same classification's "full disk", for code that frees space.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import sqlite3
 from sqlalchemy import exc as sa_exc
 
 from domicile.errors import DomicileError, InsufficientStorage, StoreUnavailable
+from domicile.failures import cause_of, describe
 
-__all__ = ["store_fault"]
+__all__ = ["is_full", "store_fault"]
 
 log = logging.getLogger("domicile.storage")
 
@@ -40,28 +42,31 @@ except ImportError:  # pragma: no cover - installed with the project
 
 def store_fault(exc: BaseException, request_id: str = "") -> DomicileError | None:
     """The error to answer for `exc` if it is a store fault (logged, once), else None."""
-    cause: BaseException = exc
-    if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
-        cause = exc.orig
-    kind = _classify(cause)
+    kind = _classify(cause_of(exc))
     if kind == _UNKNOWN:  # a driver we do not know: SQLAlchemy's own classification
         kind = _UNAVAILABLE if isinstance(exc, sa_exc.DBAPIError) and (
             exc.connection_invalidated
             or isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)) else None
     fault: DomicileError
     if kind == _FULL:
+        # True of every operation: a DELETE that freed a blob file may still have failed.
         fault = InsufficientStorage(
-            "The region's storage is full; nothing was stored. Deleting files frees space "
+            "The region's storage is full: nothing new can be stored until files are deleted "
             f"(request id {request_id}).")
     elif kind == _UNAVAILABLE:
         fault = StoreUnavailable(
-            "The region's store cannot be reached right now; nothing was stored. Try again "
-            f"shortly (request id {request_id}).")
+            "The region's store cannot be reached now; nothing was changed. Try again shortly "
+            f"(request id {request_id}).")
     else:
         return None
     log.error("store fault (%d %s) in request %s: %s", fault.status, fault.code,
-              request_id or "-", _describe(exc, cause))
+              request_id or "-", describe(exc, text=False))
     return fault
+
+
+def is_full(exc: BaseException) -> bool:
+    """Whether `exc` is a full disk or quota (what `store_fault` answers 507). Not logged."""
+    return _classify(cause_of(exc)) == _FULL
 
 
 def _classify(cause: BaseException) -> str | None:
@@ -89,17 +94,3 @@ def _classify(cause: BaseException) -> str | None:
         return _UNAVAILABLE  # no pooled connection to be had, or it broke
     return _UNKNOWN
 
-
-def _describe(exc: BaseException, cause: BaseException) -> str:
-    names = [type(exc).__name__]
-    if cause is not exc:
-        names.append(f"{type(cause).__module__.split('.')[0]}.{type(cause).__name__}")
-    if isinstance(cause, OSError) and cause.errno is not None:
-        names.append(f"errno {cause.errno} ({errno.errorcode.get(cause.errno, '?')})")
-    name = getattr(cause, "sqlite_errorname", None)
-    if isinstance(name, str):
-        names.append(name)
-    sqlstate = getattr(cause, "sqlstate", None)
-    if isinstance(sqlstate, str):
-        names.append(f"SQLSTATE {sqlstate}")
-    return ", ".join(names)

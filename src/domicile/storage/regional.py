@@ -8,6 +8,7 @@ bound to (region, tenant, kind, record id): moved to another row they will not o
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +20,8 @@ from sqlalchemy.orm import Session
 from domicile.compliance.audit import AuditLog
 from domicile.crypto import Context, Envelope, KeyProvider
 from domicile.errors import CrossRegionWrite, StorageError
+from domicile.failures import describe
+from domicile.storage.faults import is_full
 from domicile.storage.interfaces import (
     BlobStore,
     StagedBlob,
@@ -39,6 +42,8 @@ from domicile.tenancy.grants import GLOBAL_REGION
 __all__ = ["RegionalStore", "claim_region"]
 
 BLOB_META_KIND = "blob-meta"
+
+log = logging.getLogger("domicile.storage")
 
 
 def claim_region(engine: Engine, region: str) -> None:
@@ -213,14 +218,34 @@ class RegionalStore:
             self.blobs.get(self._blob_key(tenant.id, kind, blob_id)), context)
 
     def delete_blob(self, tenant: TenantRef, kind: str, blob_id: str) -> bool:
+        """Delete the row, then the blob file: a store that fails leaves both, still listed.
+        Only a full disk frees the file's space first and tries the row once more; a row
+        left without its file then answers "not found" for its content."""
         self._context(tenant, kind, blob_id)
-        # The bytes first: on a full disk that frees the room the row's delete needs. A row
-        # left without its bytes (the delete failed) answers "not found" for its content.
-        removed = self.blobs.delete(self._blob_key(tenant.id, kind, blob_id))
+        key = self._blob_key(tenant.id, kind, blob_id)
+        try:
+            deleted = self._delete_blob_row(tenant, kind, blob_id)
+        except Exception as exc:
+            if not is_full(exc):
+                raise
+            removed = self.blobs.delete(key)
+            return self._delete_blob_row(tenant, kind, blob_id) or removed
+        try:
+            return self.blobs.delete(key) or deleted
+        except OSError as exc:
+            if not deleted:
+                raise
+            # The file is deleted (its row is gone): say so. Its sealed bytes stay behind,
+            # unlisted, like those of a crash between a blob's rename and its row.
+            log.error("region %s: a deleted file's blob could not be removed (%s)",
+                      self.region, describe(exc, text=False))
+            return True
+
+    def _delete_blob_row(self, tenant: TenantRef, kind: str, blob_id: str) -> bool:
         with self.engine.begin() as conn:
             result = conn.execute(delete(BlobRow).where(
                 BlobRow.tenant_id == tenant.id, BlobRow.kind == kind, BlobRow.blob_id == blob_id))
-        return bool(result.rowcount) or removed
+        return bool(result.rowcount)
 
     def list_blobs(self, tenant: TenantRef, kind: str) -> list[StoredBlob]:
         with self.engine.connect() as conn:
