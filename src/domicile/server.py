@@ -34,8 +34,6 @@ from domicile.errors import ConfigError, StoreUnavailable
 from domicile.failures import describe
 from domicile.http_server import protocol_for
 from domicile.site import Site
-from domicile.storage.db import migrate
-from domicile.storage.regional import claim_region
 
 __all__ = ["TlsFiles", "build_region_app", "prepare_regions", "serve"]
 
@@ -124,16 +122,14 @@ def prepare_regions(settings: Settings, names: Sequence[str]) -> list[str]:
     try:
         site.site_secret  # noqa: B018 - a missing secret is the site's error, not a region's
         try:
-            migrate(site.directory_engine, "directory")
+            site.migrate_directory()
         except Exception as exc:
             raise StoreUnavailable(
                 f"the directory's database cannot be used: {describe(exc)}") from None
         ready = []
         for name in names:
             try:
-                store = site.store(name)
-                migrate(store.engine, "region")
-                claim_region(store.engine, name)
+                site.migrate_region(name)
             except Exception as exc:
                 print(f"region {name} not served: {describe(exc)}", file=sys.stderr,
                       flush=True)

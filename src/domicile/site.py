@@ -6,17 +6,17 @@ stores. A failure on a fresh site removes what it wrote: nothing is half-made.
 
 A process that works with a site creates nothing others may read: the umask is 0077 from
 the moment it opens one, and files are created 0600, folders 0700 (`storage.private`).
+`Site.migrate_region` brings one region's store up to date (`init`, `serve`);
 `Site.open_for_serving` is what a server runs once before its workers start.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 
@@ -24,11 +24,12 @@ from sqlalchemy import Engine
 
 from domicile.compliance.audit import AuditLog, audit_key
 from domicile.config import Settings, load_settings
-from domicile.crypto import LocalKeyProvider, write_new_kek
+from domicile.crypto import LocalKeyProvider, keystore_path, write_new_kek
 from domicile.errors import ConfigError, InvalidInput
+from domicile.failures import describe
 from domicile.storage.blobs import FileBlobStore
 from domicile.storage.db import make_engine, migrate, sqlite_path
-from domicile.storage.private import make_private_dirs, restrict_umask, tighten
+from domicile.storage.private import folders_between, make_private_dirs, restrict_umask, tighten
 from domicile.storage.regional import RegionalStore, claim_region
 from domicile.tenancy import models as directory_models
 from domicile.tenancy.directory import DIRECTORY_CHAIN, Directory
@@ -110,10 +111,6 @@ def init_site(directory: Path = DEFAULT_SITE_DIR, *, port_base: int = 8400,
         raise
 
 
-def _errno_name(exc: OSError) -> str:
-    return errno.errorcode.get(exc.errno or 0, type(exc).__name__)
-
-
 def _write_atomically(path: Path, text: str) -> None:
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -172,10 +169,11 @@ class Site:
     def audit_log(self, chain: str) -> AuditLog:
         return self.directory_audit if chain == DIRECTORY_CHAIN else self.store(chain).audit
 
-    def audit_chains(self, region: str | None = None) -> list[AuditLog]:
+    def audit_chain_names(self, region: str | None = None) -> list[str]:
+        """The chains `audit_log` opens: `region`'s, or the directory's and every region's."""
         if region is not None:
-            return [self.audit_log(self.settings.region(region).name)]
-        return [self.directory_audit, *(self.store(name).audit for name in self.settings.regions)]
+            return [self.settings.region(region).name]
+        return [DIRECTORY_CHAIN, *self.settings.regions]
 
     def store(self, region: str) -> RegionalStore:
         if region not in self._stores:
@@ -193,21 +191,29 @@ class Site:
 
     def migrate(self) -> None:
         """Apply every migration and stamp each regional store with its region."""
-        migrate(self.directory_engine, "directory")
+        self.migrate_directory()
         for name in self.settings.regions:
-            store = self.store(name)
-            migrate(store.engine, "region")
-            claim_region(store.engine, name)
+            self.migrate_region(name)
+
+    def migrate_directory(self) -> None:
+        migrate(self.directory_engine, "directory")
+
+    def migrate_region(self, name: str) -> None:
+        """Bring the region's store to the newest schema and check (or stamp) that it is this
+        region's."""
+        store = self.store(name)
+        migrate(store.engine, "region")
+        claim_region(store.engine, name)
 
     def open_for_serving(self, regions: Sequence[str] = ()) -> None:
-        """Run once by a server before its workers start: check the data folder's modes,
-        tightening anything looser than 0600/0700, and sweep the temp blobs that crashed
-        uploads left in the blob folders of `regions` (default: all). Needs no database.
-        Logs a line for each; a failure here is logged, never fatal."""
+        """Run once by a server before its workers start: check the modes of the site's own
+        files and folders, tightening any looser than 0600/0700, and sweep the temp blobs that
+        crashed uploads left in the blob folders of `regions` (default: all). Needs no
+        database. Logs a line for each; a failure here is logged, never fatal."""
         try:
-            tightened, failed = tighten(self._private_paths())
+            tightened, failed = tighten(*self._private_paths())
         except OSError as exc:
-            log.warning("data folder: modes not checked (%s)", _errno_name(exc))
+            log.warning("data folder: modes not checked (%s)", describe(exc, text=False))
         else:
             if tightened or failed:
                 log.warning("data folder: %d files and folders were looser than 0600/0700 and "
@@ -221,27 +227,38 @@ class Site:
             try:
                 swept = FileBlobStore(blob_dir).sweep_staged()
             except OSError as exc:
-                log.warning("region %s: temporary blobs not swept (%s)", name, _errno_name(exc))
+                log.warning("region %s: temporary blobs not swept (%s)", name,
+                            describe(exc, text=False))
                 continue
             if swept:
                 log.warning("region %s: removed %d temporary blobs of interrupted uploads",
                             name, swept)
 
-    def _private_paths(self) -> Iterator[Path]:
-        """The data folder, and whatever a site keeps outside it."""
-        yield self.settings.data_dir
-        yield self.settings.directory.secret_file
-        databases = [self.settings.directory.database_url]
+    def _private_paths(self) -> tuple[list[Path], list[Path]]:
+        """(paths, trees) for `tighten`: the files Domicile keeps (databases with their SQLite
+        companions, the directory's secret, key files and keystores) and the folders it made
+        for them inside the data folder; the blob folders whole. Nothing else: the data
+        folder may be `.` beside a config in a repository or under /etc."""
+        files = [self.settings.directory.secret_file]
+        databases = [sqlite_path(self.settings.directory.database_url)]
+        trees = []
         for region in self.settings.regions.values():
-            databases.append(region.database_url)
+            files.append(region.key_provider.path)
+            databases += (sqlite_path(region.database_url),
+                          keystore_path(region.key_provider.path))
             if region.blob_path is not None:
-                yield region.blob_path
-            yield region.key_provider.path
-            databases.append(f"sqlite:///{region.key_provider.path}.keystore.db")
-        for url in databases:
-            if (path := sqlite_path(url)) is not None:
-                yield from (path.with_name(path.name + suffix)
-                            for suffix in ("", "-wal", "-shm", "-journal"))
+                trees.append(region.blob_path)
+        files += (path.with_name(path.name + suffix) for path in databases if path is not None
+                  for suffix in ("", "-wal", "-shm", "-journal"))
+        data_dir = self.settings.data_dir
+        files = [Path(os.path.abspath(path)) for path in files]
+        # A blob folder configured as the data folder (or above it) is not walked: it would
+        # hold what is not ours.
+        trees = [path for path in map(Path, map(os.path.abspath, trees))
+                 if not data_dir.is_relative_to(path)]
+        folders = [folder for path in (*files, *trees)
+                   for folder in folders_between(data_dir, path)]
+        return list(dict.fromkeys((*folders, *files))), trees  # once each: eu/ holds several
 
     def close(self) -> None:
         for engine in self._engines:

@@ -88,3 +88,37 @@ def test_a_tidy_site_opens_with_one_quiet_line(make_site: SiteFactory,
     caplog.set_level(logging.INFO, logger="domicile.site")
     site.open_for_serving()
     assert [r.levelno for r in caplog.records] == [logging.INFO]
+
+
+def test_only_the_sites_own_files_are_tightened(make_site: SiteFactory,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """`data_dir = "."` beside the config: the folder may be a repository or under /etc.
+    What Domicile keeps there is tightened; a script, a folder of someone else's, and the
+    data folder itself keep their modes."""
+    site = make_site("sqlite")
+    _write_content(site)
+    root = site.settings.data_dir
+    root.chmod(0o755)
+    script = root / "deploy.sh"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    foreign = root / "docs"
+    foreign.mkdir(mode=0o755)
+    foreign.chmod(0o755)
+    (foreign / "notes.txt").write_text("read me")
+    (foreign / "notes.txt").chmod(0o644)
+    foreign_modes = {p: stat.S_IMODE(p.stat().st_mode)
+                     for p in (root, script, foreign, foreign / "notes.txt")}
+    own = [root / "eu", root / "eu" / "store.db", root / "eu" / "kek.key",
+           root / "eu" / "kek.key.keystore.db", root / "directory.db-wal",
+           root / "directory.key", root / "us" / "blobs"]
+    for path in own:
+        path.chmod(0o755)
+    caplog.set_level(logging.INFO, logger="domicile.site")
+
+    site.open_for_serving()
+
+    assert {p: stat.S_IMODE(p.stat().st_mode) for p in foreign_modes} == foreign_modes
+    assert _loose(root) == {".": "0o755", "deploy.sh": "0o755", "docs": "0o755",
+                            "docs/notes.txt": "0o644"}
+    assert f"{len(own)} files and folders were looser" in caplog.records[0].getMessage()

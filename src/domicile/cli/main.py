@@ -24,7 +24,6 @@ from domicile.config import find_config, load_settings
 from domicile.errors import DomicileError, InvalidInput
 from domicile.failures import describe
 from domicile.site import DEFAULT_SITE_DIR, Site, init_site
-from domicile.tenancy.directory import DIRECTORY_CHAIN
 
 __all__ = ["app", "main"]
 
@@ -418,8 +417,7 @@ def audit_verify(
     """Check every audit chain; exit 1 naming the first bad entry, or a chain that cannot be
     read (its database unreachable, say)."""
     site = open_site(config)
-    names = ([site.settings.region(region).name] if region is not None
-             else [DIRECTORY_CHAIN, *site.settings.regions])
+    names = site.audit_chain_names(region)
     results: list[dict[str, Any]] = []
     first_problem: str | None = None
     for name in names:

@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ._errors import KeyFileError, KeyNotFound
 
-__all__ = ["KeyProvider", "LocalKeyProvider", "write_new_kek"]
+__all__ = ["KeyProvider", "LocalKeyProvider", "keystore_path", "write_new_kek"]
 
 KEY_SIZE = 32
 _NONCE = 12
@@ -114,6 +114,12 @@ def kek_id(kek: bytes) -> str:
     return hashlib.sha256(kek).digest()[:8].hex()
 
 
+def keystore_path(kek_path: Path) -> Path:
+    """Where `LocalKeyProvider` keeps the wrapped data keys of the KEK at `kek_path`."""
+    kek_path = Path(kek_path)
+    return kek_path.with_name(kek_path.name + ".keystore.db")
+
+
 def write_new_kek(path: Path) -> None:
     """Create a fresh random 32-byte KEK file, mode 0600. Never overwrites: `FileExistsError`."""
     _create_key_file(Path(path), secrets.token_bytes(KEY_SIZE))
@@ -127,7 +133,7 @@ class LocalKeyProvider(KeyProvider):
             raise ValueError("region must be a non-empty string")
         self.region = region
         self.kek_path = Path(kek_path)
-        self.keystore_path = self.kek_path.with_name(self.kek_path.name + ".keystore.db")
+        self.keystore_path = keystore_path(self.kek_path)
         self._next_path = self.kek_path.with_name(self.kek_path.name + ".next")
         self._lock = threading.RLock()
         self._pid = os.getpid()

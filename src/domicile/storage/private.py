@@ -4,8 +4,8 @@ Everything Domicile creates under the data folder is private, whatever the proce
 folders are made level by level with mode 0700, files are created with mode 0600 (SQLite's
 `-wal`/`-shm`/journal files take the mode of their database file, so a database file made
 here keeps its companions private too). `PRIVATE_UMASK` is the belt to those braces, for
-anything a library creates. `tighten` is the check at start: it narrows whatever has been
-loosened since.
+anything a library creates. `tighten` is the check at start: it narrows whatever of Domicile's
+own has been loosened since, and nothing else (the data folder may be shared, e.g. `.`).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 __all__ = ["FILE_MODE", "FOLDER_MODE", "PRIVATE_UMASK", "create_private_file",
-           "make_private_dirs", "restrict_umask", "tighten"]
+           "folders_between", "make_private_dirs", "restrict_umask", "tighten"]
 
 FILE_MODE = 0o600
 FOLDER_MODE = 0o700
@@ -51,14 +51,26 @@ def create_private_file(path: Path) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE))
 
 
-def tighten(roots: Iterable[Path]) -> tuple[int, int]:
-    """Narrow files to 0600 and folders to 0700 under `roots` (a root may be a file).
+def folders_between(root: Path, path: Path) -> Iterator[Path]:
+    """The folders below `root` that hold `path` (neither of them included; none if `path`
+    is not below `root`): those `make_private_dirs` made for it."""
+    parent = path.parent
+    while parent != root and parent.is_relative_to(root):
+        yield parent
+        parent = parent.parent
+
+
+def tighten(paths: Iterable[Path], trees: Iterable[Path] = ()) -> tuple[int, int]:
+    """Narrow files to 0600 and folders to 0700: each of `paths` (not what a folder holds)
+    and each of `trees` with everything in it. Missing paths are skipped.
 
     Returns (tightened, failed): how many were looser, and how many of those could not be
     changed (not ours). Symbolic links are neither followed nor changed.
     """
     counts = [0, 0]
-    for root in roots:
+    for path in paths:
+        _tighten_one(path, counts)
+    for root in trees:
         _tighten_one(root, counts)
         if root.is_dir() and not root.is_symlink():
             for folder, folders, files in os.walk(root):
