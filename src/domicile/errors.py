@@ -214,7 +214,7 @@ class UpstreamError(DomicileError):
 
 
 class StoreUnavailable(DomicileError):
-    """The region's database or blob store cannot be reached now; nothing was stored."""
+    """The region's database or blob store cannot be reached now; nothing was changed."""
 
     status = 503
     code = "store_unavailable"
@@ -222,7 +222,7 @@ class StoreUnavailable(DomicileError):
 
 
 class InsufficientStorage(DomicileError):
-    """The region's disk is full; nothing was stored. Deletes still work, to free space."""
+    """The region's disk is full; nothing new was stored. Deletes still work, to free space."""
 
     status = 507
     code = "insufficient_storage"
