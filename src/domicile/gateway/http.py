@@ -80,11 +80,11 @@ def _finite_float(literal: str) -> float:
     return value
 
 
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
-# Only a body holding a number that could overflow a float pays for a Python call per float.
-_FINITE_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
-_HUGE_NUMBER = re.compile(
-    rb"(?<![A-Za-z0-9+/])[0-9]+(?:\.[0-9]*)?[eE]\+?[0-9]{3}|[0-9]{309}")
+# A float literal costs one Python call (`_finite_float`: 1e400 parses to inf otherwise); a
+# request holds few of them, and a scan of every body for big exponents would cost more.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+# Answers may hold many floats (logprobs): NaN and Infinity are refused, in C.
+_ANSWER_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 # A surrogate escape without its other half (a pair decodes to one code point and is fine).
 _LONE_SURROGATE = re.compile(
     rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
@@ -93,13 +93,12 @@ _LONE_SURROGATE = re.compile(
 
 def _decode(body: bytes) -> Any:
     """Strict UTF-8 JSON; `_NonFiniteNumber` for a number JSON does not have."""
-    decoder = _FINITE_DECODER if _HUGE_NUMBER.search(body) else _DECODER
-    return decoder.decode(body.decode("utf-8"))
+    return _DECODER.decode(body.decode("utf-8"))
 
 
 def loads_strict(data: bytes) -> Any:
-    """JSON as the standard has it: UTF-8, every number finite (ValueError otherwise)."""
-    return _decode(data)
+    """An upstream's JSON answer: UTF-8, no NaN or Infinity (ValueError otherwise)."""
+    return _ANSWER_DECODER.decode(data.decode("utf-8"))
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -120,7 +119,8 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise InvalidInput("The JSON body of your request must be an object.")
     # The exact checks run only when a scan of the bytes (in C) says a body could fail them.
-    if _LONE_SURROGATE.search(body) is not None:
+    if (b"\\" in body and (b"\\ud" in body or b"\\uD" in body)  # one memchr, mostly
+            and _LONE_SURROGATE.search(body) is not None):
         _refuse_lone_surrogates(parsed)
     if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and _deeper_than(
             parsed, MAX_JSON_DEPTH):
