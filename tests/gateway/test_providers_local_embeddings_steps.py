@@ -60,13 +60,12 @@ async def _step(gate: EncoderGate) -> list[str]:
     return await asyncio.to_thread(gate.next_step)
 
 
-async def test_a_short_request_waits_at_most_one_step_behind_a_batch(
-        embedder: LocalEmbeddingsProvider, gate: EncoderGate, model: Any) -> None:
-    batch = _texts("batch", 8 * STEP_INPUTS)
-    big = asyncio.create_task(_embed(embedder, batch))
-    assert await _step(gate) == batch[:STEP_INPUTS]  # step 1 holds the encoder
+async def _short_request_rides_the_next_step(embedder: LocalEmbeddingsProvider,
+                                             gate: EncoderGate, queued_before: int) -> None:
+    """With step 1 holding the encoder and `queued_before` inputs of others waiting, another
+    project's one-word request is in step 2, and is answered before step 3 runs."""
     small = asyncio.create_task(_embed(embedder, ["hello"], owner="proj_b"))
-    await _queued(embedder, len(batch) - STEP_INPUTS + 1)
+    await _queued(embedder, queued_before + 1)
     gate.release()
     second = await _step(gate)
     assert "hello" in second
@@ -74,6 +73,14 @@ async def test_a_short_request_waits_at_most_one_step_behind_a_batch(
     gate.release()
     await _step(gate)  # step 3 waits at the encoder: the short request needs no more
     assert len(await asyncio.wait_for(small, 30)) == 1
+
+
+async def test_a_short_request_waits_at_most_one_step_behind_a_batch(
+        embedder: LocalEmbeddingsProvider, gate: EncoderGate, model: Any) -> None:
+    batch = _texts("batch", 8 * STEP_INPUTS)
+    big = asyncio.create_task(_embed(embedder, batch))
+    assert await _step(gate) == batch[:STEP_INPUTS]  # step 1 holds the encoder
+    await _short_request_rides_the_next_step(embedder, gate, len(batch) - STEP_INPUTS)
     assert not big.done()
     gate.open()
     vectors = await asyncio.wait_for(big, 60)
@@ -147,15 +154,7 @@ async def test_one_tenants_many_requests_hold_back_anothers_short_one_one_step_a
     flood = [asyncio.create_task(_embed(embedder, _texts(f"a{n}", STEP_INPUTS)))
              for n in range(64)]
     await _step(gate)  # step 1 holds the encoder
-    small = asyncio.create_task(_embed(embedder, ["hello"], owner="proj_b"))
-    await _queued(embedder, 63 * STEP_INPUTS + 1)
-    gate.release()
-    second = await _step(gate)
-    assert "hello" in second
-    assert len(second) == STEP_INPUTS
-    gate.release()
-    await _step(gate)  # step 3 waits at the encoder: the short request needs no more
-    assert await asyncio.wait_for(small, 30)
+    await _short_request_rides_the_next_step(embedder, gate, 63 * STEP_INPUTS)
     for task in flood:  # their other steps would only cost the test time
         task.cancel()
     gate.open()
