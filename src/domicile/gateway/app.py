@@ -59,6 +59,7 @@ log = logging.getLogger("domicile.gateway")
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Handler = Callable[[Exchange, ApiKeyGrant], Awaitable[None]]
+IdHandler = Callable[[str, Exchange, ApiKeyGrant], Awaitable[None]]
 
 
 class _MountedLifespan:
@@ -153,6 +154,16 @@ class GatewayApp:
             ("GET", "/v1/residency"): self._residency,
             ("POST", "/v1/files"): self._files_upload,
             ("GET", "/v1/files"): self._files_list,
+        }
+        # Routes with an id in the path, by (method, template): see `route_template`.
+        self._id_routes: dict[tuple[str, str], IdHandler] = {
+            ("GET", "/v1/files/{file_id}"): self._file_action(self._files.retrieve),
+            ("DELETE", "/v1/files/{file_id}"): self._file_action(self._files.delete),
+            ("GET", "/v1/files/{file_id}/content"): self._file_action(self._files.content),
+            ("GET", "/v1/responses/{response_id}"): self._response_action(
+                self._responses.retrieve),
+            ("DELETE", "/v1/responses/{response_id}"): self._response_action(
+                self._responses.delete),
         }
         self._starting: asyncio.Future[None] | None = None
         self._started = False
@@ -293,26 +304,14 @@ class GatewayApp:
         return tagged
 
     def _dynamic(self, call: Exchange, grant: ApiKeyGrant) -> Handler:
-        """Routes with an id in the path; anything else under /v1 is a 404."""
+        """Routes with an id in the path, found by the template `route_template` already
+        gave the call; anything else under /v1 is a 404."""
         method, path = call.scope["method"], call.scope["path"]
         if path == "/v1/files" or path.startswith("/v1/files/"):
             content_store_for(grant, self._store, "/v1/files")  # G4 for every files path
-        if path.startswith("/v1/files/"):
-            file_id, _, rest = path[len("/v1/files/"):].partition("/")
-            if method == "GET" and rest == "content":
-                return functools.partial(self._files_call, self._files.content, file_id)
-            if method == "GET" and not rest:
-                return functools.partial(self._files_call, self._files.retrieve, file_id)
-            if method == "DELETE" and not rest:
-                return functools.partial(self._files_call, self._files.delete, file_id)
-        elif path.startswith("/v1/responses/") and "/" not in path[len("/v1/responses/"):]:
-            response_id = path[len("/v1/responses/"):]
-            if method == "GET":
-                return functools.partial(self._response_call, self._responses.retrieve,
-                                         response_id)
-            if method == "DELETE":
-                return functools.partial(self._response_call, self._responses.delete,
-                                         response_id)
+        action = self._id_routes.get((method, call.endpoint))
+        if action is not None:
+            return functools.partial(action, path.split("/")[3])  # /v1/<things>/<id>[/...]
         raise NotFound(f"Invalid URL ({method} {path})")
 
     # -- endpoints --------------------------------------------------------------------------
@@ -340,7 +339,7 @@ class GatewayApp:
             return
         provider, answer = await self.router.first_available(
             model, providers, lambda p: p.chat(body, parsed))
-        await self._answer(call, provider, answer)
+        await self._answer(call, provider.name, answer)
 
     async def _embeddings(self, call: Exchange, grant: ApiKeyGrant) -> None:
         # Whose request it is: an in-process encoder shares its steps fairly among projects.
@@ -369,11 +368,13 @@ class GatewayApp:
 
         provider, answer = await self.router.first_available(
             model, self.router.route(model, capability), attempt)
-        await self._answer(call, provider, answer)
+        await self._answer(call, provider.name, answer)
 
     @staticmethod
-    async def _answer(call: Exchange, provider: Provider, answer: ProviderResponse) -> None:
-        call.provider = provider.name
+    async def _answer(call: Exchange, provider: str, answer: ProviderResponse) -> None:
+        """A provider's answer, as it gave it (a stream's 4xx too), with what of its headers
+        the client gets."""
+        call.provider = provider
         call.prompt_tokens = answer.prompt_tokens
         call.completion_tokens = answer.completion_tokens
         if answer.headers:  # an upstream 4xx's `retry-after` and `x-ratelimit-*`
@@ -405,11 +406,7 @@ class GatewayApp:
             provider, (chunks, first) = await self.router.first_available(
                 call.model, providers, open_stream)
         except UpstreamRejected as rejected:
-            call.provider = rejected.provider
-            answer = rejected.response
-            if answer.headers:  # the upstream's `retry-after` and `x-ratelimit-*`
-                call.extra_headers = answer.client_headers(call.extra_headers)
-            await call.respond(answer.status, answer.body, answer.content_type)
+            await self._answer(call, rejected.provider, rejected.response)
             return
         call.provider = provider.name
         await self._relay(call, chunks, first, strip_usage=asking is not None)
@@ -485,15 +482,20 @@ class GatewayApp:
         store = content_store_for(grant, self._store, "/v1/files")
         await self._files.list(call, store, tenant_of(grant, self.region))
 
-    async def _files_call(self, action: Callable[..., Awaitable[None]], file_id: str,
-                          call: Exchange, grant: ApiKeyGrant) -> None:
-        store = content_store_for(grant, self._store, "/v1/files")
-        await action(call, store, tenant_of(grant, self.region), file_id)
+    def _file_action(self, action: Callable[..., Awaitable[None]]) -> IdHandler:
+        async def handle(file_id: str, call: Exchange, grant: ApiKeyGrant) -> None:
+            store = content_store_for(grant, self._store, "/v1/files")
+            await action(call, store, tenant_of(grant, self.region), file_id)
+
+        return handle
 
     @staticmethod
-    async def _response_call(action: Callable[[Exchange, ApiKeyGrant, str], Awaitable[None]],
-                             response_id: str, call: Exchange, grant: ApiKeyGrant) -> None:
-        await action(call, grant, response_id)
+    def _response_action(action: Callable[[Exchange, ApiKeyGrant, str], Awaitable[None]]
+                         ) -> IdHandler:
+        async def handle(response_id: str, call: Exchange, grant: ApiKeyGrant) -> None:
+            await action(call, grant, response_id)
+
+        return handle
 
 
 def route_template(path: str) -> str:
