@@ -5,6 +5,7 @@ in us), with projects and keys made by the real CLI.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +39,11 @@ class Deployment:
     def reset(self) -> None:
         for upstream in self.upstreams.values():
             upstream.reset()
+
+    def places(self) -> list[Path]:
+        """Where content must never land in plaintext (G4/G5): the site's data folder (its
+        databases, usage table included), the server's log and its temp folder."""
+        return [self.site.root, self.server.log_path, self.server.tmpdir]
 
 
 def add_upstream_providers(site: Site, upstreams: dict[str, FakeUpstream], ca_file: Path) -> None:
@@ -91,12 +97,23 @@ def deploy(root: Path, upstreams: tuple[dict[str, FakeUpstream], trustme.CA]) ->
     return Deployment(site, server, found, org, keys, projects)
 
 
+@contextlib.contextmanager
+def deployed(root: Path, upstreams: tuple[dict[str, FakeUpstream], trustme.CA]
+             ) -> Iterator[Deployment]:
+    """A deployment for the length of a `with`; its server stopped at the end (stopping is
+    idempotent: a test may stop it early to flush and scan)."""
+    deployment = deploy(root, upstreams)
+    try:
+        yield deployment
+    finally:
+        deployment.server.stop()
+
+
 @pytest.fixture(scope="session")
 def deployment(tmp_path_factory: pytest.TempPathFactory,
                upstreams: tuple[dict[str, FakeUpstream], trustme.CA]) -> Iterator[Deployment]:
-    deployed = deploy(tmp_path_factory.mktemp("deployment"), upstreams)
-    yield deployed
-    deployed.server.stop()
+    with deployed(tmp_path_factory.mktemp("deployment"), upstreams) as deployment:
+        yield deployment
 
 
 @pytest.fixture

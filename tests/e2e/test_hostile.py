@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import scan_for_canary
-from tests.e2e.conftest import Deployment, deploy
+from tests.e2e.conftest import Deployment, deployed
 from tests.gateway.upstream import FakeUpstream
 
 CANARY = f"HOSTILE-{secrets.token_hex(12)}"
@@ -38,9 +37,8 @@ KEYS = ("model", "messages", "input", "prompt", "role", "content", "type", "text
 @pytest.fixture(scope="module")
 def attacked(tmp_path_factory: pytest.TempPathFactory,
              upstreams: tuple[dict[str, FakeUpstream], trustme.CA]) -> Iterator[Deployment]:
-    deployed = deploy(tmp_path_factory.mktemp("hostile"), upstreams)
-    yield deployed
-    deployed.server.stop()
+    with deployed(tmp_path_factory.mktemp("hostile"), upstreams) as deployment:
+        yield deployment
 
 
 @pytest.fixture(scope="module")
@@ -168,8 +166,7 @@ def test_nothing_of_the_attack_reaches_disk_or_log(attacked: Deployment,
         statuses = [limited.post(f"/v1/{CANARY}").status_code for _ in range(4)]
     assert 429 in statuses
     attacked.server.stop()  # flushes usage, closes the log
-    places: list[Path] = [attacked.site.root, attacked.server.log_path, attacked.server.tmpdir]
-    assert scan_for_canary(places, CANARY) == []
+    assert scan_for_canary(attacked.places(), CANARY) == []
     log = attacked.server.log_path.read_text(errors="replace")
     assert "Traceback" not in log
     assert "ASGI callable returned without" not in log

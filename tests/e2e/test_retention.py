@@ -18,21 +18,16 @@ import pytest
 import trustme
 
 from tests.conftest import scan_for_canary
-from tests.e2e.conftest import MODEL, Deployment, deploy
+from tests.e2e.conftest import MODEL, Deployment, deployed
 from tests.gateway.upstream import FakeUpstream
 
 
 @pytest.fixture
 def fresh(tmp_path: Path,
           upstreams: tuple[dict[str, FakeUpstream], trustme.CA]) -> Iterator[Deployment]:
-    deployed = deploy(tmp_path, upstreams)
-    deployed.reset()
-    yield deployed
-    deployed.server.stop()  # idempotent: the tests stop it early to flush and scan
-
-
-def places(deployed: Deployment) -> list[Path]:
-    return [deployed.site.root, deployed.server.log_path, deployed.server.tmpdir]
+    with deployed(tmp_path, upstreams) as deployment:
+        deployment.reset()
+        yield deployment
 
 
 def send_canary_everywhere(deployed: Deployment, canary: str) -> None:
@@ -78,7 +73,7 @@ def test_zero_retention_content_reaches_no_disk(fresh: Deployment) -> None:
     fresh.server.stop()  # flush usage and logs, close every file
     usage = fresh.site.cli("usage", "--project", fresh.projects["eu_zero"])
     assert usage["totals"]["requests"] >= 10
-    assert scan_for_canary(places(fresh), canary) == []
+    assert scan_for_canary(fresh.places(), canary) == []
 
 
 def test_the_scan_would_catch_a_leak(fresh: Deployment) -> None:
@@ -86,7 +81,7 @@ def test_the_scan_would_catch_a_leak(fresh: Deployment) -> None:
     canary = f"ZDR-CANARY-{secrets.token_hex(16)}"
     fresh.server.stop()
     (fresh.server.tmpdir / "leak.bin").write_bytes(b"x" + canary.encode().hex().encode())
-    assert scan_for_canary(places(fresh), canary)
+    assert scan_for_canary(fresh.places(), canary)
 
 
 def test_regional_content_is_kept_encrypted_in_region(fresh: Deployment) -> None:
@@ -99,7 +94,7 @@ def test_regional_content_is_kept_encrypted_in_region(fresh: Deployment) -> None
     again = client.responses.retrieve(stored.id)
     assert canary in again.output_text
     fresh.server.stop()
-    assert scan_for_canary(places(fresh), canary) == []
+    assert scan_for_canary(fresh.places(), canary) == []
     eu_blobs = [p for p in (fresh.site.root / "eu" / "blobs").rglob("*") if p.is_file()]
     us_blobs = [p for p in (fresh.site.root / "us" / "blobs").rglob("*") if p.is_file()]
     assert eu_blobs and not us_blobs  # kept in the project's region only

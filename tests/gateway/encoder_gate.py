@@ -9,6 +9,7 @@ what each step or chunk held, never on wall-clock time.
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -20,6 +21,16 @@ from domicile.gateway.providers import local_embeddings
 
 Encode = Callable[[Any, list[str]], tuple[list[list[float]], list[int]]]
 STEP_TIMEOUT_S = 60.0  # a bound for a broken test, never reached by a passing one
+
+
+async def until_queued(read: Callable[[], int], want: int, what: str) -> None:
+    """Until `read()` (a provider's queue length) is `want`: yields to the event loop a bounded
+    number of times, then fails naming `what` is queued instead."""
+    for _ in range(1000):
+        if read() == want:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{read()} {what} queued, not {want}")
 
 
 class _Gate:

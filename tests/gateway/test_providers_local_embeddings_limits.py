@@ -27,7 +27,7 @@ from domicile.gateway.providers.local_embeddings import (
     token_bound,
     within_bound,
 )
-from tests.gateway.encoder_gate import CountingGate
+from tests.gateway.encoder_gate import CountingGate, until_queued
 from tests.gateway.support import make_settings, provider
 
 MODEL = "all-minilm-l6-v2"
@@ -184,12 +184,8 @@ async def _refused(embedder: Any, texts: list[str], owner: str) -> str:
 
 
 async def _counting(embedder: Any, requests: int) -> None:
-    """Until `requests` are being counted or wait to be (a bounded number of loop turns)."""
-    for _ in range(1000):
-        if embedder.queued_counts == requests:
-            return
-        await asyncio.sleep(0)
-    raise AssertionError(f"{embedder.queued_counts} requests counting, not {requests}")
+    """Until `requests` are being counted or wait to be."""
+    await until_queued(lambda: embedder.queued_counts, requests, "requests")
 
 
 def _whose(chunks: list[list[str]]) -> list[str]:

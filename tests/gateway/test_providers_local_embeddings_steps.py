@@ -16,7 +16,7 @@ import pytest
 
 from domicile.gateway.providers import local_embeddings
 from domicile.gateway.providers.local_embeddings import STEP_INPUTS, LocalEmbeddingsProvider
-from tests.gateway.encoder_gate import EncoderGate, gate_fixture  # noqa: F401
+from tests.gateway.encoder_gate import EncoderGate, gate_fixture, until_queued  # noqa: F401
 from tests.gateway.support import make_settings, provider
 
 MODEL = "all-minilm-l6-v2"
@@ -48,12 +48,8 @@ async def _embed(embedder: LocalEmbeddingsProvider, texts: list[str],
 
 
 async def _queued(embedder: LocalEmbeddingsProvider, inputs: int) -> None:
-    """Until `inputs` wait for a step (yields to the loop, a bounded number of times)."""
-    for _ in range(1000):
-        if embedder.queued_inputs == inputs:
-            return
-        await asyncio.sleep(0)
-    raise AssertionError(f"{embedder.queued_inputs} inputs queued, not {inputs}")
+    """Until `inputs` wait for a step."""
+    await until_queued(lambda: embedder.queued_inputs, inputs, "inputs")
 
 
 async def _step(gate: EncoderGate) -> list[str]:
