@@ -29,6 +29,7 @@ __all__ = [
     "RegionSettings",
     "ServerSettings",
     "Settings",
+    "WorkspaceSettings",
     "find_config",
     "load_settings",
     "parse_settings",
@@ -146,6 +147,27 @@ class ServerSettings(_Frozen):
     max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
 
 
+class WorkspaceSettings(_Frozen):
+    """The chat workspace's limits, the same in every region (`[workspace]`)."""
+
+    # An uploaded document (text, Markdown, PDF); past it: 413.
+    max_file_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024 * 1024)] = 25 * 1024 * 1024
+    # An uploaded image (PNG, JPEG, WebP, GIF); past it: 413.
+    max_image_bytes: Annotated[int, Field(ge=1024, le=256 * 1024 * 1024)] = 10 * 1024 * 1024
+    # Messages a member may send per minute (each answer streamed by a model); past it: 429.
+    messages_per_minute: Annotated[int, Field(ge=1, le=100_000)] = 30
+    # A browser session ends this long after sign-in.
+    session_hours: Annotated[float, Field(gt=0, le=24 * 90)] = 12.0
+    # Failed sign-ins allowed per account, and per client address, in `login_window_s`.
+    login_failures_per_account: Annotated[int, Field(ge=1, le=1000)] = 5
+    login_failures_per_address: Annotated[int, Field(ge=1, le=100_000)] = 20
+    login_window_s: Annotated[float, Field(gt=0, le=86_400)] = 900.0
+    # How often `domicile serve` runs the retention sweeper.
+    retention_sweep_interval_s: Annotated[float, Field(gt=0, le=7 * 86_400)] = 3600.0
+    # Passages of a GPT's knowledge files given to the model with each message.
+    knowledge_passages: Annotated[int, Field(ge=1, le=50)] = 4
+
+
 class DirectorySettings(_Frozen):
     database_url: str
     # The per-site secret that keys the HMAC of API keys and workspace tokens.
@@ -158,6 +180,7 @@ class Settings(_Frozen):
     directory: DirectorySettings
     regions: Mapping[str, RegionSettings]
     server: ServerSettings = ServerSettings()
+    workspace: WorkspaceSettings = WorkspaceSettings()
 
     def region(self, name: str) -> RegionSettings:
         try:
@@ -212,7 +235,7 @@ def load_settings(path: str | os.PathLike[str], *, check_files: bool = True) -> 
 def parse_settings(
     raw: Mapping[str, Any], *, config_path: Path, check_files: bool = True
 ) -> Settings:
-    allowed = {"data_dir", "directory", "regions", "server"}
+    allowed = {"data_dir", "directory", "regions", "server", "workspace"}
     for key in raw:
         if key not in allowed:
             raise ConfigError(key, "unknown key")
@@ -265,8 +288,12 @@ def parse_settings(
     if not isinstance(server_raw, Mapping):
         raise ConfigError("server", "must be a table")
     server = _validate(ServerSettings, dict(server_raw), "server")
+    workspace_raw = raw.get("workspace", {})
+    if not isinstance(workspace_raw, Mapping):
+        raise ConfigError("workspace", "must be a table")
+    workspace = _validate(WorkspaceSettings, dict(workspace_raw), "workspace")
     return Settings(config_path=config_path.resolve(), data_dir=data_dir, directory=directory,
-                    regions=regions, server=server)
+                    regions=regions, server=server, workspace=workspace)
 
 
 def _resolve_region(

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from domicile.gateway.providers import local_embeddings
+from domicile.inference.providers import local_embeddings
 
 Encode = Callable[[Any, list[str]], tuple[list[list[float]], list[int]]]
 STEP_TIMEOUT_S = 60.0  # a bound for a broken test, never reached by a passing one

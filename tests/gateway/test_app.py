@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from domicile.gateway import GatewayApp, create_gateway_app
-from domicile.gateway.providers import Provider, ProviderResponse
+from domicile.inference.providers import Provider, ProviderResponse
 from tests.gateway.conftest import EU_ZERO_KEY, US_KEY, Stack
 from tests.gateway.support import (
     DictAuthenticator,

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from domicile.errors import InvalidInput
-from domicile.gateway.multipart import (
+from domicile.web.multipart import (
     PART_END,
     MultipartParser,
     PartStart,

@@ -10,7 +10,7 @@ import zlib
 import openai
 import pytest
 
-from domicile.gateway.providers.dev_echo import LABEL, png
+from domicile.inference.providers.dev_echo import LABEL, png
 from tests.gateway.conftest import EU_ZERO_KEY, Stack
 
 AUTH = {"Authorization": f"Bearer {EU_ZERO_KEY}"}

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from domicile.gateway.providers.local_embeddings import STEP_INPUTS, LocalEmbeddingsProvider
+from domicile.inference.providers.local_embeddings import STEP_INPUTS, LocalEmbeddingsProvider
 from tests.gateway.conftest import EU_REGIONAL_KEY, EU_ZERO_KEY, Stack
 from tests.gateway.encoder_gate import EncoderGate, gate_fixture  # noqa: F401
 

@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from domicile.errors import InvalidInput
-from domicile.gateway.providers import local_embeddings, shapes
-from domicile.gateway.providers.local_embeddings import (
+from domicile.inference.providers import local_embeddings, shapes
+from domicile.inference.providers.local_embeddings import (
     LocalEmbeddingsProvider,
     counting_tokenizer,
     counting_turns,

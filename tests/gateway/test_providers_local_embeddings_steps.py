@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from domicile.gateway.providers import local_embeddings
-from domicile.gateway.providers.local_embeddings import STEP_INPUTS, LocalEmbeddingsProvider
+from domicile.inference.providers import local_embeddings
+from domicile.inference.providers.local_embeddings import STEP_INPUTS, LocalEmbeddingsProvider
 from tests.gateway.encoder_gate import EncoderGate, gate_fixture, until_queued  # noqa: F401
 from tests.gateway.support import make_settings, provider
 

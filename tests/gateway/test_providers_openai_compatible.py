@@ -12,8 +12,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from domicile.gateway.providers import OpenAICompatibleProvider, ProviderResponse
-from domicile.gateway.providers.openai_compatible import upstream_tls_context
+from domicile.inference.providers import OpenAICompatibleProvider, ProviderResponse
+from domicile.inference.providers.openai_compatible import upstream_tls_context
 from domicile.storage.interfaces import UsageRecord
 from tests.gateway.conftest import EU_ZERO_KEY, UPSTREAM_SECRET, Stack
 from tests.gateway.support import make_settings, provider

@@ -11,9 +11,9 @@ import openai
 import pytest
 
 from domicile.errors import ModelNotFound, NoInRegionProvider, RegionBusy
-from domicile.gateway.providers import DevEchoProvider, Provider, ProviderUnavailable
-from domicile.gateway.providers.base import ProviderBusy
-from domicile.gateway.routing import ModelRouter
+from domicile.inference.providers import DevEchoProvider, Provider, ProviderUnavailable
+from domicile.inference.providers.base import ProviderBusy
+from domicile.inference.routing import ModelRouter
 from tests.gateway.conftest import Stack
 from tests.gateway.support import make_settings, provider
 

@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from domicile.gateway.usage import SseUsageStripper, request_usage
+from domicile.inference.usage import SseUsageStripper, request_usage
 from domicile.storage.interfaces import UsageRecord
 from tests.gateway.conftest import EU_ZERO_KEY, Stack
 from tests.gateway.support import grant

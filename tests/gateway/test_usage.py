@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import openai
 import pytest
 
-from domicile.gateway.usage import SseUsageScanner, UsageRecorder, usage_counts
+from domicile.inference.usage import SseUsageScanner, UsageRecorder, usage_counts
 from domicile.storage.interfaces import UsageRecord
 from tests.gateway.conftest import EU_REGIONAL_KEY, Stack
 from tests.gateway.support import MemoryUsageSink

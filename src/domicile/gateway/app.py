@@ -26,6 +26,16 @@ from typing import Any
 
 from domicile.config import Capability, Settings
 from domicile.errors import DomicileError, NotFound, ZeroRetentionViolation
+from domicile.inference.chat import open_chat_stream
+from domicile.inference.providers import (
+    Provider,
+    ProviderResponse,
+    UpstreamRejected,
+    build_providers,
+)
+from domicile.inference.providers.base import ProviderUnavailable, sse_error
+from domicile.inference.routing import ModelRouter
+from domicile.inference.usage import SseUsageScanner, SseUsageStripper, UsageRecorder, request_usage
 from domicile.storage.faults import store_fault
 from domicile.storage.interfaces import ContentStore, UsageSink
 from domicile.tenancy.grants import ApiKeyGrant, KeyAuthenticator
@@ -45,13 +55,9 @@ from .http import (
     model_of,
     parse_json_object,
 )
-from .providers import Provider, ProviderResponse, UpstreamRejected, build_providers
-from .providers.base import ProviderUnavailable, sse_error
 from .ratelimit import InMemoryRateLimiter, RateLimiter
 from .residency import content_store_for, residency_answer, tenant_of
 from .responses import ResponsesEndpoint
-from .routing import ModelRouter
-from .usage import SseUsageScanner, SseUsageStripper, UsageRecorder, request_usage
 
 __all__ = ["UNKNOWN_ROUTE", "ASGIApp", "GatewayApp", "create_gateway_app", "route_template"]
 
@@ -390,26 +396,13 @@ class GatewayApp:
         if asking is not None:
             body, parsed = asking
 
-        async def open_stream(provider: Provider) -> tuple[AsyncGenerator[bytes, None], bytes]:
-            # A provider has served once its first chunk is in: failover ends there.
-            chunks = provider.chat_stream(body, parsed)
-            try:
-                first = await anext(chunks)
-            except StopAsyncIteration:
-                first = b""
-            except BaseException:
-                await chunks.aclose()
-                raise
-            return chunks, first
-
         try:
-            provider, (chunks, first) = await self.router.first_available(
-                call.model, providers, open_stream)
+            opened = await open_chat_stream(self.router, call.model, providers, body, parsed)
         except UpstreamRejected as rejected:
             await self._answer(call, rejected.provider, rejected.response)
             return
-        call.provider = provider.name
-        await self._relay(call, chunks, first, strip_usage=asking is not None)
+        call.provider = opened.provider.name
+        await self._relay(call, opened.chunks, opened.first, strip_usage=asking is not None)
 
     async def _relay(self, call: Exchange, chunks: AsyncGenerator[bytes, None],
                      first: bytes, *, strip_usage: bool = False) -> None:

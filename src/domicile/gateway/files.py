@@ -19,11 +19,11 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from domicile.errors import BodyTooLarge, InvalidInput, NotFound
+from domicile.inference.providers.shapes import new_id
 from domicile.storage.interfaces import ContentStore, StagedBlob, StoredBlob, TenantRef
+from domicile.web.multipart import MultipartReader, boundary_of
 
 from .http import Exchange, header
-from .multipart import MultipartReader, boundary_of
-from .providers.shapes import new_id
 
 __all__ = ["FilesEndpoint", "valid_file_id"]
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from domicile.errors import ContentStoreUnavailable, ZeroRetentionViolation
+from domicile.inference.routing import ModelRouter
 from domicile.storage.interfaces import ContentStore, TenantRef
 from domicile.tenancy.grants import GLOBAL_REGION, ApiKeyGrant
-
-from .routing import ModelRouter
 
 __all__ = [
     "content_store_for",

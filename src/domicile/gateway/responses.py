@@ -23,13 +23,13 @@ import time
 from typing import Any
 
 from domicile.errors import InvalidInput, NotFound, UpstreamError, ZeroRetentionViolation
+from domicile.inference.providers.shapes import new_id
+from domicile.inference.routing import ModelRouter
 from domicile.storage.interfaces import ContentStore, TenantRef
 from domicile.tenancy.grants import ApiKeyGrant
 
 from .http import Exchange, dump_json, model_of, parse_json_object
-from .providers.shapes import new_id
 from .residency import content_store_for, tenant_of
-from .routing import ModelRouter
 
 __all__ = ["ResponsesEndpoint", "to_chat_request"]
 

@@ -97,6 +97,18 @@ class RegionalStore:
         self.audit.append(actor, "kek.rotate", self.region, {"data_keys_rewrapped": rewrapped})
         return rewrapped
 
+    # -- sealing for other tables (the workspace's) ------------------------------------------
+
+    def seal(self, tenant: TenantRef, kind: str, record_id: str, plaintext: bytes) -> bytes:
+        """`plaintext` sealed for a row of `kind` and id `record_id` of `tenant`, in a table of
+        the caller's own. The one copy of the residency check and the sealing context."""
+        return self.envelope.seal(plaintext, self._sealing_context(tenant, kind, record_id))
+
+    def open(self, tenant: TenantRef, kind: str, record_id: str, sealed: bytes) -> bytes:
+        """What `seal` sealed for exactly this (tenant, kind, record id); `DecryptionError`
+        for anything else (another row's ciphertext, another tenant's, a shredded key)."""
+        return self.envelope.open(sealed, self._context(tenant, kind, record_id))
+
     # -- records ----------------------------------------------------------------------------
 
     def put_record(self, tenant: TenantRef, kind: str, record_id: str, plaintext: bytes) -> None:

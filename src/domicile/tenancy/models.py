@@ -61,6 +61,8 @@ class Workspace(DirectoryBase):
     org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     region: Mapped[str] = mapped_column(String(16))  # G1, as Project.region
+    # None: content is kept until deleted; N: conversations and files older than N days go.
+    retention_days: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -71,8 +73,10 @@ class User(DirectoryBase):
     workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"), index=True)
     email: Mapped[str] = mapped_column(String(320))
     role: Mapped[str] = mapped_column(String(16))
-    password_hash: Mapped[str] = mapped_column(String(200))  # argon2id
+    # argon2id; empty for a member who signs in only through single sign-on.
+    password_hash: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    removed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class WorkspaceToken(DirectoryBase):
@@ -83,3 +87,4 @@ class WorkspaceToken(DirectoryBase):
     digest: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -1,4 +1,5 @@
-"""DDL shared by both schemas' first migrations: the audit chain, append-only in the database."""
+"""DDL shared by the migrations: the audit chain (append-only in the database), and the
+trigger that keeps every regional row in its own region."""
 
 from __future__ import annotations
 
@@ -58,3 +59,25 @@ def refuse_changes(
         )
     else:
         raise RuntimeError(f"unsupported database dialect {dialect}")
+
+
+def refuse_foreign_region(table: str) -> None:
+    """Every row records its region; the database refuses a row of any region but its own."""
+    message = "this store belongs to another region"
+    name = f"{table}_own_region_only"
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute(
+            f"CREATE TRIGGER {name} BEFORE INSERT ON {table} FOR EACH ROW "
+            "WHEN NEW.region IS NOT (SELECT region FROM store_identity) "
+            f"BEGIN SELECT RAISE(ABORT, '{message}'); END"
+        )
+    else:
+        op.execute(
+            f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.region IS DISTINCT FROM (SELECT region FROM store_identity) THEN "
+            f"RAISE EXCEPTION '{message}'; END IF; RETURN NEW; END $$"
+        )
+        op.execute(
+            f"CREATE TRIGGER {name} BEFORE INSERT OR UPDATE ON {table} "
+            f"FOR EACH ROW EXECUTE FUNCTION {name}()"
+        )

@@ -3,7 +3,11 @@
 import sqlalchemy as sa
 from alembic import op
 
-from domicile.storage.migrations.audit_ddl import create_audit_tables, refuse_changes
+from domicile.storage.migrations.audit_ddl import (
+    create_audit_tables,
+    refuse_changes,
+    refuse_foreign_region,
+)
 
 revision = "0001_region"
 down_revision = None
@@ -61,29 +65,7 @@ def upgrade() -> None:
     create_audit_tables()
     refuse_changes("store_identity", "UPDATE", "the region of a store is immutable (G1)")
     for table in REGION_TABLES:
-        _refuse_foreign_region(table)
-
-
-def _refuse_foreign_region(table: str) -> None:
-    """Every row records its region; the database refuses a row of any region but its own."""
-    message = "this store belongs to another region"
-    name = f"{table}_own_region_only"
-    if op.get_bind().dialect.name == "sqlite":
-        op.execute(
-            f"CREATE TRIGGER {name} BEFORE INSERT ON {table} FOR EACH ROW "
-            "WHEN NEW.region IS NOT (SELECT region FROM store_identity) "
-            f"BEGIN SELECT RAISE(ABORT, '{message}'); END"
-        )
-    else:
-        op.execute(
-            f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            "IF NEW.region IS DISTINCT FROM (SELECT region FROM store_identity) THEN "
-            f"RAISE EXCEPTION '{message}'; END IF; RETURN NEW; END $$"
-        )
-        op.execute(
-            f"CREATE TRIGGER {name} BEFORE INSERT OR UPDATE ON {table} "
-            f"FOR EACH ROW EXECUTE FUNCTION {name}()"
-        )
+        refuse_foreign_region(table)
 
 
 def downgrade() -> None:

@@ -14,8 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from domicile.errors import InvalidInput
-
-from ..http import dump_json
+from domicile.web.jsonbody import dump_json
 
 __all__ = [
     "chat_chunk",

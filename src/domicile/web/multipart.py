@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from domicile.errors import BodyTooLarge, InvalidInput
 
-from .http import ClientDisconnected, Receive
+from .asgi import ClientDisconnected, Receive
 
 __all__ = ["MultipartParser", "MultipartReader", "PartStart", "boundary_of"]
 

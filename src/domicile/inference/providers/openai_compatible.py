@@ -40,8 +40,8 @@ import aiohttp
 from yarl import URL
 
 from domicile.config import Capability, ProviderSettings
+from domicile.web.jsonbody import loads_strict
 
-from ..http import loads_strict
 from ..usage import token_counts, usage_counts
 from .base import (
     JSON,

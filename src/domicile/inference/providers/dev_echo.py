@@ -19,8 +19,8 @@ from typing import Any, ClassVar
 
 from domicile.config import Capability
 from domicile.errors import InvalidInput
+from domicile.web.jsonbody import dump_json
 
-from ..http import dump_json
 from . import shapes
 from .base import Provider, ProviderResponse
 
