@@ -35,6 +35,7 @@ __all__ = [
     "StorageError",
     "StoreUnavailable",
     "TokenRateLimited",
+    "UnsupportedFile",
     "UpstreamError",
     "WrongRegion",
     "ZeroRetentionViolation",
@@ -231,3 +232,10 @@ class InsufficientStorage(DomicileError):
 
 class StorageError(DomicileError):
     code = "storage_error"
+
+
+class UnsupportedFile(InvalidInput):
+    """An upload whose content is not a supported document or image, or whose name claims
+    another type than its content."""
+
+    code = "unsupported_file"
