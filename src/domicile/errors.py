@@ -18,13 +18,16 @@ __all__ = [
     "ConfigError",
     "ContentStoreUnavailable",
     "CrossRegionWrite",
+    "CsrfFailed",
     "DomicileError",
     "Forbidden",
     "HeadersTimeout",
     "HeadersTooLarge",
     "InsufficientStorage",
     "InvalidApiKey",
+    "InvalidCredentials",
     "InvalidInput",
+    "LoginThrottled",
     "ModelNotFound",
     "NoInRegionProvider",
     "NotFound",
@@ -239,3 +242,23 @@ class UnsupportedFile(InvalidInput):
     another type than its content."""
 
     code = "unsupported_file"
+
+
+class InvalidCredentials(InvalidApiKey):
+    """A sign-in whose email or password is wrong: one message either way, so an answer
+    never tells whether an address has an account."""
+
+    code = "invalid_credentials"
+
+
+class LoginThrottled(RateLimited):
+    """Too many failed sign-ins for an account or from an address; carries `retry-after`."""
+
+    code = "too_many_login_attempts"
+
+
+class CsrfFailed(Forbidden):
+    """A cookie-authenticated unsafe request without the session's CSRF token, or from
+    another origin."""
+
+    code = "csrf_failed"
