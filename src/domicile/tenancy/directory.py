@@ -12,25 +12,25 @@ import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 from argon2 import PasswordHasher
-from sqlalchemy import Engine, select
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
 from domicile.compliance.audit import AuditLog, Detail
 from domicile.errors import InvalidInput, NotFound, RegionImmutable
-from domicile.tenancy.grants import GLOBAL_REGION, ApiKeyGrant, Retention
+from domicile.tenancy.grants import GLOBAL_REGION, ROLES, ApiKeyGrant, MemberGrant, Retention, Role
 from domicile.tenancy.models import ApiKey, Org, Project, User, Workspace, WorkspaceToken
 from domicile.tenancy.secrets import CredentialHasher, new_credential, new_id
 
 __all__ = ["CreatedCredential", "Directory", "Role", "WorkspaceGrant"]
 
-Role = Literal["owner", "admin", "member"]
-ROLES: tuple[Role, ...] = ("owner", "admin", "member")
 RETENTIONS: tuple[Retention, ...] = ("zero", "regional")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 DIRECTORY_CHAIN = "directory"
+MAX_RETENTION_DAYS = 36_500
 T = TypeVar("T")
 
 
@@ -46,14 +46,8 @@ class CreatedCredential:
         return f"CreatedCredential(id={self.id!r}, secret=<hidden>, region={self.region!r})"
 
 
-@dataclass(frozen=True, slots=True)
-class WorkspaceGrant:
-    token_id: str
-    workspace_id: str
-    org_id: str
-    user_id: str
-    region: str
-    role: str
+# The grant of a workspace token (the name earlier code used).
+WorkspaceGrant = MemberGrant
 
 
 class Directory:
@@ -267,23 +261,30 @@ class Directory:
         return user
 
     def create_token(self, workspace_id: str, user_id: str, *,
+                     expires_at: datetime | None = None,
                      actor: str = "cli") -> CreatedCredential:
+        """A `dw-<region>-…` token for a live member; it stops working at `expires_at` (None:
+        until revoked)."""
+        if expires_at is not None and _utc(expires_at) <= datetime.now(UTC):
+            raise InvalidInput("the token's expiry must be in the future", param="expires_at")
         with Session(self._engine, expire_on_commit=False) as session, session.begin():
             workspace = self._get(session, Workspace, workspace_id, "workspace")
-            user = self._get(session, User, user_id, "user")
-            if user.workspace_id != workspace.id:
-                raise NotFound(f"no user {user_id} in workspace {workspace_id}", param="user")
+            user = self._live_user(session, workspace.id, user_id)
             secret = new_credential("dw", workspace.region)
             token = WorkspaceToken(id=new_id("tok"), workspace_id=workspace.id, user_id=user.id,
                                    digest=self._hasher.digest(secret),
-                                   created_at=datetime.now(UTC))
+                                   created_at=datetime.now(UTC), expires_at=expires_at)
             session.add(token)
             session.flush()
-            self._audit(session, workspace.region, actor, "token.create", token.id,
-                        {"workspace": workspace.id, "user": user.id})
+            self._audit(session, workspace.region, actor, "token.create", token.id, {
+                "workspace": workspace.id, "user": user.id,
+                "expires_at": None if expires_at is None else _utc(expires_at).isoformat(),
+            })
             return CreatedCredential(token.id, secret, workspace.region)
 
     def authenticate_token(self, secret: str) -> WorkspaceGrant | None:
+        """The grant of a live token of a live member; None when the token is unknown,
+        revoked or expired, or its member was removed."""
         digest = self._hasher.digest(secret)
         with Session(self._engine) as session:
             row = session.execute(
@@ -295,10 +296,133 @@ class Directory:
             if row is None:
                 return None
             token, workspace, user = row
-            if token.revoked_at is not None or not CredentialHasher.matches(token.digest, digest):
+            if (token.revoked_at is not None or user.removed_at is not None
+                    or (token.expires_at is not None
+                        and _utc(token.expires_at) <= datetime.now(UTC))
+                    or not CredentialHasher.matches(token.digest, digest)):
                 return None
-            return WorkspaceGrant(token.id, workspace.id, workspace.org_id, user.id,
-                                  workspace.region, user.role)
+            return MemberGrant(workspace.id, workspace.org_id, user.id, workspace.region,
+                               user.role, token_id=token.id)  # type: ignore[arg-type]
+
+    def revoke_token(self, token_id: str, *, actor: str = "cli") -> None:
+        """Revoke a workspace token (idempotent: a revoked token is audited once)."""
+        with Session(self._engine, expire_on_commit=False) as session, session.begin():
+            token = self._get(session, WorkspaceToken, token_id, "token")
+            if token.revoked_at is None:
+                token.revoked_at = datetime.now(UTC)
+                workspace = self._get(session, Workspace, token.workspace_id, "workspace")
+                session.flush()
+                self._audit(session, workspace.region, actor, "token.revoke", token.id,
+                            {"workspace": workspace.id, "user": token.user_id})
+
+    def list_tokens(self, workspace_id: str, user_id: str) -> list[WorkspaceToken]:
+        """A member's tokens, revoked and expired ones included, oldest first."""
+        with Session(self._engine, expire_on_commit=False) as session:
+            return list(session.scalars(
+                select(WorkspaceToken)
+                .where(WorkspaceToken.workspace_id == workspace_id,
+                       WorkspaceToken.user_id == user_id)
+                .order_by(WorkspaceToken.created_at, WorkspaceToken.id)))
+
+    def list_members(self, workspace_id: str) -> list[User]:
+        """The workspace's members (removed ones left out), oldest first."""
+        with Session(self._engine, expire_on_commit=False) as session:
+            return list(session.scalars(
+                select(User)
+                .where(User.workspace_id == workspace_id, User.removed_at.is_(None))
+                .order_by(User.created_at, User.id)))
+
+    def set_role(self, workspace_id: str, user_id: str, role: str, *,
+                 actor: str = "cli") -> User:
+        """Change a member's role. The last owner cannot be demoted: a workspace always has
+        someone who may administer it."""
+        if role not in ROLES:
+            raise InvalidInput(f"role must be one of {', '.join(ROLES)}", param="role")
+        with Session(self._engine, expire_on_commit=False) as session, session.begin():
+            workspace = self._get(session, Workspace, workspace_id, "workspace")
+            user = self._live_user(session, workspace.id, user_id)
+            if user.role == role:
+                return user
+            if user.role == "owner":
+                self._keep_an_owner(session, workspace.id, user.id, "demoted", "role")
+            user.role = role
+            session.flush()
+            self._audit(session, workspace.region, actor, "member.role", user.id,
+                        {"workspace": workspace.id, "role": role})
+        return user
+
+    def remove_member(self, workspace_id: str, user_id: str, *, actor: str = "cli") -> None:
+        """Remove a member: their tokens are revoked and they can no longer sign in (their
+        browser sessions stop at the next request). The row stays, for the audit trail."""
+        with Session(self._engine, expire_on_commit=False) as session, session.begin():
+            workspace = self._get(session, Workspace, workspace_id, "workspace")
+            user = self._live_user(session, workspace.id, user_id)
+            if user.role == "owner":
+                self._keep_an_owner(session, workspace.id, user.id, "removed", "user")
+            now = datetime.now(UTC)
+            user.removed_at = now
+            tokens = list(session.scalars(select(WorkspaceToken).where(
+                WorkspaceToken.user_id == user.id, WorkspaceToken.revoked_at.is_(None))))
+            for token in tokens:
+                token.revoked_at = now
+            session.flush()
+            self._audit(session, workspace.region, actor, "member.remove", user.id,
+                        {"workspace": workspace.id, "tokens_revoked": len(tokens)})
+
+    def set_retention(self, workspace_id: str, days: int | None, *,
+                      actor: str = "cli") -> Workspace:
+        """Keep content forever (None) or delete conversations and files older than `days`."""
+        if days is not None and not 1 <= days <= MAX_RETENTION_DAYS:
+            raise InvalidInput(f"retention days must be 1 to {MAX_RETENTION_DAYS}, or none "
+                               "to keep content until it is deleted", param="days")
+        with Session(self._engine, expire_on_commit=False) as session, session.begin():
+            workspace = self._get(session, Workspace, workspace_id, "workspace")
+            if workspace.retention_days != days:
+                workspace.retention_days = days
+                session.flush()
+                self._audit(session, workspace.region, actor, "workspace.retention",
+                            workspace.id, {"days": days})
+        return workspace
+
+    def find_members(self, region: str, email: str) -> list[User]:
+        """The live members with this email in the workspaces of `region` (sign-in)."""
+        email = email.strip().lower()
+        with Session(self._engine, expire_on_commit=False) as session:
+            return list(session.scalars(
+                select(User).join(Workspace, Workspace.id == User.workspace_id)
+                .where(Workspace.region == region, User.email == email,
+                       User.removed_at.is_(None))
+                .order_by(User.created_at, User.id)))
+
+    def verify_password(self, user: User, password: str) -> bool:
+        """Whether `password` is the member's (argon2id, constant time). A member without a
+        password (single sign-on) never matches. An old-parameter hash is upgraded."""
+        if not user.password_hash:
+            return False
+        try:
+            self._passwords.verify(user.password_hash, password)
+        except (VerificationError, InvalidHashError):
+            return False
+        if self._passwords.check_needs_rehash(user.password_hash):
+            rehashed = self._passwords.hash(password)
+            with Session(self._engine) as session, session.begin():
+                session.execute(update(User).where(User.id == user.id)
+                                .values(password_hash=rehashed))
+            user.password_hash = rehashed
+        return True
+
+    def member_grant(self, user_id: str) -> MemberGrant | None:
+        """The grant of a live member, as it is now (its role included); None once removed."""
+        with Session(self._engine) as session:
+            row = session.execute(
+                select(User, Workspace).join(Workspace, Workspace.id == User.workspace_id)
+                .where(User.id == user_id)
+            ).first()
+            if row is None or row[0].removed_at is not None:
+                return None
+            user, workspace = row
+            return MemberGrant(workspace.id, workspace.org_id, user.id, workspace.region,
+                               user.role)  # type: ignore[arg-type]
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -307,6 +431,22 @@ class Directory:
             known = ", ".join(sorted(self._regions))
             raise InvalidInput(f"unknown region {region!r} (configured: {known})",
                                param="region")
+
+    def _live_user(self, session: Session, workspace_id: str, user_id: str) -> User:
+        user = session.get(User, user_id)
+        if user is None or user.workspace_id != workspace_id or user.removed_at is not None:
+            raise NotFound(f"no user {user_id} in workspace {workspace_id}", param="user")
+        return user
+
+    @staticmethod
+    def _keep_an_owner(session: Session, workspace_id: str, user_id: str, change: str,
+                       param: str) -> None:
+        others = session.scalar(select(func.count()).select_from(User).where(
+            User.workspace_id == workspace_id, User.role == "owner", User.id != user_id,
+            User.removed_at.is_(None)))
+        if not others:
+            raise InvalidInput(f"the last owner of workspace {workspace_id} cannot be "
+                               f"{change}; make another member owner first", param=param)
 
     @staticmethod
     def _chain(region: str) -> str:
@@ -332,6 +472,11 @@ def _name(value: str, field: str) -> str:
     if not value or len(value) > 200:
         raise InvalidInput(f"{field} must be 1 to 200 characters", param=field)
     return value
+
+
+def _utc(at: datetime) -> datetime:
+    # SQLite hands datetimes back naive; they were written in UTC.
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 def _check_limit(value: int | None, field: str) -> None:

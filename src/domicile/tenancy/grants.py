@@ -9,9 +9,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-__all__ = ["GLOBAL_REGION", "ApiKeyGrant", "KeyAuthenticator", "Retention", "key_region"]
+from domicile.storage.interfaces import TenantRef
+
+__all__ = [
+    "GLOBAL_REGION",
+    "ROLES",
+    "ApiKeyGrant",
+    "KeyAuthenticator",
+    "MemberGrant",
+    "Retention",
+    "Role",
+    "key_region",
+]
 
 Retention = Literal["zero", "regional"]
+Role = Literal["owner", "admin", "member"]
+ROLES: tuple[Role, ...] = ("owner", "admin", "member")
 GLOBAL_REGION = "global"
 
 
@@ -31,6 +44,29 @@ class ApiKeyGrant:
         if self.region == GLOBAL_REGION:
             return self.per_request_residency
         return self.region == region
+
+
+@dataclass(frozen=True, slots=True)
+class MemberGrant:
+    """A signed-in workspace member, as the workspace sees them: through a `dw-` token
+    (`token_id`) or a browser session (`session`, the digest of the session's secret)."""
+
+    workspace_id: str
+    org_id: str
+    user_id: str
+    region: str  # the workspace's region (G1: fixed at its creation)
+    role: Role
+    token_id: str | None = None
+    session: str | None = None
+
+    @property
+    def tenant(self) -> TenantRef:
+        """The workspace as the regional store knows it: content is sealed per workspace."""
+        return TenantRef(self.workspace_id, self.region, self.org_id)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role in ("owner", "admin")
 
 
 class KeyAuthenticator(Protocol):
