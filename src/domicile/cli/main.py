@@ -11,7 +11,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
@@ -350,18 +350,55 @@ def user_add(
                    "role": user.role})
 
 
+@workspace_app.command("retention")
+@command
+def workspace_retention(
+    workspace_id: Annotated[str, typer.Argument(metavar="WS_ID")],
+    days: Annotated[int | None, typer.Option("--days", min=1,
+                                             help="Delete conversations and files older "
+                                                  "than N days.")] = None,
+    forever: Annotated[bool, typer.Option("--forever",
+                                          help="Keep content until it is deleted.")] = False,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Set a workspace's retention: content older than N days is deleted by the sweeper."""
+    if (days is None) == (not forever):
+        raise InvalidInput("give exactly one of --days N and --forever", param="days")
+    workspace = open_site(config).directory.set_retention(workspace_id, days)
+    emit(as_json, {"id": workspace.id, "retention_days": workspace.retention_days})
+
+
 @token_app.command("create")
 @command
 def token_create(
     workspace: Annotated[str, typer.Option("--workspace", metavar="WS_ID")],
     user: Annotated[str, typer.Option("--user", metavar="USER_ID")],
+    expires_days: Annotated[int | None, typer.Option(
+        "--expires-days", min=1, max=3650,
+        help="The token stops working after N days (default: until revoked).")] = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Create a workspace API token for a member. Shown once."""
-    created = open_site(config).directory.create_token(workspace, user)
-    payload = {"id": created.id, "token": created.secret, "region": created.region}
+    expires_at = None if expires_days is None else datetime.now(UTC) + timedelta(
+        days=expires_days)
+    created = open_site(config).directory.create_token(workspace, user, expires_at=expires_at)
+    payload = {"id": created.id, "token": created.secret, "region": created.region,
+               "expires_at": expires_at}
     emit(as_json, payload, record_table(payload, title="Copy the token now: it is not shown again"))
+
+
+@token_app.command("revoke")
+@command
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(metavar="TOKEN_ID")],
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Revoke a workspace token (effective at every server within a second)."""
+    open_site(config).directory.revoke_token(token_id)
+    emit(as_json, {"id": token_id, "revoked": True})
 
 
 # -- usage and audit ----------------------------------------------------------------------
