@@ -1,0 +1,1 @@
+"""The chat workspace's services: conversations, files, knowledge, GPTs, chat, retention."""
