@@ -101,7 +101,7 @@ def assert_nothing_stored(store: RegionalStore, member: MemberGrant) -> None:
     assert stored_rows(store) == 0
     for kind in (FILE_BLOB_KIND, FILE_TEXT_BLOB_KIND):
         assert store.list_blobs(member.tenant, kind) == []
-    assert list(store.blobs.keys()) == []  # type: ignore[attr-defined]  # no stray bytes
+    assert list(store.blobs.keys()) == []  # no stray bytes
 
 
 # -- what a file is --------------------------------------------------------------------------
