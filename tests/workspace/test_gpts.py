@@ -129,6 +129,19 @@ def test_knowledge_files_must_be_the_members_own(
     assert [g.id for g in gpts.list(member)] == [made.id]
 
 
+def test_retention_is_told_every_knowledge_file_of_the_workspace(
+        gpts: Gpts, member: MemberGrant, make_member: MemberFactory, make_gpt: GptFactory,
+        make_file: FileFactory) -> None:
+    colleague = make_member(member.workspace_id)
+    stranger = make_member()
+    mine, theirs, unused = make_file(member), make_file(colleague), make_file(member)
+    make_gpt(file_ids=[mine])
+    make_gpt(colleague, file_ids=[theirs])  # private GPTs count too
+    make_gpt(stranger, file_ids=[make_file(stranger)])
+    assert unused not in gpts.knowledge_file_ids(member.tenant)
+    assert gpts.knowledge_file_ids(member.tenant) == {mine, theirs}
+
+
 # -- who sees a GPT -------------------------------------------------------------------------------
 
 def test_a_private_gpt_is_seen_only_by_its_owner(

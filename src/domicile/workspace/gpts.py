@@ -265,6 +265,13 @@ class Gpts:
 
         return self._transact(change)
 
+    def knowledge_file_ids(self, tenant: TenantRef) -> frozenset[str]:
+        """The knowledge files of every GPT of the workspace: retention keeps them."""
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(select(*GPT_COLUMNS)
+                                .where(GptRow.workspace_id == tenant.id)).all()
+        return frozenset(file_id for row in rows for file_id in self._gpt(tenant, row).file_ids)
+
     def delete(self, member: MemberGrant, gpt_id: str) -> None:
         """Delete the GPT (its owner or a workspace admin). Its knowledge index is
         `Knowledge.delete`'s to remove."""
