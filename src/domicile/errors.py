@@ -28,6 +28,7 @@ __all__ = [
     "InvalidCredentials",
     "InvalidInput",
     "LoginThrottled",
+    "MethodNotAllowed",
     "ModelNotFound",
     "NoInRegionProvider",
     "NotFound",
@@ -104,6 +105,13 @@ class NotFound(DomicileError):
     code = "not_found"
     type = "invalid_request_error"
     exit_code = 2
+
+
+class MethodNotAllowed(InvalidInput):
+    """A known path asked with a method it does not serve; carries `allow`."""
+
+    status = 405
+    code = "method_not_allowed"
 
 
 class ModelNotFound(NotFound):

@@ -54,13 +54,23 @@ def tls_context(tls: TlsFiles) -> ssl.SSLContext:
     return context
 
 
-def build_region_app(site: Site, region: str) -> Any:
+def build_region_app(site: Site, region: str, *, secure: bool = False) -> Any:
+    """The region's ASGI app: the gateway (`/v1`), with the workspace mounted beside it on the
+    same providers (one router, one set of connections). `secure`: served over TLS (the
+    workspace's cookies are then `Secure`)."""
     from domicile.gateway import create_gateway_app
+    from domicile.inference.providers import build_providers
+    from domicile.inference.routing import ModelRouter
+    from domicile.workspace_web.app import create_workspace_app
+    from domicile.workspace_web.services import build_workspace_services
 
     store = site.store(region)
+    providers = build_providers(site.settings.region(region))
+    workspace = create_workspace_app(
+        build_workspace_services(site, region, ModelRouter(region, providers)), secure=secure)
     return create_gateway_app(
         site.settings, region, authenticator=site.directory, usage_sink=store,
-        content_store=store,
+        content_store=store, fallback_app=workspace, providers=providers,
     )
 
 
@@ -161,7 +171,8 @@ async def _serve_regions(settings: Settings, sockets: dict[str, socket.socket],
     servers = []
     for name, sock in sockets.items():
         config = uvicorn.Config(
-            build_region_app(site, name), log_level=log_level, access_log=False,
+            build_region_app(site, name, secure=tls is not None), log_level=log_level,
+            access_log=False,
             # The gateway speaks no WebSocket: an upgrade request is plain HTTP to it.
             http=protocol_for(name, settings.server), ws="none", loop="none", lifespan="on",
             server_header=False, date_header=False, proxy_headers=False,

@@ -57,6 +57,9 @@ class Behaviour:
     prompt_tokens: int = 11
     completion_tokens: int = 7
     event_end: bytes = b"\n\n"  # streaming: what ends each SSE event (b"\r\n\r\n" is legal too)
+    # What a chat answer repeats: the last message's content, or the system message's (so a
+    # test can see what a caller put in the system prompt, e.g. retrieved passages).
+    echo: str = "last"
 
 
 @dataclass
@@ -136,7 +139,9 @@ class FakeUpstream:
         if answer is not None:
             return answer
         parsed = json.loads(body)
-        text = f"{self.name} says: " + str(parsed["messages"][-1].get("content"))
+        said = parsed["messages"][-1] if self.behaviour.echo == "last" else next(
+            (m for m in parsed["messages"] if m.get("role") == "system"), {"content": ""})
+        text = f"{self.name} says: " + str(said.get("content"))
         if parsed.get("stream"):
             return await self._stream(request, parsed, text)
         b = self.behaviour

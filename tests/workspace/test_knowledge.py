@@ -209,7 +209,8 @@ async def test_a_paraphrased_question_finds_the_one_file_that_answers_it(
     assert [p.file_id for p in found][:1] == [taxes.id]
     assert found[0].file_name == "taxes.pdf" and "April" in found[0].text
     assert len(found) == 2 and found[0].score > found[1].score
-    plants = await knowledge.search(member.tenant, gpt, "how do I look after my vegetable plants?", 1)
+    plants = await knowledge.search(member.tenant, gpt,
+                                    "how do I look after my vegetable plants?", 1)
     assert [(p.file_id, p.file_name) for p in plants] == [(garden.id, "garden.txt")]
 
 

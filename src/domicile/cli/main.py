@@ -40,9 +40,10 @@ user_app = typer.Typer(no_args_is_help=True, help="Workspace members.")
 token_app = typer.Typer(no_args_is_help=True, help="Workspace API tokens.")
 audit_app = typer.Typer(no_args_is_help=True, help="The hash-chained audit log.")
 kek_app = typer.Typer(no_args_is_help=True, help="The regions' key-encryption keys.")
+retention_app = typer.Typer(no_args_is_help=True, help="Workspace retention policies.")
 for sub, name in ((org_app, "org"), (project_app, "project"), (key_app, "key"),
                   (workspace_app, "workspace"), (user_app, "user"), (token_app, "token"),
-                  (audit_app, "audit"), (kek_app, "kek")):
+                  (audit_app, "audit"), (kek_app, "kek"), (retention_app, "retention")):
     app.add_typer(sub, name=name)
 
 ConfigOption = Annotated[Path | None, typer.Option(
@@ -399,6 +400,26 @@ def token_revoke(
     """Revoke a workspace token (effective at every server within a second)."""
     open_site(config).directory.revoke_token(token_id)
     emit(as_json, {"id": token_id, "revoked": True})
+
+
+@retention_app.command("sweep")
+@command
+def retention_sweep(
+    region: Annotated[str | None, typer.Option("--region")] = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete now what each workspace keeps past its retention (`domicile serve` also does it
+    every `[workspace] retention_sweep_interval_s`). Each swept workspace is audited."""
+    from domicile.workspace.retention import sweeper_for
+
+    site = open_site(config)
+    names = [site.settings.region(region).name] if region else list(site.settings.regions)
+    results = [sweeper_for(site, name).sweep(actor="cli").to_json() for name in names]
+    table = Table("region", "workspaces swept", "conversations deleted", "files deleted")
+    for result in results:
+        table.add_row(*(str(value) for value in result.values()))
+    emit(as_json, {"regions": results}, table)
 
 
 # -- usage and audit ----------------------------------------------------------------------

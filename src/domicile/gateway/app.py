@@ -113,8 +113,8 @@ class GatewayApp:
     """The ASGI app of `region`'s gateway, built from that region's providers only (G2).
 
     `fallback_app` receives every request outside `/v1` and `/healthz` (the workspace);
-    `rate_limiter` defaults to per-process in-memory windows; `providers` replaces the
-    configured ones (tests only).
+    `rate_limiter` defaults to per-process in-memory windows; `providers` are the region's
+    providers when the caller built them (to share them with the workspace), else built here.
     """
 
     def __init__(

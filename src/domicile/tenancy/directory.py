@@ -230,6 +230,14 @@ class Directory:
             self._on_tenant_created(region, workspace.id)
         return workspace
 
+    def list_workspaces(self, region: str | None = None) -> list[Workspace]:
+        """Every workspace (of `region`), oldest first."""
+        with Session(self._engine, expire_on_commit=False) as session:
+            query = select(Workspace).order_by(Workspace.created_at)
+            if region is not None:
+                query = query.where(Workspace.region == region)
+            return list(session.scalars(query))
+
     def get_workspace(self, workspace_id: str) -> Workspace:
         with Session(self._engine, expire_on_commit=False) as session:
             return self._get(session, Workspace, workspace_id, "workspace")

@@ -1,0 +1,423 @@
+"""Chat: a member's message in, the assistant's reply streamed out and kept (sealed, in region).
+
+A turn is validated whole before the first byte of an answer: the model (or the GPT's model)
+must be offered in this region, images need a model whose providers declare `vision`, an image
+request needs one that declares `images`, the member must be within their message rate. Then the
+user's message is stored, and the reply is asked of the region's providers through the one
+copy of routing and failover the gateway uses (`inference.chat.open_chat_stream`): the workspace
+never talks to a provider any other way (G2: only this region's providers; none → 503).
+
+`Turn.deltas()` yields the reply's text as it comes; `Turn.finish(status)` stores what came
+(`complete`, or `stopped` when the client left or pressed stop, or `error` when the provider's
+stream broke), so a reply is never lost half-way. A custom GPT answers with its instructions
+and the passages of its knowledge files most relevant to the message, and cites their files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from domicile.config import WorkspaceSettings
+from domicile.errors import InvalidInput, NotFound, RateLimited, UpstreamError
+from domicile.inference.chat import ChatDeltas, open_chat_stream
+from domicile.inference.providers.base import Provider, ProviderUnavailable, UpstreamRejected
+from domicile.inference.routing import ModelRouter
+from domicile.tenancy.grants import MemberGrant
+from domicile.web.jsonbody import dump_json, loads_strict
+
+from .conversations import Citation, Conversations, StoredMessage
+from .files import FileStore, WorkspaceFile
+from .gpts import Gpt, Gpts
+from .knowledge import Knowledge, Passage
+
+__all__ = ["ChatRequest", "ChatService", "MessageLimiter", "Turn", "title_from"]
+
+IMAGE_COMMAND = "/image "
+MAX_ATTACHMENTS = 10
+# Text of attached documents given to the model with a message, per file (characters).
+ATTACHMENT_TEXT_CHARS = 20_000
+TITLE_CHARS = 60
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    content: str
+    model: str | None = None
+    gpt_id: str | None = None
+    file_ids: tuple[str, ...] = ()
+    # The message the new one answers; None: the conversation's current leaf. Editing a
+    # message is sending its replacement with the edited message's parent: a new branch.
+    parent_id: str | None = None
+    edit: bool = False
+    image: bool = False  # ask for a picture (also: content starting with "/image ")
+
+
+class MessageLimiter:
+    """Messages per member per minute (a fixed one-minute window, in this process)."""
+
+    def __init__(self, per_minute: int, clock: Any = time.monotonic) -> None:
+        self._per_minute = per_minute
+        self._clock = clock
+        self._windows: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def take(self, member: MemberGrant) -> None:
+        now = self._clock()
+        key = (member.workspace_id, member.user_id)
+        start, used = self._windows.get(key, (now, 0))
+        if now - start >= 60:
+            start, used = now, 0
+        if used >= self._per_minute:
+            retry = max(1, int(60 - (now - start)) + 1)
+            raise RateLimited(
+                f"You have sent {self._per_minute} messages in the last minute, the most a "
+                f"member may send. Please try again in {retry} s.",
+                headers=((b"retry-after", b"%d" % retry),))
+        if len(self._windows) > 100_000:
+            self._windows = {k: v for k, v in self._windows.items() if now - v[0] < 60}
+        self._windows[key] = (start, used + 1)
+
+
+def title_from(text: str) -> str:
+    """A conversation's title from its first message: its first line, at most 60 characters,
+    cut at a word."""
+    line = " ".join(text.strip().split("\n", 1)[0].split())
+    if len(line) <= TITLE_CHARS:
+        return line or "New chat"
+    cut = line[:TITLE_CHARS].rsplit(" ", 1)[0] or line[:TITLE_CHARS]
+    return cut + "…"
+
+
+@dataclass(slots=True)
+class Turn:
+    """One reply in the making. `deltas()` once, then `finish()` (always, whatever happened)."""
+
+    service: ChatService
+    member: MemberGrant
+    conversation_id: str
+    user_message: StoredMessage | None  # None until the reply has opened
+    model: str
+    gpt_id: str | None
+    citations: tuple[Citation, ...]
+    provider: str = ""
+    text: list[str] = field(default_factory=list)
+    file_ids: tuple[str, ...] = ()
+    error: UpstreamError | None = None
+    _chunks: Any = None  # the provider's open stream
+    _first: bytes = b""
+    _reader: ChatDeltas = field(default_factory=ChatDeltas)
+    _finished: StoredMessage | None = None
+
+    async def deltas(self) -> AsyncIterator[str]:
+        if self._chunks is None:  # an image turn: nothing to stream
+            return
+        reader = self._reader
+        try:
+            if self._first and (piece := reader.feed(self._first)):
+                self.text.append(piece)
+                yield piece
+            async for chunk in self._chunks:
+                if piece := reader.feed(chunk):
+                    self.text.append(piece)
+                    yield piece
+        except ProviderUnavailable as broken:
+            self.error = UpstreamError(
+                f"The reply from provider {broken.provider} broke off ({broken.reason}); what "
+                "came is kept, marked as incomplete.")
+        finally:
+            await self.close()
+        if reader.error is not None and self.error is None:
+            self.error = UpstreamError("The provider ended the reply with an error; what came "
+                                       "is kept, marked as incomplete.")
+
+    async def close(self) -> None:
+        if self._chunks is not None:
+            chunks, self._chunks = self._chunks, None
+            await chunks.aclose()
+
+    async def finish(self, status: str | None = None) -> StoredMessage:
+        """Store the reply: `complete`, `stopped` (the client left) or `error`."""
+        if self._finished is not None:
+            return self._finished
+        await self.close()
+        if status is None:
+            status = "error" if self.error is not None else "complete"
+        self._finished = await asyncio.to_thread(self.service._store_reply, self, status)
+        return self._finished
+
+
+class ChatService:
+    def __init__(self, region: str, router: ModelRouter, conversations: Conversations,
+                 files: FileStore, gpts: Gpts, knowledge: Knowledge,
+                 settings: WorkspaceSettings) -> None:
+        self.region = region
+        self.router = router
+        self.conversations = conversations
+        self.files = files
+        self.gpts = gpts
+        self.knowledge = knowledge
+        self.settings = settings
+        self.limiter = MessageLimiter(settings.messages_per_minute)
+
+    # -- what the region offers -------------------------------------------------------------
+
+    def chat_models(self) -> list[dict[str, Any]]:
+        """The models a member can chat with here, with what they can do."""
+        offered: dict[str, set[str]] = {}
+        for provider in self.router.providers:
+            for model in provider.models:
+                offered.setdefault(model, set()).update(provider.capabilities)
+        return [{"id": model, "object": "model", "capabilities": sorted(caps)}
+                for model, caps in offered.items() if "chat" in caps or "images" in caps]
+
+    def default_model(self) -> str:
+        for model in self.chat_models():
+            if "chat" in model["capabilities"]:
+                return str(model["id"])
+        raise InvalidInput(f"No chat model is offered in region {self.region}.", param="model")
+
+    def _providers(self, model: str, vision: bool) -> Sequence[Provider]:
+        """The model's chat providers here; with `vision`, those that read images (400 when
+        none does: the capability is named, the message is not sent anywhere)."""
+        providers = self.router.route(model, "chat")
+        if not vision:
+            return providers
+        if not any("vision" in p.capabilities for p in providers):
+            raise InvalidInput(
+                f"The model `{model}` cannot read images in region {self.region}: none of its "
+                "providers declares the `vision` capability. Choose a model that does, or send "
+                "the message without images.", param="file_ids")
+        return [p for p in providers if "vision" in p.capabilities]
+
+    # -- a turn ------------------------------------------------------------------------------
+
+    async def send(self, member: MemberGrant, conversation_id: str,
+                   request: ChatRequest) -> Turn:
+        """Validate, store the member's message, open the reply. Raises before anything is
+        stored when the turn cannot be served."""
+        content = request.content
+        wants_image = request.image or content.startswith(IMAGE_COMMAND)
+        if wants_image and content.startswith(IMAGE_COMMAND):
+            content = content[len(IMAGE_COMMAND):].strip()
+        if not content.strip():
+            raise InvalidInput("The message is empty.", param="content")
+        if len(request.file_ids) > MAX_ATTACHMENTS:
+            raise InvalidInput(f"Attach at most {MAX_ATTACHMENTS} files to a message.",
+                               param="file_ids")
+        conversation = await asyncio.to_thread(self.conversations.get, member, conversation_id)
+        gpt_id = request.gpt_id or conversation.summary.gpt_id
+        gpt = await asyncio.to_thread(self.gpts.get, member, gpt_id) if gpt_id else None
+        model = request.model or (gpt.model if gpt else None) or conversation.summary.model \
+            or self.default_model()
+        attachments = [await asyncio.to_thread(self.files.get, member, file_id)
+                       for file_id in dict.fromkeys(request.file_ids)]
+        parent_id = request.parent_id if request.parent_id is not None or request.edit \
+            else conversation.current_message_id
+        history = conversation.branch(parent_id) if parent_id else []
+        if parent_id and (not history or history[-1].id != parent_id):
+            raise InvalidInput("`parent_id` is not a message of this conversation.",
+                               param="parent_id")
+        if wants_image:
+            image_model = self._image_model(request.model)
+            providers = self.router.route(image_model, "images")
+            model = image_model
+        else:
+            images = [f for f in attachments if f.is_image] + await self._history_images(
+                member, history)
+            providers = self._providers(model, vision=bool(images))
+        self.limiter.take(member)
+        # The reply is opened first and the member's message stored once a provider answers:
+        # a turn no provider can serve (503) leaves nothing behind.
+        turn = Turn(self, member, conversation_id, None, model, gpt_id, ())
+        if wants_image:
+            await self._generate_image(turn, providers, content)
+        else:
+            passages = await self._passages(member, gpt, content)
+            turn.citations = tuple(dict.fromkeys(
+                Citation(p.file_id, p.file_name) for p in passages))
+            messages = await self._messages(member, gpt, passages, history, content,
+                                            attachments)
+            await self._open(turn, providers, messages)
+        try:
+            turn.user_message = await asyncio.to_thread(
+                self.conversations.add_message, member, conversation_id, role="user",
+                content=content, parent_id=parent_id, model=model, gpt_id=gpt_id,
+                file_ids=tuple(f.id for f in attachments))
+            if not conversation.messages:
+                await asyncio.to_thread(self.conversations.set_title, member,
+                                        conversation_id, title_from(content))
+        except BaseException:
+            await turn.close()
+            raise
+        return turn
+
+    async def regenerate(self, member: MemberGrant, conversation_id: str,
+                         message_id: str | None = None, model: str | None = None) -> Turn:
+        """A new reply to a user message (default: the one the current reply answers), beside
+        the earlier reply: both branches are kept."""
+        conversation = await asyncio.to_thread(self.conversations.get, member, conversation_id)
+        path = conversation.branch(message_id) if message_id else conversation.branch()
+        users = [m for m in path if m.role == "user"]
+        if not users:
+            raise InvalidInput("There is no message to answer again.", param="message_id")
+        target = users[-1]
+        history = path[:path.index(target)]
+        gpt_id = target.gpt_id
+        gpt = await asyncio.to_thread(self.gpts.get, member, gpt_id) if gpt_id else None
+        model = model or target.model or self.default_model()
+        attachments = [await asyncio.to_thread(self.files.get, member, file_id)
+                       for file_id in target.file_ids]
+        images = [f for f in attachments if f.is_image] + await self._history_images(
+            member, history)
+        providers = self._providers(model, vision=bool(images))
+        self.limiter.take(member)
+        turn = Turn(self, member, conversation_id, target, model, gpt_id, ())
+        passages = await self._passages(member, gpt, target.content)
+        turn.citations = tuple(dict.fromkeys(Citation(p.file_id, p.file_name)
+                                             for p in passages))
+        messages = await self._messages(member, gpt, passages, history, target.content,
+                                        attachments)
+        await self._open(turn, providers, messages)
+        return turn
+
+    async def _open(self, turn: Turn, providers: Sequence[Provider],
+                    messages: list[dict[str, Any]]) -> None:
+        parsed: dict[str, Any] = {"model": turn.model, "messages": messages, "stream": True,
+                                  "stream_options": {"include_usage": True}}
+        body = dump_json(parsed)
+        try:
+            opened = await open_chat_stream(self.router, turn.model, providers, body, parsed)
+        except UpstreamRejected as rejected:
+            raise UpstreamError(
+                f"The provider {rejected.provider} refused the request (status "
+                f"{rejected.response.status}).") from None
+        turn.provider = opened.provider.name
+        turn._chunks, turn._first = opened.chunks, opened.first
+
+    # -- images ------------------------------------------------------------------------------
+
+    def _image_model(self, asked: str | None) -> str:
+        for provider in self.router.providers:
+            if "images" in provider.capabilities and (asked is None or asked in provider.models):
+                return asked or provider.models[0]
+        raise InvalidInput(
+            f"No model in region {self.region} can make images"
+            + (f" as `{asked}`" if asked else "") + ": none of its providers declares the "
+            "`images` capability.", param="model")
+
+    async def _generate_image(self, turn: Turn, providers: Sequence[Provider],
+                              prompt: str) -> None:
+        parsed = {"model": turn.model, "prompt": prompt, "n": 1, "response_format": "b64_json"}
+        body = dump_json(parsed)
+        provider, answer = await self.router.first_available(
+            turn.model, providers, lambda p: p.images(body, parsed))
+        turn.provider = provider.name
+        png = _first_image(answer.status, answer.body, provider.name)
+        stored = await asyncio.to_thread(self.files.add, turn.member, "image.png", png,
+                                         origin="generated")
+        turn.file_ids = (stored.id,)
+
+    async def _history_images(self, member: MemberGrant,
+                              history: Sequence[StoredMessage]) -> list[WorkspaceFile]:
+        found = []
+        for message in history:
+            if message.role == "user":
+                found += [f for f in await self._files_still_there(member, message.file_ids)
+                          if f.is_image]
+        return found
+
+    async def _files_still_there(self, member: MemberGrant,
+                                 file_ids: Sequence[str]) -> list[WorkspaceFile]:
+        """The files of an earlier message that still exist (one deleted since is gone for the
+        model too)."""
+        found = []
+        for file_id in file_ids:
+            with contextlib.suppress(NotFound):
+                found.append(await asyncio.to_thread(self.files.get, member, file_id))
+        return found
+
+    # -- the request to the model -------------------------------------------------------------
+
+    async def _passages(self, member: MemberGrant, gpt: Gpt | None,
+                        content: str) -> list[Passage]:
+        if gpt is None or not gpt.file_ids:
+            return []
+        return await self.knowledge.search(member.tenant, gpt.id, content,
+                                           self.settings.knowledge_passages)
+
+    async def _messages(self, member: MemberGrant, gpt: Gpt | None,
+                        passages: Sequence[Passage], history: Sequence[StoredMessage],
+                        content: str, attachments: Sequence[WorkspaceFile]
+                        ) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = []
+        system = []
+        if gpt is not None:
+            system.append(gpt.instructions)
+        if passages:
+            system.append("Passages from the knowledge files (cite the file name when you use "
+                          "one):\n\n" + "\n\n".join(
+                              f"[{p.file_name}]\n{p.text}" for p in passages))
+        if system:
+            messages.append({"role": "system", "content": "\n\n".join(system)})
+        for message in history:
+            if message.role == "assistant":
+                if message.content:
+                    messages.append({"role": "assistant", "content": message.content})
+                continue
+            files = await self._files_still_there(member, message.file_ids)
+            messages.append(await self._user_message(member, message.content, files))
+        messages.append(await self._user_message(member, content, attachments))
+        return messages
+
+    async def _user_message(self, member: MemberGrant, content: str,
+                            files: Sequence[WorkspaceFile]) -> dict[str, Any]:
+        if not files:
+            return {"role": "user", "content": content}
+        text = content
+        parts: list[dict[str, Any]] = []
+        for file in files:
+            if file.is_image:
+                data = await asyncio.to_thread(self.files.read, member, file.id)
+                url = f"data:{file.media_type};base64,{base64.b64encode(data).decode()}"
+                parts.append({"type": "image_url", "image_url": {"url": url}})
+            else:
+                extracted = await asyncio.to_thread(self.files.text, member.tenant, file.id)
+                if extracted:
+                    text += (f"\n\n[Attached file: {file.name}]\n"
+                             f"{extracted[:ATTACHMENT_TEXT_CHARS]}")
+        if not parts:
+            return {"role": "user", "content": text}
+        return {"role": "user", "content": [{"type": "text", "text": text}, *parts]}
+
+    # -- keeping the reply ---------------------------------------------------------------------
+
+    def _store_reply(self, turn: Turn, status: str) -> StoredMessage:
+        assert turn.user_message is not None, "a turn is finished only once it has opened"
+        return self.conversations.add_message(
+            turn.member, turn.conversation_id, role="assistant", content="".join(turn.text),
+            parent_id=turn.user_message.id, status=status, model=turn.model,
+            gpt_id=turn.gpt_id, file_ids=turn.file_ids, citations=turn.citations)
+
+
+def _first_image(status: int, body: bytes, provider: str) -> bytes:
+    """The PNG of an images answer, or a 502 that quotes nothing of it."""
+    if status >= 400:
+        raise UpstreamError(f"The provider {provider} could not make the image (status "
+                            f"{status}).")
+    try:
+        parsed = loads_strict(body)
+        encoded = parsed["data"][0]["b64_json"]
+        image = base64.b64decode(encoded, validate=True)
+    except (ValueError, KeyError, IndexError, TypeError, binascii.Error, json.JSONDecodeError):
+        raise UpstreamError(f"The provider {provider} answered with no image.") from None
+    if not image.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise UpstreamError(f"The provider {provider} answered with an image that is not a "
+                            "PNG.")
+    return image

@@ -1,0 +1,60 @@
+"""The workspace's services of one region, built once per server from the site's parts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from domicile.config import Settings
+from domicile.inference.embeddings import Embedder
+from domicile.inference.routing import ModelRouter
+from domicile.site import Site
+from domicile.storage.regional import RegionalStore
+from domicile.tenancy.accounts import Accounts
+from domicile.tenancy.directory import Directory
+from domicile.tenancy.secrets import CredentialHasher
+from domicile.tenancy.sessions import SessionStore
+from domicile.tenancy.throttle import LoginThrottle
+from domicile.workspace.chat import ChatService
+from domicile.workspace.conversations import Conversations
+from domicile.workspace.files import FileStore
+from domicile.workspace.gpts import Gpts
+from domicile.workspace.knowledge import Knowledge
+from domicile.workspace.retention import RetentionSweeper
+
+__all__ = ["WorkspaceServices", "build_workspace_services"]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspaceServices:
+    settings: Settings
+    region: str
+    directory: Directory
+    store: RegionalStore
+    accounts: Accounts
+    sessions: SessionStore
+    conversations: Conversations
+    files: FileStore
+    gpts: Gpts
+    knowledge: Knowledge
+    chat: ChatService
+    retention: RetentionSweeper
+
+
+def build_workspace_services(site: Site, region: str, router: ModelRouter) -> WorkspaceServices:
+    """`router` is the region's one router (the gateway's): one set of providers and pools."""
+    settings = site.settings
+    store = site.store(region)
+    hasher = CredentialHasher(site.site_secret)
+    sessions = SessionStore(store, hasher, timedelta(hours=settings.workspace.session_hours))
+    accounts = Accounts(site.directory, lambda _region: sessions,
+                        LoginThrottle(settings.workspace), site.audit_log)
+    conversations = Conversations(store)
+    files = FileStore(store, settings.workspace)
+    gpts = Gpts(store)
+    knowledge = Knowledge(store, files, Embedder(router))
+    chat = ChatService(region, router, conversations, files, gpts, knowledge,
+                       settings.workspace)
+    retention = RetentionSweeper(region, site.directory, store, conversations, files, gpts)
+    return WorkspaceServices(settings, region, site.directory, store, accounts, sessions,
+                             conversations, files, gpts, knowledge, chat, retention)
