@@ -388,3 +388,43 @@ def test_workspace_content_is_nowhere_in_plain_text(
         assert not scan_for_canary(places, canary), "the canary is on disk in plain text"
         # Control: the scan does find the canary where it is (a PNG holds its text chunk as is).
         assert canary.encode() in png(canary)
+
+
+# -- hostile input and HTTP manners ---------------------------------------------------------
+
+HOSTILE_BODIES = {
+    "not UTF-8": b'{"content": "\xff\xfe"}',
+    "NaN": b'{"content": "x", "stream": NaN}',
+    "lone surrogate": b'{"content": "\\ud800"}',
+    "too deep": b'{"content": "x", "model": ' + b"[" * 200 + b"]" * 200 + b"}",
+    "not an object": b'["content"]',
+    "unknown field": b'{"content": "x", "temperature": 2}',
+    "wrong type": b'{"content": 42}',
+    "truncated": b'{"content": "x"',
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_BODIES))
+def test_hostile_message_bodies_are_a_400_with_nothing_stored(
+        live: Deployment, workspaces: Workspaces, kind: str) -> None:
+    with api(live, workspaces.first) as client:
+        conversation = client.post("/conversations").json()["id"]
+        answer = client.post(f"/conversations/{conversation}/messages",
+                             content=HOSTILE_BODIES[kind],
+                             headers={"content-type": "application/json"})
+        assert answer.status_code == 400, answer.text
+        assert set(answer.json()["error"]) == {"message", "type", "param", "code"}
+        assert client.get(f"/conversations/{conversation}").json()["messages"] == []
+    assert "Traceback" not in live.server.log()
+
+
+def test_wrong_method_and_unknown_path_answer_in_the_one_error_shape(
+        live: Deployment, workspaces: Workspaces) -> None:
+    with api(live, workspaces.first) as client:
+        wrong = client.put("/conversations")
+        assert wrong.status_code == 405 and error_code(wrong) == "method_not_allowed"
+        assert set(wrong.headers["allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
+        missing = client.get("/no-such-thing")
+        assert missing.status_code == 404 and error_code(missing) == "not_found"
+        document = client.get("/openapi.json").json()
+    assert "/workspace/api/conversations/{conversation_id}/messages" in document["paths"]

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -45,7 +46,7 @@ from domicile.workspace.chat import ChatRequest, Turn
 from .auth import WorkspaceAuth
 from .services import WorkspaceServices
 
-__all__ = ["API_PREFIX", "WorkspaceApi", "create_workspace_app"]
+__all__ = ["API_PREFIX", "ROUTES", "ApiRoute", "WorkspaceApi", "create_workspace_app"]
 
 log = logging.getLogger("domicile.workspace")
 
@@ -193,9 +194,17 @@ class WorkspaceApi:
         self.secure = secure
         self.auth = WorkspaceAuth(services.settings, services.region, services.accounts,
                                   services.directory)
+        self._openapi: bytes | None = None
 
     async def _run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(function, *args, **kwargs)
+
+    async def openapi(self, request: Request) -> Response:
+        from .openapi import openapi_document  # made once, on first ask
+
+        if self._openapi is None:
+            self._openapi = dump_json(openapi_document())
+        return Response(self._openapi, media_type="application/json")
 
     # -- accounts ----------------------------------------------------------------------------
 
@@ -536,45 +545,87 @@ class WorkspaceApi:
     # -- the route table -------------------------------------------------------------------------
 
     def routes(self) -> list[Route]:
-        p = API_PREFIX
-        table: list[tuple[str, str, Callable[[Request], Awaitable[Any]]]] = [
-            ("POST", "/login", self.login),
-            ("POST", "/logout", self.logout),
-            ("POST", "/sessions/end-others", self.end_other_sessions),
-            ("GET", "/me", self.me),
-            ("GET", "/models", self.models),
-            ("GET", "/tokens", self.list_tokens),
-            ("POST", "/tokens", self.create_token),
-            ("DELETE", "/tokens/{token_id}", self.revoke_token),
-            ("GET", "/members", self.list_members),
-            ("POST", "/members", self.add_member),
-            ("PATCH", "/members/{user_id}", self.change_member),
-            ("DELETE", "/members/{user_id}", self.remove_member),
-            ("PATCH", "/workspace", self.change_workspace),
-            ("GET", "/conversations", self.list_conversations),
-            ("POST", "/conversations", self.create_conversation),
-            ("GET", "/conversations/{conversation_id}", self.get_conversation),
-            ("PATCH", "/conversations/{conversation_id}", self.rename_conversation),
-            ("DELETE", "/conversations/{conversation_id}", self.delete_conversation),
-            ("POST", "/conversations/{conversation_id}/messages", self.send_message),
-            ("POST", "/conversations/{conversation_id}/regenerate", self.regenerate),
-            ("POST", "/conversations/{conversation_id}/select", self.select_branch),
-            ("GET", "/files", self.list_files),
-            ("POST", "/files", self.upload_file),
-            ("GET", "/files/{file_id}", self.get_file),
-            ("DELETE", "/files/{file_id}", self.delete_file),
-            ("GET", "/files/{file_id}/content", self.file_content),
-            ("GET", "/gpts", self.list_gpts),
-            ("POST", "/gpts", self.create_gpt),
-            ("GET", "/gpts/{gpt_id}", self.get_gpt),
-            ("PATCH", "/gpts/{gpt_id}", self.update_gpt),
-            ("DELETE", "/gpts/{gpt_id}", self.delete_gpt),
-        ]
         by_path: dict[str, dict[str, Callable[[Request], Awaitable[Any]]]] = {}
-        for method, path, handler in table:
-            by_path.setdefault(p + path, {})[method] = handler
+        for route in ROUTES:
+            by_path.setdefault(API_PREFIX + route.path, {})[route.method] = getattr(
+                self, route.handler)
         return [Route(path, _dispatch(handlers), methods=list(handlers))
                 for path, handlers in by_path.items()]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiRoute:
+    """One endpoint: what the router serves and what the OpenAPI document says (one source)."""
+
+    method: str
+    path: str  # below API_PREFIX
+    handler: str  # the WorkspaceApi method
+    summary: str
+    body: type[BaseModel] | None = None
+    status: int = 200
+    body_optional: bool = False  # an empty body is `{}`
+    streams: bool = False  # answers with Server-Sent Events when the body says `"stream": true`
+    upload: bool = False  # multipart/form-data with one `file` part
+    public: bool = False  # no credential needed
+    admin: bool = False  # owners and admins only
+
+
+ROUTES: tuple[ApiRoute, ...] = (
+    ApiRoute("GET", "/openapi.json", "openapi", "This document.", public=True),
+    ApiRoute("POST", "/login", "login", "Sign in: sets the session cookies, answers the "
+             "member and the CSRF token.", LoginBody, public=True),
+    ApiRoute("POST", "/logout", "logout", "Sign out this browser session."),
+    ApiRoute("POST", "/sessions/end-others", "end_other_sessions",
+             "Sign out every other session of this member."),
+    ApiRoute("GET", "/me", "me", "The signed-in member and their workspace (region, "
+             "retention)."),
+    ApiRoute("GET", "/models", "models", "The models members can use in this region, with "
+             "their capabilities."),
+    ApiRoute("GET", "/tokens", "list_tokens", "The member's API tokens (never their secrets)."),
+    ApiRoute("POST", "/tokens", "create_token", "A new `dw-` API token, shown once.", NewToken,
+             201, body_optional=True),
+    ApiRoute("DELETE", "/tokens/{token_id}", "revoke_token", "Revoke one of the member's "
+             "tokens."),
+    ApiRoute("GET", "/members", "list_members", "The workspace's members.", admin=True),
+    ApiRoute("POST", "/members", "add_member", "Add a member.", NewMember, 201, admin=True),
+    ApiRoute("PATCH", "/members/{user_id}", "change_member", "Change a member's role.",
+             MemberChange, admin=True),
+    ApiRoute("DELETE", "/members/{user_id}", "remove_member", "Remove a member (their tokens "
+             "and sessions end).", admin=True),
+    ApiRoute("PATCH", "/workspace", "change_workspace", "Set the workspace's retention.",
+             WorkspaceChange, admin=True),
+    ApiRoute("GET", "/conversations", "list_conversations", "The member's conversations, "
+             "newest first (`limit`, `cursor`, `q` searches titles)."),
+    ApiRoute("POST", "/conversations", "create_conversation", "Start a conversation.",
+             NewConversation, 201, body_optional=True),
+    ApiRoute("GET", "/conversations/{conversation_id}", "get_conversation",
+             "A conversation with every message of every branch."),
+    ApiRoute("PATCH", "/conversations/{conversation_id}", "rename_conversation",
+             "Rename a conversation.", ConversationChange),
+    ApiRoute("DELETE", "/conversations/{conversation_id}", "delete_conversation",
+             "Delete a conversation and its messages."),
+    ApiRoute("POST", "/conversations/{conversation_id}/messages", "send_message",
+             "Send a message; answers the assistant's stored reply (SSE with `stream`).",
+             NewMessage, streams=True),
+    ApiRoute("POST", "/conversations/{conversation_id}/regenerate", "regenerate",
+             "A new reply beside the earlier one (SSE with `stream`).", Regenerate,
+             streams=True, body_optional=True),
+    ApiRoute("POST", "/conversations/{conversation_id}/select", "select_branch",
+             "Make a message's branch the current one.", SelectBranch),
+    ApiRoute("GET", "/files", "list_files", "The member's files, newest first."),
+    ApiRoute("POST", "/files", "upload_file", "Upload a file (text, Markdown, PDF, PNG, JPEG, "
+             "WebP, GIF; checked by content).", status=201, upload=True),
+    ApiRoute("GET", "/files/{file_id}", "get_file", "A file's description."),
+    ApiRoute("DELETE", "/files/{file_id}", "delete_file", "Delete a file."),
+    ApiRoute("GET", "/files/{file_id}/content", "file_content", "A file's bytes."),
+    ApiRoute("GET", "/gpts", "list_gpts", "The GPTs the member can use (theirs and the "
+             "workspace's)."),
+    ApiRoute("POST", "/gpts", "create_gpt", "Create a custom GPT.", NewGpt, 201),
+    ApiRoute("GET", "/gpts/{gpt_id}", "get_gpt", "A GPT."),
+    ApiRoute("PATCH", "/gpts/{gpt_id}", "update_gpt", "Change a GPT (its owner or an admin).",
+             GptChange),
+    ApiRoute("DELETE", "/gpts/{gpt_id}", "delete_gpt", "Delete a GPT and its knowledge index."),
+)
 
 
 def _dispatch(handlers: dict[str, Callable[[Request], Awaitable[Any]]]
