@@ -12,18 +12,23 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import secrets
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from PIL import Image, PngImagePlugin
+from sqlalchemy import create_engine, text
 
 from tests.conftest import scan_for_canary
 from tests.e2e.conftest import MODEL, Deployment
+from tests.e2e.harness import Server, Site, init_site
+from tests.pgserver import PostgresUnavailable, ThrowawayPostgres
 from tests.raw_http import parse_head
 
 pytestmark = pytest.mark.e2e
@@ -361,16 +366,55 @@ def test_a_gpt_answers_from_the_passage_only_its_file_holds(
 
 # -- G5: a canary nowhere in plain text --------------------------------------------------------
 
-def test_workspace_content_is_nowhere_in_plain_text(
-        tmp_path_factory: pytest.TempPathFactory, upstreams: Any) -> None:
-    from tests.e2e.conftest import deployed
+@pytest.fixture(scope="module")
+def postgres_server() -> Iterator[ThrowawayPostgres]:
+    try:
+        server = ThrowawayPostgres()
+    except PostgresUnavailable as exc:
+        message = f"PostgreSQL tests not run: {exc}"
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(f"{message} (CI=true: a missing PostgreSQL fails the run)")
+        pytest.skip(message)
+    server.start()
+    yield server
+    server.close()
 
+
+def _canary_site(root: Path, backend: str, request: pytest.FixtureRequest) -> tuple[
+        Site, list[Path]]:
+    """A site whose eu store is on `backend`, and the folders that database writes to."""
+    site = init_site(root / "site")
+    if backend == "sqlite":
+        return site, []
+    postgres: ThrowawayPostgres = request.getfixturevalue("postgres_server")
+    admin = create_engine(postgres.url().replace("postgresql://", "postgresql+psycopg://"),
+                          isolation_level="AUTOCOMMIT")
+    database = f"ws_canary_{secrets.token_hex(4)}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{database}"'))
+    admin.dispose()
+    body = site.config.read_text().replace('database_url = "sqlite:///eu/store.db"',
+                                           f'database_url = "{postgres.url(database)}"')
+    site.config.write_text(body)
+    return site, [postgres.data]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_workspace_content_is_nowhere_in_plain_text(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
     canary = "CANARY" + secrets.token_hex(12)
-    with deployed(tmp_path_factory.mktemp("ws-canary"), upstreams) as deployment:
-        workspace = deployment.site.cli("workspace", "create", "--org", deployment.org,
-                                        "--name", "Canary", "--region", "eu")["id"]
-        member = _member(deployment, workspace, "eu")
-        with api(deployment, member) as client:
+    site, database_files = _canary_site(tmp_path, backend, request)
+    server = Server(site, tmp_path)
+    try:
+        server.wait_ready()
+        org = site.cli("org", "create", "--name", "Acme")["id"]
+        workspace = site.cli("workspace", "create", "--org", org, "--name", "Canary",
+                             "--region", "eu")["id"]
+        user = site.cli("user", "add", "--workspace", workspace, "--email", "c@example.com",
+                        "--role", "owner", "--password-stdin", stdin=PASSWORD + "\n")["id"]
+        token = site.cli("token", "create", "--workspace", workspace, "--user", user)["token"]
+        with httpx.Client(base_url=site.url("eu") + "/workspace/api", timeout=60,
+                          headers={"authorization": f"Bearer {token}"}) as client:
             conversation = client.post("/conversations",
                                        json={"title": f"title {canary}"}).json()["id"]
             reply = client.post(f"/conversations/{conversation}/messages",
@@ -379,15 +423,24 @@ def test_workspace_content_is_nowhere_in_plain_text(
             document = upload(client, "doc.txt", f"a file {canary}".encode()).json()["id"]
             assert upload(client, "pic.png", png(canary)).status_code == 201
             knowledge = upload(client, "kb.md", f"knowledge {canary}".encode()).json()["id"]
-            assert client.post("/gpts", json={
+            gpt = client.post("/gpts", json={
                 "name": "Canary GPT", "instructions": f"instructions {canary}",
-                "model": STAND_IN, "file_ids": [knowledge]}).status_code == 201
+                "model": STAND_IN, "file_ids": [knowledge]})
+            assert gpt.status_code == 201, gpt.text
             assert client.get(f"/files/{document}/content").text == f"a file {canary}"
-        deployment.server.stop()
-        places = deployment.places()
-        assert not scan_for_canary(places, canary), "the canary is on disk in plain text"
-        # Control: the scan does find the canary where it is (a PNG holds its text chunk as is).
-        assert canary.encode() in png(canary)
+            shown = client.get(f"/conversations/{conversation}").json()
+            assert canary in shown["title"] and canary in shown["messages"][1]["content"]
+    finally:
+        server.stop()
+    places = [site.root, server.log_path, server.tmpdir, *database_files]
+    assert not scan_for_canary(places, canary), "the canary is on disk in plain text"
+    # Controls: the scan reads the store's own files (the workspace's id, kept in plain text
+    # beside the sealed columns, is found there), and finds the canary where it is (a PNG
+    # keeps its text chunk as is).
+    assert scan_for_canary(database_files or [site.root / "eu"], workspace)
+    planted = tmp_path / "planted.png"
+    planted.write_bytes(png(canary))
+    assert scan_for_canary([planted], canary)
 
 
 # -- hostile input and HTTP manners ---------------------------------------------------------
