@@ -6,6 +6,7 @@ in us), with projects and keys made by the real CLI.
 from __future__ import annotations
 
 import contextlib
+import os
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import trustme
 from tests.e2e.harness import Server, Site, init_site
 from tests.gateway.support import LoopThread
 from tests.gateway.upstream import FakeUpstream
+from tests.pgserver import PostgresUnavailable, ThrowawayPostgres
 
 UPSTREAM_SECRET = "sk-e2e-upstream-secret-0123456789"
 MODEL = "llama-test"
@@ -114,6 +116,21 @@ def deployment(tmp_path_factory: pytest.TempPathFactory,
                upstreams: tuple[dict[str, FakeUpstream], trustme.CA]) -> Iterator[Deployment]:
     with deployed(tmp_path_factory.mktemp("deployment"), upstreams) as deployment:
         yield deployment
+
+
+@pytest.fixture(scope="module")
+def postgres_server() -> Iterator[ThrowawayPostgres]:
+    """A PostgreSQL server of this module's own (a test may stop and start it)."""
+    try:
+        server = ThrowawayPostgres()
+    except PostgresUnavailable as exc:
+        message = f"PostgreSQL tests not run: {exc}"
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(f"{message} (CI=true: a missing PostgreSQL fails the run)")
+        pytest.skip(message)
+    server.start()
+    yield server
+    server.close()
 
 
 @pytest.fixture

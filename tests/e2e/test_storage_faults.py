@@ -5,15 +5,13 @@ is back."""
 
 from __future__ import annotations
 
-import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import httpx
-import pytest
 from sqlalchemy import create_engine, text
 
 from domicile import site as sites
@@ -96,27 +94,11 @@ def test_a_kill_9_mid_upload_leaves_a_temp_blob_the_next_start_sweeps(tmp_path: 
         second.stop()
 
 
-@pytest.fixture(scope="module")
-def throwaway_postgres() -> Iterator[object]:
-    from tests.pgserver import PostgresUnavailable, ThrowawayPostgres
-
-    try:
-        server = ThrowawayPostgres()
-    except PostgresUnavailable as exc:
-        message = f"no PostgreSQL server of its own to stop and start: {exc}"
-        if os.environ.get("CI", "").lower() in ("true", "1"):
-            pytest.fail(f"{message} (CI=true: a missing PostgreSQL fails the run)")
-        pytest.skip(message)
-    server.start()
-    yield server
-    server.close()
-
-
 def test_a_stopped_postgresql_is_503_and_the_region_recovers(
-        tmp_path: Path, throwaway_postgres: object) -> None:
+        tmp_path: Path, postgres_server: object) -> None:
     from tests.pgserver import ThrowawayPostgres
 
-    postgres = throwaway_postgres
+    postgres = postgres_server
     assert isinstance(postgres, ThrowawayPostgres)
     admin = create_engine(postgres.url().replace("postgresql://", "postgresql+psycopg://"),
                           isolation_level="AUTOCOMMIT")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import secrets
 import socket
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ from sqlalchemy import create_engine, text
 from tests.conftest import scan_for_canary
 from tests.e2e.conftest import MODEL, Deployment
 from tests.e2e.harness import Server, Site, init_site
-from tests.pgserver import PostgresUnavailable, ThrowawayPostgres
+from tests.pgserver import ThrowawayPostgres
 from tests.raw_http import parse_head
 
 pytestmark = pytest.mark.e2e
@@ -365,20 +364,6 @@ def test_a_gpt_answers_from_the_passage_only_its_file_holds(
 
 
 # -- G5: a canary nowhere in plain text --------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def postgres_server() -> Iterator[ThrowawayPostgres]:
-    try:
-        server = ThrowawayPostgres()
-    except PostgresUnavailable as exc:
-        message = f"PostgreSQL tests not run: {exc}"
-        if os.environ.get("CI", "").lower() in ("true", "1"):
-            pytest.fail(f"{message} (CI=true: a missing PostgreSQL fails the run)")
-        pytest.skip(message)
-    server.start()
-    yield server
-    server.close()
-
 
 def _canary_site(root: Path, backend: str, request: pytest.FixtureRequest) -> tuple[
         Site, list[Path]]:
