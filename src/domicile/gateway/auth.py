@@ -14,15 +14,15 @@ default), a negative one never, so a revoked key stops working within 1 s on eve
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 
 from domicile.config import Settings
 from domicile.errors import InvalidApiKey, WrongRegion
+from domicile.tenancy.cache import CredentialCache
 from domicile.tenancy.grants import GLOBAL_REGION, ApiKeyGrant, KeyAuthenticator, key_region
 
-from .http import Scope, header, mark_retrieved
+from .http import Scope, header
 
 __all__ = ["Doorkeeper", "KeyCache", "bearer_secret", "mask_secret"]
 
@@ -51,61 +51,14 @@ def bearer_secret(scope: Scope) -> str:
         raise InvalidApiKey("The API key is malformed.") from None
 
 
-class KeyCache:
-    """Grants in memory for `ttl` seconds; unknown keys are asked again every time.
-
-    Concurrent misses for one key share one directory lookup (run in a thread: the
-    directory is a blocking database call).
-    """
+class KeyCache(CredentialCache[ApiKeyGrant]):
+    """API-key grants, remembered for `ttl` seconds (see `CredentialCache`)."""
 
     def __init__(self, authenticator: KeyAuthenticator, *, ttl: float = 1.0,
                  max_entries: int = 10_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._authenticator = authenticator
-        self._ttl = ttl
-        self._max_entries = max_entries
-        self._clock = clock
-        self._entries: dict[str, tuple[ApiKeyGrant, float]] = {}
-        self._inflight: dict[str, asyncio.Task[ApiKeyGrant | None]] = {}
-
-    def peek(self, secret: str) -> ApiKeyGrant | None:
-        """The cached grant, without waiting: the hot path's common case."""
-        entry = self._entries.get(secret)
-        if entry is not None and entry[1] > self._clock():
-            return entry[0]
-        return None
-
-    async def lookup(self, secret: str) -> ApiKeyGrant | None:
-        grant = self.peek(secret)
-        if grant is not None:
-            return grant
-        task = self._inflight.get(secret)
-        if task is None:
-            # Its own task, so one cancelled request cannot cancel the others waiting on it.
-            task = asyncio.ensure_future(self._fetch(secret))
-            task.add_done_callback(mark_retrieved)
-            self._inflight[secret] = task
-        return await asyncio.shield(task)
-
-    async def _fetch(self, secret: str) -> ApiKeyGrant | None:
-        try:
-            grant = await asyncio.to_thread(self._authenticator.authenticate_api_key, secret)
-        finally:
-            del self._inflight[secret]
-        if grant is None:
-            self._entries.pop(secret, None)
-        else:
-            if len(self._entries) >= self._max_entries:
-                self._evict()
-            self._entries[secret] = (grant, self._clock() + self._ttl)
-        return grant
-
-    def _evict(self) -> None:
-        now = self._clock()
-        for secret in [s for s, (_, expires) in self._entries.items() if expires <= now]:
-            del self._entries[secret]
-        if len(self._entries) >= self._max_entries:
-            self._entries.clear()
+        super().__init__(authenticator.authenticate_api_key, ttl=ttl,
+                         max_entries=max_entries, clock=clock)
 
 
 class Doorkeeper:

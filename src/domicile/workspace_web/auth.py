@@ -29,6 +29,7 @@ from starlette.requests import Request
 from domicile.config import Settings
 from domicile.errors import CsrfFailed, InvalidApiKey, WrongRegion
 from domicile.tenancy.accounts import Accounts
+from domicile.tenancy.cache import CredentialCache
 from domicile.tenancy.directory import Directory
 from domicile.tenancy.grants import MemberGrant, key_region
 from domicile.tenancy.sessions import NewSession
@@ -73,37 +74,13 @@ def _origin(url: str) -> str:
     return f"{scheme}://{host}:{port}"
 
 
-class TokenCache:
-    """Workspace-token grants in memory for `ttl` seconds; unknown tokens are asked every
-    time. The directory lookup is blocking: it runs in a thread."""
+class TokenCache(CredentialCache[MemberGrant]):
+    """Workspace-token grants, remembered for `ttl` seconds (see `CredentialCache`)."""
 
     def __init__(self, directory: Directory, *, ttl: float = 1.0, max_entries: int = 10_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._directory = directory
-        self._ttl = ttl
-        self._max_entries = max_entries
-        self._clock = clock
-        self._entries: dict[str, tuple[MemberGrant, float]] = {}
-
-    def __repr__(self) -> str:
-        return f"TokenCache(entries={len(self._entries)})"
-
-    async def lookup(self, secret: str) -> MemberGrant | None:
-        entry = self._entries.get(secret)
-        if entry is not None and entry[1] > self._clock():
-            return entry[0]
-        grant = await asyncio.to_thread(self._directory.authenticate_token, secret)
-        if grant is None:
-            self._entries.pop(secret, None)
-            return None
-        if len(self._entries) >= self._max_entries:
-            now = self._clock()
-            for stale in [s for s, (_, expires) in self._entries.items() if expires <= now]:
-                del self._entries[stale]
-            if len(self._entries) >= self._max_entries:
-                self._entries.clear()
-        self._entries[secret] = (grant, self._clock() + self._ttl)
-        return grant
+        super().__init__(directory.authenticate_token, ttl=ttl, max_entries=max_entries,
+                         clock=clock)
 
 
 class WorkspaceAuth:
