@@ -436,7 +436,7 @@ HOSTILE_BODIES = {
     "lone surrogate": b'{"content": "\\ud800"}',
     "too deep": b'{"content": "x", "model": ' + b"[" * 200 + b"]" * 200 + b"}",
     "not an object": b'["content"]',
-    "unknown field": b'{"content": "x", "temperature": 2}',
+    "unknown field": b'{"content": "x", "FIELDCANARY": 2}',
     "wrong type": b'{"content": 42}',
     "truncated": b'{"content": "x"',
 }
@@ -452,6 +452,7 @@ def test_hostile_message_bodies_are_a_400_with_nothing_stored(
                              headers={"content-type": "application/json"})
         assert answer.status_code == 400, answer.text
         assert set(answer.json()["error"]) == {"message", "type", "param", "code"}
+        assert "FIELDCANARY" not in answer.text  # a field's name is the client's text
         assert client.get(f"/conversations/{conversation}").json()["messages"] == []
     assert "Traceback" not in live.server.log()
 
@@ -462,6 +463,8 @@ def test_wrong_method_and_unknown_path_answer_in_the_one_error_shape(
         wrong = client.put("/conversations")
         assert wrong.status_code == 405 and error_code(wrong) == "method_not_allowed"
         assert set(wrong.headers["allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
+        for limit in ("%C2%B2", "0", "-1", "1e3"):  # "²" is a digit to str.isdigit
+            assert client.get(f"/conversations?limit={limit}").status_code == 400, limit
         missing = client.get("/no-such-thing")
         assert missing.status_code == 404 and error_code(missing) == "not_found"
         document = client.get("/openapi.json").json()

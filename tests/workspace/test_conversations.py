@@ -3,6 +3,7 @@ workspaces and members, sealed columns, retention; on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -226,6 +227,8 @@ def test_the_list_is_newest_activity_first_in_pages(
 @pytest.mark.parametrize(("options", "param"), [
     ({"cursor": "not-a-cursor"}, "cursor"),
     ({"cursor": "WyJ4IiwgMV0"}, "cursor"),  # ["x", 1]: base64 JSON of the wrong shape
+    # Deeply nested JSON (the parser's recursion would be a 500)
+    ({"cursor": base64.urlsafe_b64encode(b"[" * 3000).decode()}, "cursor"),
     ({"limit": 0}, "limit"),
     ({"limit": 101}, "limit"),
 ])

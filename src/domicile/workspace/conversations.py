@@ -170,14 +170,19 @@ def _cursor(updated_at: datetime, conversation_id: str) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
+MAX_CURSOR = 200  # ours are under 100 characters; longer is not one of ours
+
+
 def _parse_cursor(cursor: str) -> tuple[datetime, str]:
     try:
+        if len(cursor) > MAX_CURSOR:
+            raise ValueError("too long")
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         micros, conversation_id = json.loads(raw)
         if type(micros) is not int or not isinstance(conversation_id, str):
             raise ValueError("not a cursor")
         return _EPOCH + timedelta(microseconds=micros), conversation_id
-    except (ValueError, TypeError, OverflowError, binascii.Error):
+    except (ValueError, TypeError, OverflowError, RecursionError, binascii.Error):
         raise InvalidInput("The cursor is not valid.", param="cursor") from None
 
 

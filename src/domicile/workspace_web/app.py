@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -52,6 +53,8 @@ log = logging.getLogger("domicile.workspace")
 
 API_PREFIX = "/workspace/api"
 MAX_JSON = 4 * 1024 * 1024
+# ASCII digits only: `str.isdigit` also takes "²", which `int` then refuses.
+_DIGITS = re.compile(r"[0-9]{1,12}")
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 
@@ -159,6 +162,9 @@ def json_response(value: object, status: int = 200, request: Request | None = No
 
 def _validation_error(error: ValidationError) -> InvalidInput:
     first = error.errors()[0]
+    if first.get("type") == "extra_forbidden":
+        # The name of a field we do not know is the client's text: not repeated.
+        return InvalidInput("The body has a field this endpoint does not take.")
     param = ".".join(str(part) for part in first.get("loc", ())) or None
     # pydantic's message says what was expected; it never quotes the value (we drop `input`).
     return InvalidInput(f"Invalid `{param}`: {first.get('msg', 'invalid value')}."
@@ -168,7 +174,7 @@ def _validation_error(error: ValidationError) -> InvalidInput:
 async def read_body(request: Request, model: type[M], *, optional: bool = False) -> M:
     """The body as `model`: bounded, strict JSON, unknown fields refused."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_JSON:
+    if declared is not None and _DIGITS.fullmatch(declared) and int(declared) > MAX_JSON:
         raise BodyTooLarge(f"The request body is larger than {MAX_JSON} bytes.")
     data = bytearray()
     async for chunk in request.stream():
@@ -427,7 +433,8 @@ class WorkspaceApi:
         boundary = boundary_of(request.headers.get("content-type", "").encode("latin-1"))
         declared = request.headers.get("content-length")
         # The multipart framing around a file is small: allow it, refuse a body clearly larger.
-        if declared is not None and declared.isdigit() and int(declared) > limit + 64 * 1024:
+        if (declared is not None and _DIGITS.fullmatch(declared)
+                and int(declared) > limit + 64 * 1024):
             raise BodyTooLarge(f"The file is larger than {limit} bytes, the most this "
                                "workspace accepts.", param="file")
         reader = MultipartReader(request.receive, boundary, limit=limit + 64 * 1024)
@@ -681,7 +688,14 @@ class ReplyStream:
                 raise work.exception()  # type: ignore[misc]
         finally:
             # Whatever happened, the reply so far is kept: stopped when the client left.
-            message = await asyncio.shield(turn.finish("stopped" if left else None))
+            try:
+                message = await asyncio.shield(turn.finish("stopped" if left else None))
+            except DomicileError as error:  # the conversation was deleted meanwhile, say
+                if not left:
+                    await _event(send, "error", {"error": error.to_openai()["error"]})
+                    await send({"type": "http.response.body", "body": b"",
+                                "more_body": False})
+                return
         if left:
             return
         payload: dict[str, Any] = {"message": message.to_json()}
@@ -699,7 +713,7 @@ async def _event(send: Send, kind: str, data: dict[str, Any]) -> None:
 def _limit(raw: str | None, default: int, most: int) -> int:
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= most:
+    if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= most:
         raise InvalidInput(f"`limit` must be a whole number from 1 to {most}.", param="limit")
     return int(raw)
 
