@@ -272,6 +272,29 @@ class Gpts:
                                 .where(GptRow.workspace_id == tenant.id)).all()
         return frozenset(file_id for row in rows for file_id in self._gpt(tenant, row).file_ids)
 
+    def forget_file(self, tenant: TenantRef, file_id: str) -> tuple[Gpt, ...]:
+        """Take a deleted file out of every GPT of the workspace that used it; the GPTs
+        changed (their knowledge is then `Knowledge.index`'s to rebuild)."""
+
+        def forget(conn: Connection) -> tuple[Gpt, ...]:
+            rows = conn.execute(select(*GPT_COLUMNS).with_for_update()
+                                .where(GptRow.workspace_id == tenant.id)).all()
+            changed = []
+            now = datetime.now(UTC)
+            for row in rows:
+                gpt = self._gpt(tenant, row)
+                if file_id not in gpt.file_ids:
+                    continue
+                gpt = replace(gpt, file_ids=tuple(f for f in gpt.file_ids if f != file_id),
+                              updated_at=now)
+                sealed = self.store.seal(tenant, GPT_KIND, gpt.id, gpt._sealed_body())
+                conn.execute(update(GptRow).where(GptRow.id == gpt.id)
+                             .values(updated_at=now, body=sealed))
+                changed.append(gpt)
+            return tuple(changed)
+
+        return self._transact(forget)
+
     def delete(self, member: MemberGrant, gpt_id: str) -> None:
         """Delete the GPT (its owner or a workspace admin). Its knowledge index is
         `Knowledge.delete`'s to remove."""

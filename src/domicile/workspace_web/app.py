@@ -488,7 +488,7 @@ class WorkspaceApi:
     async def delete_file(self, request: Request) -> Response:
         member = await self.auth.member(request)
         file_id = request.path_params["file_id"]
-        await self._run(self.services.files.delete, member, file_id)
+        await self.services.library.delete_file(member, file_id)
         return json_response({"id": file_id, "object": "workspace.file", "deleted": True},
                              request=request)
 
@@ -504,15 +504,10 @@ class WorkspaceApi:
         member = await self.auth.member(request)
         body = await read_body(request, NewGpt)
         self._check_model(body.model)
-        gpt = await self._run(
-            self.services.gpts.create, member, name=body.name, instructions=body.instructions,
-            model=body.model, description=body.description, file_ids=tuple(body.file_ids),
+        gpt = await self.services.library.create_gpt(
+            member, name=body.name, instructions=body.instructions, model=body.model,
+            description=body.description, file_ids=tuple(body.file_ids),
             starters=tuple(body.conversation_starters), sharing=body.sharing)
-        try:
-            await self.services.knowledge.index(member.tenant, gpt.id, gpt.file_ids)
-        except BaseException:
-            await self._run(self.services.gpts.delete, member, gpt.id)
-            raise
         return json_response(gpt.to_json(), 201, request=request)
 
     async def list_gpts(self, request: Request) -> Response:
@@ -535,17 +530,14 @@ class WorkspaceApi:
             changes["file_ids"] = tuple(changes["file_ids"] or ())
         if "conversation_starters" in changes:
             changes["starters"] = tuple(changes.pop("conversation_starters") or ())
-        gpt = await self._run(self.services.gpts.update, member,
-                              request.path_params["gpt_id"], **changes)
-        if "file_ids" in changes:
-            await self.services.knowledge.index(member.tenant, gpt.id, gpt.file_ids)
+        gpt = await self.services.library.update_gpt(member, request.path_params["gpt_id"],
+                                                     **changes)
         return json_response(gpt.to_json(), request=request)
 
     async def delete_gpt(self, request: Request) -> Response:
         member = await self.auth.member(request)
         gpt_id = request.path_params["gpt_id"]
-        await self._run(self.services.gpts.delete, member, gpt_id)
-        await self.services.knowledge.delete(member.tenant, gpt_id)
+        await self.services.library.delete_gpt(member, gpt_id)
         return json_response({"id": gpt_id, "object": "workspace.gpt", "deleted": True},
                              request=request)
 

@@ -20,6 +20,7 @@ from domicile.workspace.conversations import Conversations
 from domicile.workspace.files import FileStore
 from domicile.workspace.gpts import Gpts
 from domicile.workspace.knowledge import Knowledge
+from domicile.workspace.library import Library
 from domicile.workspace.retention import RetentionSweeper
 
 __all__ = ["WorkspaceServices", "build_workspace_services"]
@@ -39,6 +40,7 @@ class WorkspaceServices:
     knowledge: Knowledge
     chat: ChatService
     retention: RetentionSweeper
+    library: Library
 
 
 def build_workspace_services(site: Site, region: str, router: ModelRouter) -> WorkspaceServices:
@@ -57,4 +59,5 @@ def build_workspace_services(site: Site, region: str, router: ModelRouter) -> Wo
                        settings.workspace)
     retention = RetentionSweeper(region, site.directory, store, conversations, files, gpts)
     return WorkspaceServices(settings, region, site.directory, store, accounts, sessions,
-                             conversations, files, gpts, knowledge, chat, retention)
+                             conversations, files, gpts, knowledge, chat, retention,
+                             Library(files, gpts, knowledge))
