@@ -16,6 +16,7 @@ ErrorHeaders = Sequence[tuple[bytes, bytes]]
 __all__ = [
     "BodyTooLarge",
     "ConfigError",
+    "Conflict",
     "ContentStoreUnavailable",
     "CrossRegionWrite",
     "CsrfFailed",
@@ -35,6 +36,7 @@ __all__ = [
     "RateLimited",
     "RegionBusy",
     "RegionImmutable",
+    "ReplyInProgress",
     "ServerBusy",
     "StorageError",
     "StoreUnavailable",
@@ -136,6 +138,19 @@ class WrongRegion(Forbidden):
     """G3: a credential of region A presented at region B."""
 
     code = "wrong_region"
+
+
+class Conflict(InvalidInput):
+    """The request conflicts with the current state of its object; it may succeed later."""
+
+    status = 409
+    code = "conflict"
+
+
+class ReplyInProgress(Conflict):
+    """A message to a conversation whose reply is still being written."""
+
+    code = "reply_in_progress"
 
 
 class ZeroRetentionViolation(InvalidInput):

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from domicile.config import ProviderSettings, WorkspaceSettings
-from domicile.errors import InvalidInput, NoInRegionProvider, RateLimited
+from domicile.errors import InvalidInput, NoInRegionProvider, RateLimited, ReplyInProgress
 from domicile.inference.embeddings import Embedder
 from domicile.inference.providers import DevEchoProvider, OpenAICompatibleProvider, Provider
 from domicile.inference.providers.dev_echo import png
@@ -426,3 +426,32 @@ async def test_a_turn_and_a_regenerated_reply_on_postgresql(
         ("assistant", "complete", "hello from postgres")]
     assert first.parent_id == again.parent_id == asked.id
     assert stored.summary.title == "hello from postgres"
+
+
+async def test_one_reply_at_a_time_per_conversation(chat: Chat, member: MemberGrant) -> None:
+    cid = chat.new_conversation(member)
+    first = await chat.service.send(member, cid, ChatRequest("first", model="dev-echo"))
+    with pytest.raises(ReplyInProgress) as busy:
+        await chat.service.send(member, cid, ChatRequest("second", model="dev-echo"))
+    assert busy.value.status == 409
+    with pytest.raises(ReplyInProgress):
+        await chat.service.regenerate(member, cid)
+    other = chat.new_conversation(member)  # another conversation is not held up
+    assert (await say(chat, member, other, "elsewhere", model="dev-echo"))[1].content
+    async for _ in first.deltas():
+        pass
+    await first.finish()
+    _, reply = await say(chat, member, cid, "second", model="dev-echo")
+    branch = chat.get(member, cid).branch()
+    assert [m.content for m in branch] == ["first", "first", "second", "second"]
+    assert reply.parent_id == branch[2].id
+
+
+async def test_a_turn_that_fails_to_open_frees_its_conversation(
+        chat: Chat, member: MemberGrant) -> None:
+    chat.upstream.behaviour.mode = "fail"
+    cid = chat.new_conversation(member)
+    with pytest.raises(NoInRegionProvider):
+        await chat.service.send(member, cid, ChatRequest("hi", model=FAILOVER_MODEL))
+    chat.upstream.reset()
+    assert (await say(chat, member, cid, "hi", model="dev-echo"))[1].content == "hi"

@@ -21,19 +21,19 @@ import binascii
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from domicile.config import WorkspaceSettings
-from domicile.errors import InvalidInput, NotFound, RateLimited, UpstreamError
+from domicile.errors import InvalidInput, NotFound, RateLimited, ReplyInProgress, UpstreamError
 from domicile.inference.chat import ChatDeltas, open_chat_stream
 from domicile.inference.providers.base import Provider, ProviderUnavailable, UpstreamRejected
 from domicile.inference.routing import ModelRouter
 from domicile.tenancy.grants import MemberGrant
 from domicile.web.jsonbody import dump_json, loads_strict
 
-from .conversations import Citation, Conversations, StoredMessage
+from .conversations import Citation, Conversation, Conversations, StoredMessage
 from .files import FileStore, WorkspaceFile
 from .gpts import Gpt, Gpts
 from .knowledge import Knowledge, Passage
@@ -146,10 +146,13 @@ class Turn:
         """Store the reply: `complete`, `stopped` (the client left) or `error`."""
         if self._finished is not None:
             return self._finished
-        await self.close()
-        if status is None:
-            status = "error" if self.error is not None else "complete"
-        self._finished = await asyncio.to_thread(self.service._store_reply, self, status)
+        try:
+            await self.close()
+            if status is None:
+                status = "error" if self.error is not None else "complete"
+            self._finished = await asyncio.to_thread(self.service._store_reply, self, status)
+        finally:
+            self.service._replying.discard(self.conversation_id)
         return self._finished
 
 
@@ -165,6 +168,9 @@ class ChatService:
         self.knowledge = knowledge
         self.settings = settings
         self.limiter = MessageLimiter(settings.messages_per_minute)
+        # Conversations with a reply in the making (in this process): one turn at a time, so
+        # two messages sent at once cannot chain one prompt under the other.
+        self._replying: set[str] = set()
 
     # -- what the region offers -------------------------------------------------------------
 
@@ -232,7 +238,17 @@ class ChatService:
             images = [f for f in attachments if f.is_image] + await self._history_images(
                 member, history)
             providers = self._providers(model, vision=bool(images))
-        self.limiter.take(member)
+        with self._turn_of(conversation_id):
+            self.limiter.take(member)
+            return await self._send(member, conversation_id, conversation, content, model,
+                                    gpt, gpt_id, parent_id, history, attachments,
+                                    wants_image, providers)
+
+    async def _send(self, member: MemberGrant, conversation_id: str,
+                    conversation: Conversation, content: str, model: str, gpt: Gpt | None,
+                    gpt_id: str | None, parent_id: str | None,
+                    history: Sequence[StoredMessage], attachments: Sequence[WorkspaceFile],
+                    wants_image: bool, providers: Sequence[Provider]) -> Turn:
         # The reply is opened first and the member's message stored once a provider answers:
         # a turn no provider can serve (503) leaves nothing behind.
         turn = Turn(self, member, conversation_id, None, model, gpt_id, ())
@@ -277,15 +293,32 @@ class ChatService:
         images = [f for f in attachments if f.is_image] + await self._history_images(
             member, history)
         providers = self._providers(model, vision=bool(images))
-        self.limiter.take(member)
-        turn = Turn(self, member, conversation_id, target, model, gpt_id, ())
-        passages = await self._passages(member, gpt, target.content)
-        turn.citations = tuple(dict.fromkeys(Citation(p.file_id, p.file_name)
-                                             for p in passages))
-        messages = await self._messages(member, gpt, passages, history, target.content,
-                                        attachments)
-        await self._open(turn, providers, messages)
-        return turn
+        with self._turn_of(conversation_id):
+            self.limiter.take(member)
+            turn = Turn(self, member, conversation_id, target, model, gpt_id, ())
+            passages = await self._passages(member, gpt, target.content)
+            turn.citations = tuple(dict.fromkeys(Citation(p.file_id, p.file_name)
+                                                 for p in passages))
+            messages = await self._messages(member, gpt, passages, history, target.content,
+                                            attachments)
+            await self._open(turn, providers, messages)
+            return turn
+
+    @contextlib.contextmanager
+    def _turn_of(self, conversation_id: str) -> Iterator[None]:
+        """Claim the conversation for a turn: 409 while another reply is in the making. A turn
+        that fails before it opens gives it back; one that opens keeps it until
+        `Turn.finish`."""
+        if conversation_id in self._replying:
+            raise ReplyInProgress("A reply in this conversation is still being written. Wait "
+                                  "for it (or stop it), then send again.",
+                                  param="conversation_id")
+        self._replying.add(conversation_id)
+        try:
+            yield
+        except BaseException:
+            self._replying.discard(conversation_id)
+            raise
 
     async def _open(self, turn: Turn, providers: Sequence[Provider],
                     messages: list[dict[str, Any]]) -> None:
