@@ -16,7 +16,7 @@ from collections.abc import Callable
 from argon2 import PasswordHasher
 
 from domicile.compliance.audit import AuditLog
-from domicile.errors import InvalidCredentials, InvalidInput
+from domicile.errors import Forbidden, InvalidCredentials, InvalidInput
 from domicile.tenancy.directory import Directory
 from domicile.tenancy.grants import MemberGrant
 from domicile.tenancy.models import User
@@ -48,25 +48,26 @@ class Accounts:
         `workspace_id` chooses among several workspaces of the region with this email; it
         is asked for (400) only after the password matched in more than one of them."""
         account_key = f"{region}:{email.strip().lower()}"
+        # Counts this attempt (or refuses it) before the slow password check; a failure
+        # leaves it counted, a right password takes it back.
         self._throttle.check(account_key, address)
         candidates = [user for user in self._directory.find_members(region, email)
                       if workspace_id is None or user.workspace_id == workspace_id]
         matched = self._matching(candidates, password)
         audit = self._audit_for(region)
         if not matched:
-            self._throttle.failed(account_key, address)
             for user in candidates:
                 audit.append(ANONYMOUS, "login.failed", user.id,
                              {"workspace": user.workspace_id, "reason": "password"})
             if not candidates:
                 audit.append(ANONYMOUS, "login.failed", "unknown", {"reason": "account"})
             raise InvalidCredentials(_WRONG)
+        self._throttle.succeeded(account_key, address)
         if len(matched) > 1:
             choices = ", ".join(user.workspace_id for user in matched)
             raise InvalidInput(f"This account belongs to several workspaces of region {region}; "
                                f"sign in again with a workspace_id (one of: {choices}).",
                                param="workspace_id")
-        self._throttle.succeeded(account_key)
         user = matched[0]
         grant = self._directory.member_grant(user.id)
         if grant is None:  # removed between the lookup and now
@@ -101,11 +102,27 @@ class Accounts:
     def check_csrf(self, region: str, row: SessionRow, token: str | None) -> bool:
         return self._sessions_for(region).check_csrf(row, token)
 
-    def remove_member(self, workspace_id: str, user_id: str, *, actor: str) -> None:
-        """Remove a member from the directory (tokens revoked) and end their sessions."""
-        workspace = self._directory.get_workspace(workspace_id)
-        self._directory.remove_member(workspace_id, user_id, actor=actor)
-        self._sessions_for(workspace.region).delete_for_user(workspace_id, user_id)
+    # -- managing members: who may change whom ---------------------------------------------
+
+    def change_role(self, actor: MemberGrant, user_id: str, role: str) -> User:
+        """Give a member of the actor's workspace another role (audited "member.role").
+
+        Owners and admins manage members; only an owner may make someone an owner or change
+        an owner's role, so an admin cannot take a workspace from its owners. A member of
+        another workspace is not found (404); the last owner stays (400)."""
+        _may_manage_members(actor)
+        if role == "owner" and actor.role != "owner":
+            raise Forbidden("Only an owner may make a member an owner.")
+        return self._directory.set_role(actor.workspace_id, user_id, role,
+                                        actor=actor.user_id, check=_owners_by_owners(actor))
+
+    def remove_member(self, actor: MemberGrant, user_id: str) -> None:
+        """Remove a member of the actor's workspace (tokens revoked, audited "member.remove")
+        and end their sessions, under the rules of `change_role`."""
+        _may_manage_members(actor)
+        self._directory.remove_member(actor.workspace_id, user_id, actor=actor.user_id,
+                                      check=_owners_by_owners(actor))
+        self._sessions_for(actor.region).delete_for_user(actor.workspace_id, user_id)
 
     def _matching(self, candidates: list[User], password: str) -> list[User]:
         matched = []
@@ -122,3 +139,19 @@ class Accounts:
         user = User(id="", workspace_id="", email="", role="member",
                     password_hash=self._decoy_hash)
         self._directory.verify_password(user, password)
+
+
+def _may_manage_members(actor: MemberGrant) -> None:
+    if not actor.is_admin:
+        raise Forbidden("Only the workspace's owners and admins may manage its members.")
+
+
+def _owners_by_owners(actor: MemberGrant) -> Callable[[User], None]:
+    """The directory's check, run on the member as they are in the changing transaction (so a
+    promotion to owner that lands first is seen): only an owner changes or removes an owner."""
+
+    def check(user: User) -> None:
+        if user.role == "owner" and actor.role != "owner":
+            raise Forbidden("Only an owner may change or remove an owner.")
+
+    return check

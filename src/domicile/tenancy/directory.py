@@ -341,14 +341,18 @@ class Directory:
                 .order_by(User.created_at, User.id)))
 
     def set_role(self, workspace_id: str, user_id: str, role: str, *,
-                 actor: str = "cli") -> User:
+                 actor: str = "cli", check: Callable[[User], None] | None = None) -> User:
         """Change a member's role. The last owner cannot be demoted: a workspace always has
-        someone who may administer it."""
+        someone who may administer it. `check` sees the member as they are in this
+        transaction and may refuse the change by raising (the caller's rules of who may
+        change whom)."""
         if role not in ROLES:
             raise InvalidInput(f"role must be one of {', '.join(ROLES)}", param="role")
         with Session(self._engine, expire_on_commit=False) as session, session.begin():
             workspace = self._get(session, Workspace, workspace_id, "workspace")
             user = self._live_user(session, workspace.id, user_id)
+            if check is not None:
+                check(user)
             if user.role == role:
                 return user
             if user.role == "owner":
@@ -359,12 +363,16 @@ class Directory:
                         {"workspace": workspace.id, "role": role})
         return user
 
-    def remove_member(self, workspace_id: str, user_id: str, *, actor: str = "cli") -> None:
+    def remove_member(self, workspace_id: str, user_id: str, *, actor: str = "cli",
+                      check: Callable[[User], None] | None = None) -> None:
         """Remove a member: their tokens are revoked and they can no longer sign in (their
-        browser sessions stop at the next request). The row stays, for the audit trail."""
+        browser sessions stop at the next request). The row stays, for the audit trail.
+        `check` as for `set_role`."""
         with Session(self._engine, expire_on_commit=False) as session, session.begin():
             workspace = self._get(session, Workspace, workspace_id, "workspace")
             user = self._live_user(session, workspace.id, user_id)
+            if check is not None:
+                check(user)
             if user.role == "owner":
                 self._keep_an_owner(session, workspace.id, user.id, "removed", "user")
             now = datetime.now(UTC)

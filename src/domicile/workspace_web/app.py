@@ -325,18 +325,15 @@ class WorkspaceApi:
     async def change_member(self, request: Request) -> Response:
         member = await self._admin(request)
         body = await read_body(request, MemberChange)
-        if body.role == "owner" and member.role != "owner":
-            raise Forbidden("Only an owner may make another member an owner.")
         user_id = request.path_params["user_id"]
-        await self._run(self.services.directory.set_role, member.workspace_id, user_id,
-                        body.role, actor=member.user_id)
+        # Accounts decides who may change whom (an admin cannot make, demote or remove owners).
+        await self._run(self.services.accounts.change_role, member, user_id, body.role)
         return json_response({"id": user_id, "role": body.role}, request=request)
 
     async def remove_member(self, request: Request) -> Response:
         member = await self._admin(request)
         user_id = request.path_params["user_id"]
-        await self._run(self.services.accounts.remove_member, member.workspace_id, user_id,
-                        actor=member.user_id)
+        await self._run(self.services.accounts.remove_member, member, user_id)
         return json_response({"id": user_id, "deleted": True}, request=request)
 
     async def change_workspace(self, request: Request) -> Response:
