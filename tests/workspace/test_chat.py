@@ -16,6 +16,7 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -29,9 +30,16 @@ from domicile.inference.routing import ModelRouter
 from domicile.site import Site
 from domicile.storage.regional import RegionalStore
 from domicile.tenancy.grants import MemberGrant
-from domicile.workspace.chat import ChatRequest, ChatService, MessageLimiter, Turn
+from domicile.workspace.chat import (
+    IMAGES_PER_TURN,
+    ChatRequest,
+    ChatService,
+    MessageLimiter,
+    Turn,
+    images_to_send,
+)
 from domicile.workspace.conversations import Citation, Conversation, Conversations, StoredMessage
-from domicile.workspace.files import FileStore
+from domicile.workspace.files import FileStore, WorkspaceFile
 from domicile.workspace.gpts import Gpts
 from domicile.workspace.knowledge import Knowledge
 from tests.gateway.upstream import FakeUpstream
@@ -455,3 +463,23 @@ async def test_a_turn_that_fails_to_open_frees_its_conversation(
         await chat.service.send(member, cid, ChatRequest("hi", model=FAILOVER_MODEL))
     chat.upstream.reset()
     assert (await say(chat, member, cid, "hi", model="dev-echo"))[1].content == "hi"
+
+
+def picture(name: str, size: int, media_type: str = "image/png") -> WorkspaceFile:
+    return WorkspaceFile(name, "user_x", name, media_type, size, "upload",
+                         datetime.now(UTC), False)
+
+
+def test_images_sent_with_a_turn_stay_within_a_budget() -> None:
+    mib = 1024 * 1024
+    own = [picture("own", 6 * mib), picture("notes", 3 * mib, "text/plain")]
+    earlier = [[picture("oldest", 8 * mib)], [picture("older", 9 * mib)],
+               [picture("newest", 5 * mib)]]
+    # The message's own first, then the newest earlier ones while 20 MiB last.
+    assert images_to_send(own, earlier) == {"own", "newest", "older"}
+    assert images_to_send([], earlier) == {"newest", "older"}  # 8 more would pass 20
+    with pytest.raises(InvalidInput) as too_much:
+        images_to_send([picture("a", 12 * mib), picture("b", 9 * mib)], [])
+    assert too_much.value.param == "file_ids"
+    many = [[picture(f"p{i}", 1000)] for i in range(40)]
+    assert len(images_to_send([], many)) == IMAGES_PER_TURN

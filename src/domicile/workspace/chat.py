@@ -21,7 +21,7 @@ import binascii
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,9 @@ MAX_ATTACHMENTS = 10
 # Text of attached documents given to the model with a message, per file (characters).
 ATTACHMENT_TEXT_CHARS = 20_000
 TITLE_CHARS = 60
+# Images given to the model with one turn: the message's own first, then earlier ones.
+IMAGE_BYTES_PER_TURN = 20 * 1024 * 1024
+IMAGES_PER_TURN = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +327,8 @@ class ChatService:
                     messages: list[dict[str, Any]]) -> None:
         parsed: dict[str, Any] = {"model": turn.model, "messages": messages, "stream": True,
                                   "stream_options": {"include_usage": True}}
-        body = dump_json(parsed)
+        # A body with pictures is megabytes of base64: made off the event loop.
+        body = await asyncio.to_thread(dump_json, parsed)
         try:
             opened = await open_chat_stream(self.router, turn.model, providers, body, parsed)
         except UpstreamRejected as rejected:
@@ -399,27 +403,33 @@ class ChatService:
                               f"[{p.file_name}]\n{p.text}" for p in passages))
         if system:
             messages.append({"role": "system", "content": "\n\n".join(system)})
+        earlier = [(message, await self._files_still_there(member, message.file_ids))
+                   for message in history if message.role == "user"]
+        sent = images_to_send(attachments, [files for _, files in earlier])
+        files_of = {message.id: files for message, files in earlier}
         for message in history:
             if message.role == "assistant":
                 if message.content:
                     messages.append({"role": "assistant", "content": message.content})
                 continue
-            files = await self._files_still_there(member, message.file_ids)
-            messages.append(await self._user_message(member, message.content, files))
-        messages.append(await self._user_message(member, content, attachments))
+            messages.append(await self._user_message(member, message.content,
+                                                     files_of[message.id], sent))
+        messages.append(await self._user_message(member, content, attachments, sent))
         return messages
 
     async def _user_message(self, member: MemberGrant, content: str,
-                            files: Sequence[WorkspaceFile]) -> dict[str, Any]:
+                            files: Sequence[WorkspaceFile],
+                            images_sent: Collection[str]) -> dict[str, Any]:
         if not files:
             return {"role": "user", "content": content}
         text = content
         parts: list[dict[str, Any]] = []
         for file in files:
-            if file.is_image:
-                data = await asyncio.to_thread(self.files.read, member, file.id)
-                url = f"data:{file.media_type};base64,{base64.b64encode(data).decode()}"
+            if file.is_image and file.id in images_sent:
+                url = await asyncio.to_thread(self._data_url, member, file)
                 parts.append({"type": "image_url", "image_url": {"url": url}})
+            elif file.is_image:
+                text += f"\n\n[An earlier image, {file.name}, is not sent again.]"
             else:
                 extracted = await asyncio.to_thread(self.files.text, member.tenant, file.id)
                 if extracted:
@@ -429,6 +439,10 @@ class ChatService:
             return {"role": "user", "content": text}
         return {"role": "user", "content": [{"type": "text", "text": text}, *parts]}
 
+    def _data_url(self, member: MemberGrant, file: WorkspaceFile) -> str:
+        data = self.files.read(member, file.id)
+        return f"data:{file.media_type};base64,{base64.b64encode(data).decode()}"
+
     # -- keeping the reply ---------------------------------------------------------------------
 
     def _store_reply(self, turn: Turn, status: str) -> StoredMessage:
@@ -437,6 +451,26 @@ class ChatService:
             turn.member, turn.conversation_id, role="assistant", content="".join(turn.text),
             parent_id=turn.user_message.id, status=status, model=turn.model,
             gpt_id=turn.gpt_id, file_ids=turn.file_ids, citations=turn.citations)
+
+
+def images_to_send(attachments: Sequence[WorkspaceFile],
+                    earlier: Sequence[Sequence[WorkspaceFile]]) -> set[str]:
+    """Which images go to the model with a turn: all of the message's own (400 past the
+    budget), then earlier ones, newest first, while the budget lasts; a conversation with many
+    pictures does not grow every request without end."""
+    current = [f for f in attachments if f.is_image]
+    budget = IMAGE_BYTES_PER_TURN - sum(f.size for f in current)
+    if budget < 0:
+        raise InvalidInput(f"The images of one message may hold at most "
+                           f"{IMAGE_BYTES_PER_TURN // (1024 * 1024)} MiB together.",
+                           param="file_ids")
+    chosen = {f.id for f in current}
+    for files in reversed(earlier):
+        for file in files:
+            if file.is_image and file.size <= budget and len(chosen) < IMAGES_PER_TURN:
+                chosen.add(file.id)
+                budget -= file.size
+    return chosen
 
 
 def _first_image(status: int, body: bytes, provider: str) -> bytes:
