@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from argon2 import PasswordHasher
 from sqlalchemy import select, update
 
-from domicile.errors import InvalidCredentials, InvalidInput, LoginThrottled, NotFound
+from domicile.config import WorkspaceSettings
+from domicile.errors import Forbidden, InvalidCredentials, InvalidInput, LoginThrottled, NotFound
 from domicile.site import Site
 from domicile.tenancy.accounts import Accounts
+from domicile.tenancy.grants import Role
 from domicile.tenancy.models import User, WorkspaceToken
+from domicile.tenancy.throttle import LoginThrottle
 from tests.tenancy.conftest import PASSWORD, FakeClock, SessionsFor, Tenants, audit_entries
 
 
@@ -119,6 +124,110 @@ def test_a_member_is_managed_only_within_their_workspace(site: Site, tenants: Te
         site.directory.remove_member(elsewhere, user.id)
     with pytest.raises(NotFound):
         site.directory.create_token(elsewhere, user.id)
+
+
+# -- managing members: who may change whom (Accounts) ---------------------------------------
+
+
+def staff(tenants: Tenants, actor_role: Role, target_role: Role) -> tuple[User, User]:
+    """An acting member and a target member of one workspace that also has an owner."""
+    owner = tenants.user(role="owner")
+    actor = owner if actor_role == "owner" else tenants.user(owner.workspace_id, role=actor_role)
+    return actor, tenants.user(owner.workspace_id, role=target_role)
+
+
+def role_of(site: Site, user: User) -> str | None:
+    grant = site.directory.member_grant(user.id)
+    return None if grant is None else grant.role
+
+
+@pytest.mark.parametrize(("actor_role", "target_role", "new_role"), [
+    ("admin", "owner", "admin"),    # an admin demoting an owner
+    ("admin", "owner", "member"),
+    ("admin", "member", "owner"),   # an admin making an owner
+    ("admin", "admin", "owner"),
+    ("member", "member", "admin"),  # a member managing anyone
+    ("member", "admin", "member"),
+])
+def test_a_role_change_beyond_the_actors_rights_is_forbidden(
+        site: Site, tenants: Tenants, accounts: Accounts, actor_role: Role, target_role: Role,
+        new_role: str) -> None:
+    actor, target = staff(tenants, actor_role, target_role)
+    with pytest.raises(Forbidden) as refused:
+        accounts.change_role(tenants.grant(actor), target.id, new_role)
+    assert (refused.value.status, refused.value.code) == (403, "forbidden")
+    assert role_of(site, target) == target_role
+    assert audit_entries(site, "eu", "member.role") == []
+
+
+@pytest.mark.parametrize(("actor_role", "target_role"), [
+    ("admin", "owner"), ("member", "member"), ("member", "admin")])
+def test_a_removal_beyond_the_actors_rights_is_forbidden(
+        site: Site, tenants: Tenants, accounts: Accounts, sessions_for: SessionsFor,
+        actor_role: Role, target_role: Role) -> None:
+    actor, target = staff(tenants, actor_role, target_role)
+    token = site.directory.create_token(target.workspace_id, target.id)
+    _, session = accounts.login("eu", target.email, PASSWORD, address="10.0.0.1")
+    with pytest.raises(Forbidden) as refused:
+        accounts.remove_member(tenants.grant(actor), target.id)
+    assert refused.value.status == 403
+    assert role_of(site, target) == target_role
+    assert site.directory.authenticate_token(token.secret) is not None
+    assert accounts.session_member("eu", session.secret) is not None
+    assert audit_entries(site, "eu", "member.remove") == []
+
+
+@pytest.mark.parametrize(("actor_role", "target_role", "new_role"), [
+    ("owner", "owner", "admin"),   # an owner demoting another owner
+    ("owner", "admin", "owner"),   # an owner making an owner
+    ("admin", "member", "admin"),
+    ("admin", "admin", "member"),
+])
+def test_owners_and_admins_change_roles_within_their_rights(
+        site: Site, tenants: Tenants, accounts: Accounts, actor_role: Role, target_role: Role,
+        new_role: str) -> None:
+    actor, target = staff(tenants, actor_role, target_role)
+    assert accounts.change_role(tenants.grant(actor), target.id, new_role).role == new_role
+    assert role_of(site, target) == new_role
+    [entry] = audit_entries(site, "eu", "member.role")
+    assert (entry.actor, entry.target, entry.details["role"]) == (actor.id, target.id, new_role)
+
+
+@pytest.mark.parametrize(("actor_role", "target_role"), [
+    ("owner", "owner"), ("admin", "admin"), ("admin", "member")])
+def test_owners_and_admins_remove_members_within_their_rights(
+        site: Site, tenants: Tenants, accounts: Accounts, actor_role: Role,
+        target_role: Role) -> None:
+    actor, target = staff(tenants, actor_role, target_role)
+    _, session = accounts.login("eu", target.email, PASSWORD, address="10.0.0.1")
+    accounts.remove_member(tenants.grant(actor), target.id)
+    assert role_of(site, target) is None
+    assert accounts.session_member("eu", session.secret) is None
+    [entry] = audit_entries(site, "eu", "member.remove")
+    assert (entry.actor, entry.target) == (actor.id, target.id)
+
+
+@pytest.mark.parametrize("target_role", ["owner", "member"])
+def test_a_member_of_another_workspace_is_not_found(
+        site: Site, tenants: Tenants, accounts: Accounts, target_role: Role) -> None:
+    admin = tenants.grant(tenants.user(role="admin"))
+    stranger = tenants.user(role=target_role)  # a workspace of their own
+    with pytest.raises(NotFound) as changing:
+        accounts.change_role(admin, stranger.id, "member")
+    with pytest.raises(NotFound) as removing:
+        accounts.remove_member(admin, stranger.id)
+    assert changing.value.status == removing.value.status == 404
+    assert role_of(site, stranger) == target_role
+
+
+def test_the_last_owner_stays_whoever_asks(site: Site, tenants: Tenants,
+                                           accounts: Accounts) -> None:
+    owner = tenants.user(role="owner")
+    with pytest.raises(InvalidInput, match="last owner"):
+        accounts.change_role(tenants.grant(owner), owner.id, "admin")
+    with pytest.raises(InvalidInput, match="last owner"):
+        accounts.remove_member(tenants.grant(owner), owner.id)
+    assert role_of(site, owner) == "owner"
 
 
 def test_retention_days_are_set_and_audited(site: Site, tenants: Tenants) -> None:
@@ -254,6 +363,60 @@ def test_login_is_throttled_before_the_password_is_checked(
     assert grant.user_id == user.id
 
 
+def test_right_passwords_do_not_use_up_the_address(tenants: Tenants,
+                                                    accounts: Accounts) -> None:
+    users = [tenants.user() for _ in range(8)]  # more than the address's 5 in the conftest
+    for user in users:  # e.g. colleagues behind one office address
+        grant, _ = accounts.login("eu", user.email, PASSWORD, address="10.0.0.1")
+        assert grant.user_id == user.id
+
+
+def test_parallel_wrong_passwords_meet_the_account_limit(
+        site: Site, tenants: Tenants, sessions_for: SessionsFor, clock: FakeClock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    attempts, limit = 40, 5
+    settings = WorkspaceSettings(login_failures_per_account=limit,
+                                 login_failures_per_address=1000, login_window_s=60.0)
+    accounts = Accounts(site.directory, sessions_for, LoginThrottle(settings, clock),
+                        site.audit_log)
+    user = tenants.user()
+    verify_password = site.directory.verify_password
+    progress = threading.Condition()
+    counts = {"password checks": 0, "arrived": 0}
+
+    def arrive(password_check: bool) -> None:
+        with progress:
+            counts["arrived"] += 1
+            counts["password checks"] += password_check
+            progress.notify_all()
+
+    def held_password_check(member: User, password: str) -> bool:
+        arrive(True)
+        # Held until every sign-in has reached a password check or been refused, so all of
+        # them are in flight together however the threads happen to be scheduled.
+        with progress:
+            assert progress.wait_for(lambda: counts["arrived"] == attempts, timeout=60)
+        return verify_password(member, password)
+
+    monkeypatch.setattr(site.directory, "verify_password", held_password_check)
+
+    def sign_in(n: int) -> int:
+        try:
+            accounts.login("eu", user.email, "wrong password", address=f"10.0.1.{n}")
+        except LoginThrottled as refused:
+            arrive(False)
+            return refused.status
+        except InvalidCredentials as wrong:
+            return wrong.status
+        return 200
+
+    with ThreadPoolExecutor(max_workers=attempts) as pool:
+        statuses = list(pool.map(sign_in, range(attempts)))
+    assert counts["password checks"] == limit
+    assert (statuses.count(401), statuses.count(429)) == (limit, attempts - limit)
+    assert len(audit_entries(site, "eu", "login.failed")) == limit
+
+
 def test_logout_ends_the_session(site: Site, tenants: Tenants, accounts: Accounts) -> None:
     user = tenants.user()
     _, session = accounts.login("eu", user.email, PASSWORD, address="10.0.0.1")
@@ -283,7 +446,7 @@ def test_a_session_follows_role_changes_and_removal(site: Site, tenants: Tenants
     found = accounts.session_member("eu", session.secret)
     assert found is not None and found[0].role == "admin"
 
-    accounts.remove_member(user.workspace_id, user.id, actor=owner.id)
+    accounts.remove_member(tenants.grant(owner), user.id)
     assert accounts.session_member("eu", session.secret) is None
     assert sessions_for("eu").lookup(session.secret) is None  # the row is gone too
     with pytest.raises(InvalidCredentials):

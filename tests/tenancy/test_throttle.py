@@ -15,9 +15,10 @@ from tests.tenancy.conftest import FakeClock
 
 
 def fail(throttle: LoginThrottle, account: str, address: str, times: int) -> None:
+    """`times` failed sign-ins: an attempt is counted by `check` itself; a failure adds
+    nothing more."""
     for _ in range(times):
         throttle.check(account, address)
-        throttle.failed(account, address)
 
 
 def retry_after(error: pytest.ExceptionInfo[LoginThrottled]) -> int:
@@ -56,14 +57,31 @@ def test_the_window_slides(throttle: LoginThrottle, clock: FakeClock) -> None:
     throttle.check("eu:a@example.com", "10.0.0.1")
 
 
-def test_success_clears_the_account_but_not_the_address(throttle: LoginThrottle) -> None:
+def test_success_clears_the_account_and_takes_back_only_its_own_attempt(
+        throttle: LoginThrottle) -> None:
     fail(throttle, "eu:a@example.com", "10.0.0.1", 2)
-    throttle.succeeded("eu:a@example.com")
-    fail(throttle, "eu:a@example.com", "10.0.0.1", 2)  # 2 + 2 > 3 had it not been cleared
+    throttle.check("eu:a@example.com", "10.0.0.1")  # the third attempt: the right password
+    throttle.succeeded("eu:a@example.com", "10.0.0.1")
+    fail(throttle, "eu:a@example.com", "10.0.0.1", 2)  # 3 + 2 > 3 had it not been cleared
     throttle.check("eu:a@example.com", "10.0.0.2")
-    fail(throttle, "eu:b@example.com", "10.0.0.1", 1)  # the address has 5 now
+    # The address counts 4 failures (the successful attempt taken back): one more is allowed,
+    # then it is refused; had the success cleared the address it would not be.
+    fail(throttle, "eu:b@example.com", "10.0.0.1", 1)
     with pytest.raises(LoginThrottled):
         throttle.check("eu:c@example.com", "10.0.0.1")
+
+
+def test_an_attempt_counts_from_check_and_a_refused_one_not_at_all(
+        throttle: LoginThrottle, clock: FakeClock) -> None:
+    for _ in range(3):
+        throttle.check("eu:a@example.com", "10.0.0.1")  # no separate "failed" step
+    for _ in range(10):
+        with pytest.raises(LoginThrottled):
+            throttle.check("eu:a@example.com", "10.0.0.1")
+    throttle.check("eu:b@example.com", "10.0.0.1")  # the address: 3 counted + this one
+    throttle.check("eu:c@example.com", "10.0.0.1")
+    with pytest.raises(LoginThrottled):
+        throttle.check("eu:d@example.com", "10.0.0.1")
 
 
 def test_memory_is_bounded_forgetting_the_least_recent(
@@ -73,6 +91,10 @@ def test_memory_is_bounded_forgetting_the_least_recent(
     fail(throttle, "mid", "10.0.0.2", 1)
     fail(throttle, "new", "10.0.0.3", 1)
     throttle.check("old", "10.0.0.4")  # forgotten: a third account pushed it out
-    fail(throttle, "mid", "10.0.0.4", 2)
+    # That attempt counted "old" again and pushed out "mid", now the least recent; the two
+    # still tracked keep counting to their limit.
+    fail(throttle, "new", "10.0.0.5", 2)
     with pytest.raises(LoginThrottled):
-        throttle.check("mid", "10.0.0.5")
+        throttle.check("new", "10.0.0.6")
+    fail(throttle, "mid", "10.0.0.7", 2)  # starts again from nothing: 2 of 3
+    throttle.check("mid", "10.0.0.8")
