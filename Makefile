@@ -6,7 +6,7 @@ SITE ?= .domicile
 # A CPU build of torch lies on this disk; a plain `torch` would pull a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: run test install install-test lint typecheck bench-crypto bench-gateway clean
+.PHONY: run test install install-test lint typecheck bench-crypto bench-gateway bench-workspace clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ bench-crypto: install-test
 
 bench-gateway: install-test
 	bash bench/gateway/run.sh
+
+# SQLite and PostgreSQL (DOMICILE_TEST_POSTGRES_URL, else a throwaway server); about 5 minutes.
+bench-workspace: install-test
+	$(BIN)/python bench/workspace/bench_workspace.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
