@@ -4,7 +4,13 @@ limits, sealed storage, isolation between members and workspaces, deletion and r
 from __future__ import annotations
 
 import io
+import logging
 import secrets
+import subprocess
+import sys
+import threading
+import zlib
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,10 +20,18 @@ from pypdf import PdfWriter
 from sqlalchemy import func, select, update
 
 from domicile.config import WorkspaceSettings
-from domicile.errors import BodyTooLarge, InvalidInput, NotFound, StorageError, UnsupportedFile
+from domicile.errors import (
+    BodyTooLarge,
+    InvalidInput,
+    NotFound,
+    ServerBusy,
+    StorageError,
+    UnsupportedFile,
+)
 from domicile.site import Site
 from domicile.storage.regional import RegionalStore
 from domicile.tenancy.grants import MemberGrant
+from domicile.workspace import files as files_module
 from domicile.workspace.files import (
     FILE_BLOB_KIND,
     FILE_TEXT_BLOB_KIND,
@@ -50,20 +64,29 @@ def image_bytes(pillow_format: str = "PNG", size: tuple[int, int] = (16, 12),
 def pdf_bytes(*lines: str) -> bytes:
     """A real one-page PDF whose page shows `lines` (ASCII) in Helvetica, written by hand."""
     text_ops = " ".join(f"({line}) Tj 0 -16 Td" for line in lines)
-    stream = f"BT /F1 12 Tf 72 720 Td {text_ops} ET".encode()
+    return pdf_document(f"BT /F1 12 Tf 72 720 Td {text_ops} ET".encode())
+
+
+def pdf_document(stream: bytes, *, pages: int = 1, deflate: bool = False,
+                 page_extra: bytes = b"") -> bytes:
+    """A PDF of `pages` pages that all show the one content `stream` (compressed with
+    `deflate`: a few kilobytes can then inflate to megabytes on every page, a PDF bomb);
+    `page_extra` goes into each page's dictionary as it is."""
+    body = zlib.compress(stream, 9) if deflate else stream
+    flate = b" /Filter /FlateDecode" if deflate else b""
+    kids = b" ".join(b"%d 0 R" % (5 + page) for page in range(pages))
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
-        b"/Resources << /Font << /F1 4 0 R >> >> /Contents 5 0 R >>",
+        b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, pages),
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-        b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream),
-    ]
+        b"<< /Length %d%s >>\nstream\n%s\nendstream" % (len(body), flate, body),
+    ] + [b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+         b"/Resources << /Font << /F1 3 0 R >> >> /Contents 4 0 R %s>>" % page_extra] * pages
     out = bytearray(b"%PDF-1.4\n")
     offsets = []
-    for number, body in enumerate(objects, start=1):
+    for number, obj in enumerate(objects, start=1):
         offsets.append(len(out))
-        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, obj)
     xref = len(out)
     out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
     out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
@@ -215,6 +238,148 @@ def test_an_unreadable_pdf_is_refused(files: FileStore, member: MemberGrant,
         files.add(member, "secret.pdf", data)
     assert refused.value.status == 400 and message in refused.value.message
     assert_nothing_stored(eu_store, member)
+
+
+# -- hostile PDFs: read in a child process under limits ---------------------------------------
+
+# One line of text, repeated: about 60 characters of text for every 90 bytes inflated.
+BOMB_LINE = b"BT /F1 12 Tf 72 712 Td (" + b"A" * 60 + b") Tj ET\n"
+
+
+def pdf_bomb(pages: int, inflated_bytes: int) -> bytes:
+    """Pages sharing one deflated stream of `inflated_bytes`: a few KB that pypdf must
+    inflate and interpret on every page (the review's bomb: 16 KB, 60 pages of 2 MB)."""
+    return pdf_document(BOMB_LINE * (inflated_bytes // len(BOMB_LINE)), pages=pages,
+                        deflate=True)
+
+
+def refused_within_limits(files: FileStore, member: MemberGrant, data: bytes) -> str:
+    with pytest.raises(UnsupportedFile) as refused:
+        files.add(member, "upload.pdf", data)
+    assert refused.value.status == 400 and refused.value.code == "unsupported_file"
+    assert "could not be read within the limits" in refused.value.message
+    return refused.value.message
+
+
+@pytest.mark.parametrize(("limit", "value", "data"), [
+    ("PDF_MAX_CHARS", 100_000, pdf_bomb(pages=60, inflated_bytes=300_000)),
+    ("PDF_MAX_PAGES", 3, pdf_document(b"BT /F1 12 Tf 72 712 Td (page) Tj ET", pages=4)),
+], ids=["characters", "pages"])
+def test_a_pdf_past_the_text_or_page_limit_is_refused_and_nothing_stored(
+        files: FileStore, member: MemberGrant, eu_store: RegionalStore,
+        monkeypatch: pytest.MonkeyPatch, limit: str, value: int, data: bytes) -> None:
+    assert len(data) < 20_000  # small on the wire
+    monkeypatch.setattr(files_module, limit, value)
+    message = refused_within_limits(files, member, data)
+    assert f"{value:,}" in message  # the limit it broke is named
+    assert_nothing_stored(eu_store, member)
+
+
+def test_the_pdf_reader_process_has_a_cpu_limit(files: FileStore, member: MemberGrant,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every other limit out of reach: 20 pages of 2 MB take pypdf about 40 s of CPU, and only
+    # the child's own RLIMIT_CPU (1 s here) ends it.
+    for limit, value in (("PDF_MAX_CHARS", 10**9), ("PDF_TIMEOUT_SECONDS", 300),
+                         ("PDF_CPU_SECONDS", 1)):
+        monkeypatch.setattr(files_module, limit, value)
+    refused_within_limits(files, member, pdf_bomb(pages=20, inflated_bytes=2_000_000))
+
+
+def run_instead(monkeypatch: pytest.MonkeyPatch, script: str) -> None:
+    """The PDF reader's command replaced by a Python script (what a PDF could make of it)."""
+    monkeypatch.setattr(files_module, "_pdf_worker_command",
+                        lambda: [sys.executable, "-c", script])
+
+
+def test_a_pdf_reader_out_of_time_is_stopped(files: FileStore, member: MemberGrant,
+                                              eu_store: RegionalStore,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    run_instead(monkeypatch, "import time; time.sleep(60); print('late text')")
+    monkeypatch.setattr(files_module, "PDF_TIMEOUT_SECONDS", 1)
+    refused_within_limits(files, member, pdf_bytes("hello"))
+    assert_nothing_stored(eu_store, member)
+
+
+def test_what_the_pdf_reader_says_on_stderr_is_never_heard(
+        files: FileStore, member: MemberGrant, monkeypatch: pytest.MonkeyPatch,
+        capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    canary = f"CANARY{secrets.token_hex(10)}"
+    caplog.set_level(logging.DEBUG)
+    run_instead(monkeypatch, f"import sys; sys.stderr.write('{canary}' * 1000); sys.exit(1)")
+    message = refused_within_limits(files, member, pdf_bytes("hello"))
+    out, err = capfd.readouterr()
+    assert canary not in message + out + err + caplog.text
+
+
+def test_a_pdfs_content_never_reaches_the_log(
+        files: FileStore, member: MemberGrant, capfd: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    canary = f"CANARY{secrets.token_hex(10)}"
+    caplog.set_level(logging.DEBUG)
+    # pypdf warns "Multiple definitions in dictionary ... for key /<canary>" for this.
+    data = pdf_document(f"BT /F1 12 Tf 72 712 Td (text {canary}) Tj ET".encode(),
+                        page_extra=f"/{canary} 1 /{canary} 2 ".encode())
+    added = files.add(member, "canary.pdf", data)
+    assert canary in (files.text(member.tenant, added.id) or "")  # it was read
+    out, err = capfd.readouterr()
+    assert canary not in caplog.text + out + err
+
+
+# A server process: its log on stderr, then any use of pypdf or Pillow in it (pytest's own
+# log capture would hear even a silenced logger, so this runs in a process of its own).
+SERVER_USING_THE_PARSERS = """
+import io, logging, sys, warnings
+logging.basicConfig(level=logging.DEBUG)
+import domicile.workspace.files
+from pypdf import PdfReader
+canary = sys.argv[1]
+PdfReader(io.BytesIO(sys.stdin.buffer.read())).pages[0].extract_text()
+logging.getLogger("PIL.PngImagePlugin").warning("bad chunk %s", canary)
+for module in ("PIL.Image", "pypdf._reader"):
+    warnings.warn_explicit(f"bad {canary}", UserWarning, "x.py", 1, module=module)
+logging.getLogger("domicile.workspace").warning("still heard")
+"""
+
+
+def test_pypdf_and_pillow_are_silent_in_the_server_process() -> None:
+    canary = f"CANARY{secrets.token_hex(10)}"
+    # pypdf warns "Multiple definitions in dictionary ... for key /<canary>" for this.
+    data = pdf_document(b"BT /F1 12 Tf 72 712 Td (text) Tj ET",
+                        page_extra=f"/{canary} 1 /{canary} 2 ".encode())
+    server = subprocess.run([sys.executable, "-c", SERVER_USING_THE_PARSERS, canary],
+                            input=data, capture_output=True, timeout=60, check=True)
+    log_text = (server.stdout + server.stderr).decode()
+    assert "still heard" in log_text and canary not in log_text
+
+
+def test_at_most_two_pdfs_are_read_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    entered = threading.Semaphore(0)
+    release = threading.Event()
+
+    def reader(command: Sequence[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+        entered.release()
+        release.wait(timeout=30)  # bounded: a broken limit fails the test, never hangs it
+        return subprocess.CompletedProcess(command, 0, stdout=b"the text")
+
+    monkeypatch.setattr(files_module.subprocess, "run", reader)
+    monkeypatch.setattr(files_module, "PDF_QUEUE_SECONDS", 0)
+    results: list[str | None] = []
+    readers = [threading.Thread(target=lambda: results.append(
+        extract_text("application/pdf", pdf_bytes("x")))) for _ in range(2)]
+    for thread in readers:
+        thread.start()
+    for _ in readers:
+        assert entered.acquire(timeout=30)
+    try:
+        with pytest.raises(ServerBusy) as busy:  # a third waits its turn, here not at all
+            extract_text("application/pdf", pdf_bytes("x"))
+        assert busy.value.status == 503
+    finally:
+        release.set()
+        for thread in readers:
+            thread.join()
+    assert results == ["the text", "the text"]
+    assert extract_text("application/pdf", pdf_bytes("x")) == "the text"  # turns given back
 
 
 def test_extract_text_gives_nothing_for_an_image() -> None:

@@ -3,8 +3,14 @@
 What a file is, is decided by its content (magic bytes, a Pillow check of images, strict UTF-8
 for text), never by its name; a name that claims another type is refused. The original bytes
 are a sealed blob ("ws-file"), a document's extracted text another ("ws-file-text"), and the
-name a sealed column of the `ws_files` row: no content or name is ever on disk in the clear,
-and extraction works on the bytes in memory (pypdf reads an `io.BytesIO`).
+name a sealed column of the `ws_files` row: no content or name is ever on disk in the clear.
+
+A PDF's text is read by a short-lived child process with hard limits on memory, CPU time,
+pages and text (`_pdf_worker`), fed and read through pipes, at most `PDF_MAX_CONCURRENT` at
+once per process: a small hostile PDF can take seconds a page and hundreds of megabytes, and
+that must cost the member a 400, not the server its threads. The parsers' own warnings quote
+the file's content, so pypdf's and Pillow's loggers and warnings are silenced here and the
+child's stderr is never read.
 
 A member sees only their own files: anything else is 404, as if it did not exist.
 """
@@ -14,8 +20,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
+import threading
 import unicodedata
+import warnings
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,11 +37,12 @@ from sqlalchemy import delete, insert, select, tuple_
 from sqlalchemy.orm import Session
 
 from domicile.config import WorkspaceSettings
-from domicile.errors import BodyTooLarge, InvalidInput, NotFound, UnsupportedFile
+from domicile.errors import BodyTooLarge, InvalidInput, NotFound, ServerBusy, UnsupportedFile
 from domicile.storage.interfaces import TenantRef
 from domicile.storage.regional import RegionalStore
 from domicile.tenancy.grants import MemberGrant
 from domicile.tenancy.secrets import new_id
+from domicile.workspace._pdf_worker import EXIT_ENCRYPTED, EXIT_LIMIT, EXIT_UNREADABLE
 from domicile.workspace.models import FileRow
 
 __all__ = [
@@ -63,6 +75,33 @@ Origin = Literal["upload", "generated"]
 ORIGINS: tuple[Origin, ...] = ("upload", "generated")
 
 log = logging.getLogger("domicile.workspace")
+
+# What one PDF may cost. The child gets a few CPU seconds more than the wall-clock timeout,
+# so whichever comes first, it ends.
+PDF_TIMEOUT_SECONDS = 20
+PDF_CPU_SECONDS = PDF_TIMEOUT_SECONDS + 5
+PDF_MAX_ADDRESS_SPACE = 1024 * 1024 * 1024
+PDF_MAX_PAGES = 2_000
+PDF_MAX_CHARS = 5_000_000
+# PDFs read at once by this process; an upload waits this long for its turn, then 503.
+PDF_MAX_CONCURRENT = 2
+PDF_QUEUE_SECONDS = 2 * PDF_TIMEOUT_SECONDS
+_PDF_SLOTS = threading.BoundedSemaphore(PDF_MAX_CONCURRENT)
+
+
+def _silence_parsers() -> None:
+    """pypdf and Pillow log and warn about malformed files quoting their content (a
+    dictionary key, a chunk name): none of it may reach the server's log."""
+    for name in ("pypdf", "PIL"):
+        logger = logging.getLogger(name)
+        logger.addHandler(logging.NullHandler())
+        logger.propagate = False
+        warnings.filterwarnings("ignore", module=rf"{name}(\.|$)")
+    # Pillow's warnings of stacklevel 2 are told as this module's (which warns nothing).
+    warnings.filterwarnings("ignore", module=r"domicile\.workspace\.files$")
+
+
+_silence_parsers()
 
 # What a name's extension claims; an extension not listed here claims nothing.
 _CLAIMED_BY_EXTENSION = {
@@ -152,28 +191,61 @@ def sniff(data: bytes, filename: str) -> str:
     return media_type
 
 
-def _pdf_text(data: bytes) -> str:
-    # Imported here: pypdf is only needed when a PDF comes.
-    from pypdf import PdfReader
+def _refuse_pdf(exit_code: int) -> UnsupportedFile:
+    if exit_code == EXIT_ENCRYPTED:
+        # Opened with a password the member has not given us: we cannot read it.
+        return UnsupportedFile("The PDF is encrypted; upload it without a password.",
+                               param="file")
+    if exit_code == EXIT_UNREADABLE:
+        return UnsupportedFile("The PDF could not be read.", param="file")
+    # Too many pages or too much text, out of memory or time, or killed by its limits.
+    return UnsupportedFile(
+        f"The PDF could not be read within the limits (at most {PDF_MAX_PAGES:,} pages, "
+        f"{PDF_MAX_CHARS:,} characters of text and {PDF_TIMEOUT_SECONDS} seconds).",
+        param="file")
 
+
+def _pdf_text(data: bytes) -> str:
+    """The PDF's text, read by a child process under hard limits (`_pdf_worker`): the bytes
+    go through a pipe, never to disk, and the child's stderr is discarded unread (pypdf's
+    warnings quote the file's content)."""
+    if not _PDF_SLOTS.acquire(timeout=PDF_QUEUE_SECONDS):
+        raise ServerBusy("Too many PDFs are being read at the moment; try again shortly.",
+                         headers=((b"retry-after", b"5"),))
     try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted and not reader.decrypt(""):
-            # Opened with a password the member has not given us: we cannot read it.
-            raise UnsupportedFile("The PDF is encrypted; upload it without a password.",
-                                  param="file")
-        pages = [page.extract_text() or "" for page in reader.pages]
-    except UnsupportedFile:
-        raise
-    except Exception:  # a malformed PDF raises anything; the message must not quote it
-        raise UnsupportedFile("The PDF could not be read.", param="file") from None
-    return "\n\n".join(page.strip() for page in pages if page.strip())
+        finished = subprocess.run(
+            _pdf_worker_command(), input=data, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, timeout=PDF_TIMEOUT_SECONDS, check=False,
+            env=_pdf_worker_environment())
+    except subprocess.TimeoutExpired:  # the child is killed and reaped by `run`
+        raise _refuse_pdf(EXIT_LIMIT) from None
+    finally:
+        _PDF_SLOTS.release()
+    if finished.returncode != 0:
+        raise _refuse_pdf(finished.returncode)
+    return finished.stdout.decode("utf-8", "replace")
+
+
+def _pdf_worker_command() -> list[str]:
+    # -I: the child sees neither the environment's PYTHON* variables nor the working
+    # directory; the package is found where it is installed.
+    return [sys.executable, "-I", "-m", "domicile.workspace._pdf_worker", str(PDF_MAX_PAGES),
+            str(PDF_MAX_CHARS), str(PDF_CPU_SECONDS),
+            str(PDF_MAX_ADDRESS_SPACE)]
+
+
+def _pdf_worker_environment() -> dict[str, str]:
+    # Nothing of the server's environment (its secrets) is the child's business.
+    return {name: os.environ[name] for name in ("PATH", "LANG", "LC_ALL")
+            if name in os.environ}
 
 
 def extract_text(media_type: str, data: bytes) -> str | None:
     """The text of a document (for knowledge and chat), None for an image or a document
     without any text (a scanned PDF). 400 `unsupported_file` for a PDF that cannot be read
-    (broken, or encrypted with a password)."""
+    (broken, encrypted with a password, or beyond the limits of time, memory, pages or
+    text); 503 when too many PDFs are being read already. Blocking (a PDF: up to
+    `PDF_TIMEOUT_SECONDS` plus its wait for a turn)."""
     if media_type in _TEXT_TYPES:
         try:
             text = data.decode("utf-8-sig")
