@@ -14,7 +14,8 @@ import io
 import json
 import secrets
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -469,3 +470,36 @@ def test_wrong_method_and_unknown_path_answer_in_the_one_error_shape(
         assert missing.status_code == 404 and error_code(missing) == "not_found"
         document = client.get("/openapi.json").json()
     assert "/workspace/api/conversations/{conversation_id}/messages" in document["paths"]
+
+
+def test_members_are_managed_by_admins_and_owners_only(live: Deployment,
+                                                      deployment: Deployment) -> None:
+    workspace = deployment.site.cli("workspace", "create", "--org", deployment.org, "--name",
+                                    "Roles", "--region", "eu")["id"]
+    owner = _member(deployment, workspace, "eu", "owner")
+    admin = _member(deployment, workspace, "eu", "admin")
+    plain = _member(deployment, workspace, "eu", "member")
+    with api(live, plain) as client:
+        assert client.get("/members").status_code == 403
+    with api(live, admin) as client:
+        assert {m["role"] for m in client.get("/members").json()["data"]} == {
+            "owner", "admin", "member"}
+        demote = client.patch(f"/members/{owner.user}", json={"role": "member"})
+        assert demote.status_code == 403
+        assert client.patch(f"/members/{plain.user}", json={"role": "admin"}).status_code == 200
+    with api(live, owner) as client:
+        roles = {m["id"]: m["role"] for m in client.get("/members").json()["data"]}
+        assert roles[owner.user] == "owner" and roles[plain.user] == "admin"
+        assert client.delete(f"/members/{plain.user}").status_code == 200
+    with api(live, plain) as client:  # removed: their token ends with them, within a second
+        assert until(lambda: client.get("/me").status_code == 401), "the token still works"
+
+
+def until(condition: Callable[[], bool], timeout: float = 15) -> bool:
+    """Poll a server's eventual state (a cache's second), bounded."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
