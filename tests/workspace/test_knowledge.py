@@ -9,7 +9,8 @@ from __future__ import annotations
 import itertools
 import json
 import secrets
-from collections.abc import AsyncIterator, Mapping
+import threading
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 from domicile.config import Capability, ProviderSettings, WorkspaceSettings
-from domicile.errors import NoInRegionProvider, NotFound, UpstreamError
+from domicile.errors import InvalidInput, NoInRegionProvider, NotFound, UpstreamError
 from domicile.inference.embeddings import MAX_BATCH_INPUTS, Embedder
 from domicile.inference.providers import local_embeddings
 from domicile.inference.providers.base import Provider, ProviderResponse, ProviderUnavailable
@@ -27,6 +28,7 @@ from domicile.inference.routing import ModelRouter
 from domicile.site import Site
 from domicile.storage.regional import RegionalStore
 from domicile.tenancy.grants import MemberGrant
+from domicile.workspace import knowledge as knowledge_module
 from domicile.workspace.files import FileStore
 from domicile.workspace.knowledge import INDEX_BLOB_KIND, Knowledge, chunk_text
 from tests.conftest import scan_for_canary
@@ -292,3 +294,64 @@ async def test_a_long_document_is_searched_passage_by_passage(
     assert passages > 3
     found = await knowledge.search(member.tenant, gpt, "is the office open in August?", 1)
     assert "bank holiday" in found[0].text and len(found[0].text) <= 1200
+
+
+async def test_text_is_cut_off_the_event_loop_and_no_further_than_the_limit(
+        knowledge: Knowledge, files: FileStore, member: MemberGrant,
+        monkeypatch: pytest.MonkeyPatch, eu_store: RegionalStore) -> None:
+    cut_on: set[threading.Thread] = set()
+    pulled = 0
+    real_passages, real_encode = knowledge_module.iter_passages, knowledge_module._encode_index
+
+    def counted(text: str) -> Iterator[str]:
+        nonlocal pulled
+        cut_on.add(threading.current_thread())
+        for passage in real_passages(text):
+            pulled += 1
+            yield passage
+
+    def encode(index: Any) -> list[bytes]:
+        cut_on.add(threading.current_thread())
+        return real_encode(index)
+
+    monkeypatch.setattr(knowledge_module, "iter_passages", counted)
+    monkeypatch.setattr(knowledge_module, "_encode_index", encode)
+    monkeypatch.setattr(knowledge_module, "MAX_INDEX_PASSAGES", 5)
+    cats = files.add(member, "cats.md", CATS.encode())
+    book = files.add(member, "book.txt", "\n\n".join([GARDEN] * 8 * 200).encode())
+    assert await knowledge.index(member.tenant, gpt_id(), [cats.id]) == 1
+    pulled = 0
+    with pytest.raises(InvalidInput) as refused:
+        await knowledge.index(member.tenant, gpt_id(), [cats.id, book.id])
+    assert refused.value.status == 400 and refused.value.param == "file_ids"
+    assert "more than 5 passages" in refused.value.message
+    # Cats' one passage, then the book's first five: its fifth is one too many, and the
+    # other 195 or so are never cut.
+    assert pulled == 1 + 5
+    assert cut_on and threading.main_thread() not in cut_on  # never on the event loop
+    assert len(eu_store.list_blobs(member.tenant, INDEX_BLOB_KIND)) == 1  # the first only
+
+
+async def test_every_process_sees_a_changed_index(
+        knowledge: Knowledge, files: FileStore, member: MemberGrant, eu_store: RegionalStore,
+        embedder: Embedder) -> None:
+    # Two server processes of one region (`serve --workers 2`): one cache each, one store.
+    other_process = Knowledge(eu_store, files, embedder)
+    cats = files.add(member, "cats.md", CATS.encode())
+    taxes = files.add(member, "taxes.txt", TAXES.encode())
+    gpt = gpt_id()
+    question = "how often should I feed my cat?"
+    await knowledge.index(member.tenant, gpt, [cats.id])
+    assert [p.file_id for p in await other_process.search(member.tenant, gpt, question, 3)] == [
+        cats.id]  # now cached in the other process
+    await knowledge.index(member.tenant, gpt, [taxes.id])
+    assert [p.file_id for p in await other_process.search(member.tenant, gpt, question, 3)] == [
+        taxes.id]
+    await knowledge.delete(member.tenant, gpt)
+    assert await other_process.search(member.tenant, gpt, question, 3) == []
+    # The version is in the blob's sealed meta, and the cache is used while it holds.
+    await knowledge.index(member.tenant, gpt, [cats.id])
+    stored = eu_store.get_blob(member.tenant, INDEX_BLOB_KIND, gpt)
+    assert stored is not None and len(stored.meta["version"]) == 32
+    first = await other_process.search(member.tenant, gpt, question, 1)
+    assert await other_process.search(member.tenant, gpt, question, 1) == first

@@ -4,11 +4,13 @@ A GPT's index is ONE sealed blob ("ws-gpt-index", id = the GPT's id) holding the
 texts, their files' ids and names and the float32 matrix of their embeddings; it is replaced
 whole on every `index`. A search embeds the question and ranks every passage by the dot
 product with it (rows are unit length: cosine similarity). The decrypted index is kept in
-memory only, for the GPTs searched most recently.
+memory only, for the GPTs searched most recently, and used only while its version (random,
+new with every `index`, in the blob's sealed meta) is still the stored one.
 
 The format of the blob (no pickle: a blob is data, never code): `MAGIC`, the length of a JSON
-header (4 bytes, big-endian), the header {"dim", "files": [[id, name], ...], "passages":
-[[file index, text], ...]}, then the matrix as little-endian float32, one row per passage.
+header (4 bytes, big-endian), the header {"version", "dim", "files": [[id, name], ...],
+"passages": [[file index, text], ...]}, then the matrix as little-endian float32, one row per
+passage.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import secrets
 import struct
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -36,6 +39,7 @@ __all__ = [
     "Knowledge",
     "Passage",
     "chunk_text",
+    "iter_passages",
 ]
 
 INDEX_BLOB_KIND = "ws-gpt-index"
@@ -76,31 +80,57 @@ def _units(text: str, start: int, end: int, size: int, level: int = 0
     yield from _units(text, piece_start, end, size, level + 1)
 
 
+def iter_passages(text: str, *, size: int = 1200, overlap: int = 200) -> Iterator[str]:
+    """`chunk_text`, one passage at a time: lazily, so a caller may stop as soon as it has
+    enough (a huge file is not cut whole only to be refused)."""
+    if size < 1 or not 0 <= overlap < size:
+        raise ValueError("chunk_text needs size >= 1 and 0 <= overlap < size")
+    units = _units(text, 0, len(text), size)
+    # The units from the first of the current passage on: at most about one passage's worth.
+    window: list[tuple[int, int]] = []
+
+    def have(count: int) -> bool:
+        while len(window) < count:
+            unit = next(units, None)
+            if unit is None:
+                return False
+            window.append(unit)
+        return True
+
+    if not have(1):
+        return
+    while True:
+        start = window[0][0]
+        last = 0
+        while have(last + 2) and window[last + 1][1] - start <= size:
+            last += 1
+        yield text[start:window[last][1]]
+        if not have(last + 2):
+            return
+        # The next passage starts at the units that end this one within `overlap`, as far
+        # back as still leaves room for the next unit not in this one.
+        end, following = window[last][1], window[last + 1][1]
+        next_first = last + 1
+        while (next_first - 1 > 0 and window[next_first - 1][0] >= end - overlap
+               and following - window[next_first - 1][0] <= size):
+            next_first -= 1
+        del window[:next_first]
+
+
 def chunk_text(text: str, *, size: int = 1200, overlap: int = 200) -> list[str]:
     """`text` as passages of at most `size` characters, cut on paragraph, else sentence, else
     word boundaries; each passage repeats about the last `overlap` characters of the one
     before (whole sentences or words), so a passage is not lost across a cut."""
-    if size < 1 or not 0 <= overlap < size:
-        raise ValueError("chunk_text needs size >= 1 and 0 <= overlap < size")
-    units = list(_units(text, 0, len(text), size))
+    return list(iter_passages(text, size=size, overlap=overlap))
+
+
+def _passages_within(text: str, room: int) -> list[str] | None:
+    """The passages of `text`, or None as soon as there are more than `room`."""
     passages: list[str] = []
-    first = 0
-    while first < len(units):
-        start = units[first][0]
-        last = first
-        while last + 1 < len(units) and units[last + 1][1] - start <= size:
-            last += 1
-        passages.append(text[start:units[last][1]])
-        if last + 1 == len(units):
-            break
-        # The next passage starts at the units that end this one within `overlap`, as far
-        # back as still leaves room for the next unit not in this one.
-        end, following = units[last][1], units[last + 1][1]
-        next_first = last + 1
-        while (next_first - 1 > first and units[next_first - 1][0] >= end - overlap
-               and following - units[next_first - 1][0] <= size):
-            next_first -= 1
-        first = next_first
+    for passage in iter_passages(text):
+        if len(passages) == room:
+            return None
+        passages.append(passage)
     return passages
 
 
@@ -114,6 +144,7 @@ class Passage:
 
 @dataclass(frozen=True, slots=True)
 class _Index:
+    version: str  # random, new with every `index`; also in the blob's meta
     files: tuple[tuple[str, str], ...]  # (id, name)
     passages: tuple[tuple[int, str], ...]  # (index into files, text)
     matrix: Vectors  # one unit row per passage
@@ -121,6 +152,7 @@ class _Index:
 
 def _encode_index(index: _Index) -> list[bytes]:
     header = json.dumps({
+        "version": index.version,
         "dim": int(index.matrix.shape[1]),
         "files": [list(file) for file in index.files],
         "passages": [list(passage) for passage in index.passages],
@@ -138,19 +170,30 @@ def _decode_index(data: bytes) -> _Index:
         offset += 4
         header = json.loads(data[offset:offset + length])
         offset += length
+        version = str(header.get("version", ""))
         files = tuple((str(file_id), str(name)) for file_id, name in header["files"])
         passages = tuple((int(file), str(text)) for file, text in header["passages"])
         matrix = np.frombuffer(data, dtype="<f4", offset=offset).astype(np.float32)
         matrix = matrix.reshape(len(passages), int(header["dim"]))
-    except (ValueError, KeyError, TypeError, struct.error):
+    except (ValueError, KeyError, TypeError, AttributeError, struct.error):
         # Sealed, so never tampered with: only a bug could write such a blob.
         raise StorageError("a GPT's knowledge index is not in the expected format") from None
-    return _Index(files, passages, matrix)
+    return _Index(version, files, passages, matrix)
+
+
+def _too_much_text() -> InvalidInput:
+    return InvalidInput(f"The knowledge files hold too much text: more than "
+                        f"{MAX_INDEX_PASSAGES:,} passages.", param="file_ids")
 
 
 class Knowledge:
     """GPT knowledge indexes of a region's store. Async: embedding awaits the encoder, and
-    the blocking store calls run in threads."""
+    the blocking work (store calls, cutting text, encoding the index) runs in threads.
+
+    The decrypted indexes are cached per process, and a region may run several server
+    processes: every `index` writes a new random version into the blob's (sealed) meta, and
+    a search uses its cached index only while that is still the stored version (one small
+    query), so no process keeps searching knowledge another one has replaced."""
 
     def __init__(self, store: RegionalStore, files: FileStore, embedder: Embedder,
                  cache_size: int = 64) -> None:
@@ -159,13 +202,12 @@ class Knowledge:
         self.embedder = embedder
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, str], _Index] = OrderedDict()
-        # Bumped by every change of an index: a load that raced a change is not cached.
-        self._changes = 0
 
     async def index(self, tenant: TenantRef, gpt_id: str, file_ids: Sequence[str]) -> int:
         """(Re)build the GPT's index from the text of `file_ids` (files without text, such as
         images, add nothing); returns how many passages it holds. No files (or no text):
-        the index is deleted. 404 for a file that is not the workspace's."""
+        the index is deleted. 404 for a file that is not the workspace's; 400 for more than
+        `MAX_INDEX_PASSAGES` passages in all."""
         files: list[tuple[str, str]] = []
         passages: list[tuple[int, str]] = []
         for file_id in dict.fromkeys(file_ids):  # each once, in order
@@ -173,23 +215,25 @@ class Knowledge:
             text = await asyncio.to_thread(self.files.text, tenant, file_id)
             if text is None:
                 continue
-            chunks = chunk_text(text)
+            # Cutting megabytes of text takes a while: not on the event loop, and no further
+            # than the limit.
+            chunks = await asyncio.to_thread(_passages_within, text,
+                                             MAX_INDEX_PASSAGES - len(passages))
+            del text
+            if chunks is None:
+                raise _too_much_text()
             if not chunks:
                 continue
             files.append((found.id, found.name))
             passages.extend((len(files) - 1, chunk) for chunk in chunks)
-            if len(passages) > MAX_INDEX_PASSAGES:
-                raise InvalidInput(
-                    f"The knowledge files hold too much text: more than {MAX_INDEX_PASSAGES:,} "
-                    "passages.", param="file_ids")
         if not passages:
             await self.delete(tenant, gpt_id)
             return 0
         matrix = await self.embedder.embed([text for _, text in passages], owner=tenant.id)
-        built = _Index(tuple(files), tuple(passages), matrix)
+        built = _Index(secrets.token_hex(16), tuple(files), tuple(passages), matrix)
+        encoded = await asyncio.to_thread(_encode_index, built)
         await asyncio.to_thread(self.store.put_blob, tenant, INDEX_BLOB_KIND, gpt_id,
-                                "knowledge-index", _encode_index(built))
-        self._changes += 1
+                                "knowledge-index", encoded, {"version": built.version})
         self._remember((tenant.id, gpt_id), built)
         return len(passages)
 
@@ -199,24 +243,34 @@ class Knowledge:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
-    def _load(self, tenant: TenantRef, gpt_id: str) -> _Index | None:
+    def _current(self, tenant: TenantRef, gpt_id: str, cached: _Index | None
+                 ) -> _Index | None:
+        """The stored index: `cached` while its version is the stored one, else read anew."""
+        stored = self.store.get_blob(tenant, INDEX_BLOB_KIND, gpt_id)
+        if stored is None:
+            return None
+        version = stored.meta.get("version")
+        if cached is not None and version and cached.version == version:
+            return cached
         try:
             sealed = self.store.open_blob(tenant, INDEX_BLOB_KIND, gpt_id)
-        except KeyError:
+        except KeyError:  # deleted in between
             return None
         return _decode_index(b"".join(sealed))
 
     async def _index_of(self, tenant: TenantRef, gpt_id: str) -> _Index | None:
         key = (tenant.id, gpt_id)
         cached = self._cache.get(key)
-        if cached is not None:
+        current = await asyncio.to_thread(self._current, tenant, gpt_id, cached)
+        if current is None:
+            self._cache.pop(key, None)
+        elif current is cached:
             self._cache.move_to_end(key)
-            return cached
-        changes = self._changes
-        loaded = await asyncio.to_thread(self._load, tenant, gpt_id)
-        if loaded is not None and changes == self._changes:
-            self._remember(key, loaded)
-        return loaded
+        elif current.version:
+            # Cached under the version its own bytes carry: if the blob changed again
+            # between the meta and the bytes, the next search sees the mismatch and reloads.
+            self._remember(key, current)
+        return current
 
     async def search(self, tenant: TenantRef, gpt_id: str, query: str, k: int
                      ) -> list[Passage]:
@@ -241,6 +295,5 @@ class Knowledge:
 
     async def delete(self, tenant: TenantRef, gpt_id: str) -> None:
         """The GPT's index, from the store and from memory (none: nothing to do)."""
-        self._changes += 1
         self._cache.pop((tenant.id, gpt_id), None)
         await asyncio.to_thread(self.store.delete_blob, tenant, INDEX_BLOB_KIND, gpt_id)
