@@ -23,6 +23,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from domicile.config import WorkspaceSettings
@@ -31,6 +32,8 @@ from domicile.inference.chat import ChatDeltas, open_chat_stream
 from domicile.inference.providers.base import Provider, ProviderUnavailable, UpstreamRejected
 from domicile.inference.routing import ModelRouter
 from domicile.tenancy.grants import MemberGrant
+from domicile.tenancy.secrets import new_id
+from domicile.web.asgi import mark_retrieved
 from domicile.web.jsonbody import dump_json, loads_strict
 
 from .conversations import Citation, Conversation, Conversations, StoredMessage
@@ -117,6 +120,7 @@ class Turn:
     _first: bytes = b""
     _reader: ChatDeltas = field(default_factory=ChatDeltas)
     _finished: StoredMessage | None = None
+    _user_stored: asyncio.Future[StoredMessage] | None = None
 
     async def deltas(self) -> AsyncIterator[str]:
         if self._chunks is None:  # an image turn: nothing to stream
@@ -151,6 +155,8 @@ class Turn:
             return self._finished
         try:
             await self.close()
+            if self._user_stored is not None:
+                await self._user_stored  # the reply is stored under a stored message
             if status is None:
                 status = "error" if self.error is not None else "complete"
             self._finished = await asyncio.to_thread(self.service._store_reply, self, status)
@@ -264,17 +270,19 @@ class ChatService:
             messages = await self._messages(member, gpt, passages, history, content,
                                             attachments)
             await self._open(turn, providers, messages)
-        try:
-            turn.user_message = await asyncio.to_thread(
-                self.conversations.add_message, member, conversation_id, role="user",
-                content=content, parent_id=parent_id, model=model, gpt_id=gpt_id,
-                file_ids=tuple(f.id for f in attachments))
-            if not conversation.messages:
-                await asyncio.to_thread(self.conversations.set_title, member,
-                                        conversation_id, title_from(content))
-        except BaseException:
-            await turn.close()
-            raise
+        # Once a provider has answered, the member's message is stored (with the title a
+        # first message gives) while the reply streams: its first words do not wait for the
+        # database. `Turn.finish` waits for it before the reply is stored.
+        shown = StoredMessage(new_id("msg"), conversation_id, parent_id, "user", "complete",
+                              content, datetime.now(UTC), model, gpt_id,
+                              tuple(f.id for f in attachments), ())
+        turn.user_message = shown
+        turn._user_stored = asyncio.ensure_future(asyncio.to_thread(
+            self.conversations.add_message, member, conversation_id, role="user",
+            content=content, parent_id=parent_id, model=model, gpt_id=gpt_id,
+            file_ids=shown.file_ids, message_id=shown.id, created_at=shown.created_at,
+            title=None if conversation.messages else title_from(content)))
+        turn._user_stored.add_done_callback(mark_retrieved)
         return turn
 
     async def regenerate(self, member: MemberGrant, conversation_id: str,

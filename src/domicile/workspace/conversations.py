@@ -390,12 +390,15 @@ class Conversations:
     def add_message(self, member: MemberGrant, conversation_id: str, *, role: str,
                     content: str, parent_id: str | None, status: str = "complete",
                     model: str | None = None, gpt_id: str | None = None,
-                    file_ids: Iterable[str] = (), citations: Iterable[Citation] = ()
-                    ) -> StoredMessage:
+                    file_ids: Iterable[str] = (), citations: Iterable[Citation] = (),
+                    message_id: str | None = None, created_at: datetime | None = None,
+                    title: str | None = None) -> StoredMessage:
         """Add a message under `parent_id` (a message of this conversation) and make it the
         current leaf. `parent_id` None starts a root: the first prompt, or an edit of it
         (so it is for a user's message only). A message's model or GPT becomes the
-        conversation's."""
+        conversation's. `message_id` and `created_at` when the caller has shown the message
+        already; `title` is given to a conversation that has none, in the same transaction
+        (as `set_title`)."""
         if role not in MESSAGE_ROLES:
             raise InvalidInput("`role` must be user or assistant.", param="role")
         if status not in MESSAGE_STATUSES:
@@ -408,14 +411,15 @@ class Conversations:
         gpt_id = _reference(gpt_id, "gpt_id", MAX_ID_CHARS)
         file_ids = tuple(file_ids)
         citations = tuple(citations)
-        message_id = new_id("msg")
+        message_id = message_id or new_id("msg")
         # ASCII JSON: a lone surrogate in the content cannot break the encoding.
         body = json.dumps({
             "content": content, "model": model, "gpt_id": gpt_id, "file_ids": list(file_ids),
             "citations": [citation.to_json() for citation in citations],
         }).encode()
         sealed = self.store.seal(member.tenant, MESSAGE_KIND, message_id, body)
-        now = datetime.now(UTC)
+        now = created_at or datetime.now(UTC)
+        title = " ".join(title.split())[:MAX_TITLE_CHARS] if title else None
         changes: dict[str, Any] = {
             "message_count": ConversationRow.message_count + 1, "updated_at": now,
             "current_message_id": message_id}
@@ -425,12 +429,19 @@ class Conversations:
             changes["gpt_id"] = gpt_id
         with self.store.engine.begin() as conn:
             # The UPDATE locks the conversation's row first: concurrent adds get distinct seqs.
-            seq = conn.scalar(
+            counted = conn.execute(
                 update(ConversationRow)
                 .where(ConversationRow.id == conversation_id, self._owned(member))
-                .values(**changes).returning(ConversationRow.message_count))
-            if seq is None:
+                .values(**changes)
+                .returning(ConversationRow.message_count, ConversationRow.title)).first()
+            if counted is None:
                 raise _not_found()
+            seq, current_title = counted
+            if title and not self.store.open(member.tenant, TITLE_KIND, conversation_id,
+                                             current_title):
+                conn.execute(update(ConversationRow).where(ConversationRow.id == conversation_id)
+                             .values(title=self.store.seal(member.tenant, TITLE_KIND,
+                                                           conversation_id, title.encode())))
             if parent_id is not None and conn.scalar(select(MessageRow.id).where(
                     MessageRow.id == parent_id,
                     MessageRow.conversation_id == conversation_id)) is None:

@@ -679,7 +679,8 @@ class ReplyStream:
             # Whatever happened, the reply so far is kept: stopped when the client left.
             try:
                 message = await asyncio.shield(turn.finish("stopped" if left else None))
-            except DomicileError as error:  # the conversation was deleted meanwhile, say
+            except Exception as exc:  # the conversation deleted meanwhile, the store down
+                error = _answerable(exc, self.request_id)
                 if not left:
                     await _event(send, "error", {"error": error.to_openai()["error"]})
                     await send({"type": "http.response.body", "body": b"",
@@ -692,6 +693,19 @@ class ReplyStream:
             payload["error"] = turn.error.to_openai()["error"]
         await _event(send, "reply.completed", payload)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _answerable(exc: Exception, request_id: str) -> DomicileError:
+    """An exception as the error a client is told: ours as it is, a store fault as 503/507
+    (logged by `store_fault`), anything else by its type only (it may quote content)."""
+    if isinstance(exc, DomicileError):
+        return exc
+    fault = store_fault(exc, request_id)
+    if fault is None:
+        log.error("unhandled %s in request %s", type(exc).__name__, request_id)
+        fault = DomicileError("The server had an error while processing your request "
+                              f"(request id {request_id}).")
+    return fault
 
 
 async def _event(send: Send, kind: str, data: dict[str, Any]) -> None:
