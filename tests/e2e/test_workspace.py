@@ -503,3 +503,28 @@ def until(condition: Callable[[], bool], timeout: float = 15) -> bool:
             return False
         time.sleep(0.1)
     return True
+
+
+def test_serve_sweeps_retention_on_its_own(tmp_path: Path) -> None:
+    site = init_site(tmp_path / "site")
+    with site.config.open("a") as config:
+        config.write("\n[workspace]\nretention_sweep_interval_s = 0.2\n")
+    org = site.cli("org", "create", "--name", "Acme")["id"]
+    workspace = site.cli("workspace", "create", "--org", org, "--name", "Short", "--region",
+                         "eu")["id"]
+    site.cli("workspace", "retention", workspace, "--days", "30")
+    server = Server(site, tmp_path)
+    store = create_engine(f"sqlite:///{site.root / 'eu' / 'store.db'}")
+
+    def swept() -> bool:
+        with store.connect() as conn:
+            return bool(conn.execute(text(
+                "SELECT count(*) FROM audit_log WHERE action = 'retention.sweep' "
+                "AND target = :ws"), {"ws": workspace}).scalar())
+
+    try:
+        server.wait_ready(("eu",))
+        assert until(swept), "serve did not sweep"
+    finally:
+        server.stop()
+        store.dispose()
