@@ -223,6 +223,17 @@ SUMMARY_COLUMNS = (
     ConversationRow.updated_at,
     ConversationRow.message_count,
 )
+# A conversation's own columns beside its messages' (one query: `Conversations.get`).
+HEAD_COLUMNS = (
+    ConversationRow.id.label("c_id"),
+    ConversationRow.title.label("c_title"),
+    ConversationRow.model.label("c_model"),
+    ConversationRow.gpt_id.label("c_gpt_id"),
+    ConversationRow.created_at.label("c_created_at"),
+    ConversationRow.updated_at.label("c_updated_at"),
+    ConversationRow.message_count.label("c_message_count"),
+    ConversationRow.current_message_id.label("c_current_message_id"),
+)
 MESSAGE_COLUMNS = (
     MessageRow.id,
     MessageRow.parent_id,
@@ -317,24 +328,29 @@ class Conversations:
                 after = (rows[-1].updated_at, rows[-1].id)
 
     def get(self, member: MemberGrant, conversation_id: str) -> Conversation:
-        """The conversation with every message of every branch."""
+        """The conversation with every message of every branch, in one query (a reply waits
+        for this read: one round trip to the database, not two)."""
         tenant = member.tenant
         with self.store.engine.connect() as conn:
-            head = conn.execute(
-                select(*SUMMARY_COLUMNS, ConversationRow.current_message_id)
-                .where(ConversationRow.id == conversation_id, self._owned(member))).first()
-            if head is None:
-                raise _not_found()
             rows = conn.execute(
-                select(*MESSAGE_COLUMNS)
-                .where(MessageRow.conversation_id == conversation_id,
-                       MessageRow.workspace_id == member.workspace_id,
-                       MessageRow.user_id == member.user_id)
+                select(*HEAD_COLUMNS, *MESSAGE_COLUMNS)
+                .select_from(ConversationRow)
+                .outerjoin(MessageRow, MessageRow.conversation_id == ConversationRow.id)
+                .where(ConversationRow.id == conversation_id, self._owned(member))
                 .order_by(MessageRow.seq)).all()
+        if not rows:
+            raise _not_found()
+        head = rows[0]
+        summary = ConversationSummary(
+            id=head.c_id, title=self.store.open(tenant, TITLE_KIND, head.c_id,
+                                                head.c_title).decode(),
+            model=head.c_model, gpt_id=head.c_gpt_id, created_at=as_utc(head.c_created_at),
+            updated_at=as_utc(head.c_updated_at), message_count=head.c_message_count)
         return Conversation(
-            summary=self._summary(tenant, head),
-            messages=[self._message(tenant, conversation_id, row) for row in rows],
-            current_message_id=head.current_message_id)
+            summary=summary,
+            messages=[self._message(tenant, conversation_id, row) for row in rows
+                      if row.id is not None],
+            current_message_id=head.c_current_message_id)
 
     # -- writing -----------------------------------------------------------------------------
 
