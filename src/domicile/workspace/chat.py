@@ -217,6 +217,7 @@ class ChatService:
                    request: ChatRequest) -> Turn:
         """Validate, store the member's message, open the reply. Raises before anything is
         stored when the turn cannot be served."""
+        self._refuse_if_replying(conversation_id)
         content = request.content
         wants_image = request.image or content.startswith(IMAGE_COMMAND)
         if wants_image and content.startswith(IMAGE_COMMAND):
@@ -289,6 +290,7 @@ class ChatService:
                          message_id: str | None = None, model: str | None = None) -> Turn:
         """A new reply to a user message (default: the one the current reply answers), beside
         the earlier reply: both branches are kept."""
+        self._refuse_if_replying(conversation_id)
         conversation = await asyncio.to_thread(self.conversations.get, member, conversation_id)
         path = conversation.branch(message_id) if message_id else conversation.branch()
         users = [m for m in path if m.role == "user"]
@@ -315,15 +317,18 @@ class ChatService:
             await self._open(turn, providers, messages)
             return turn
 
+    def _refuse_if_replying(self, conversation_id: str) -> None:
+        if conversation_id in self._replying:
+            raise ReplyInProgress("A reply in this conversation is still being written. Wait "
+                                  "for it (or stop it), then send again.",
+                                  param="conversation_id")
+
     @contextlib.contextmanager
     def _turn_of(self, conversation_id: str) -> Iterator[None]:
         """Claim the conversation for a turn: 409 while another reply is in the making. A turn
         that fails before it opens gives it back; one that opens keeps it until
         `Turn.finish`."""
-        if conversation_id in self._replying:
-            raise ReplyInProgress("A reply in this conversation is still being written. Wait "
-                                  "for it (or stop it), then send again.",
-                                  param="conversation_id")
+        self._refuse_if_replying(conversation_id)
         self._replying.add(conversation_id)
         try:
             yield
