@@ -66,12 +66,14 @@ def build_region_app(site: Site, region: str, *, secure: bool = False) -> Any:
 
     store = site.store(region)
     providers = build_providers(site.settings.region(region))
-    workspace = create_workspace_app(
-        build_workspace_services(site, region, ModelRouter(region, providers)), secure=secure)
-    return create_gateway_app(
+    services = build_workspace_services(site, region, ModelRouter(region, providers))
+    gateway = create_gateway_app(
         site.settings, region, authenticator=site.directory, usage_sink=store,
-        content_store=store, fallback_app=workspace, providers=providers,
+        content_store=store, fallback_app=create_workspace_app(services, secure=secure),
+        providers=providers,
     )
+    services.chat.usage = gateway.usage.add  # one usage recorder per region, batched
+    return gateway
 
 
 def _bind(region: RegionSettings) -> socket.socket:

@@ -528,3 +528,19 @@ def test_serve_sweeps_retention_on_its_own(tmp_path: Path) -> None:
     finally:
         server.stop()
         store.dispose()
+
+
+def test_replies_are_counted_per_member_for_admins(live: Deployment,
+                                                  workspaces: Workspaces) -> None:
+    with api(live, workspaces.colleague) as colleague:
+        conversation = colleague.post("/conversations").json()["id"]
+        assert colleague.post(f"/conversations/{conversation}/messages",
+                              json={"content": "count me", "model": STAND_IN}).status_code == 200
+        assert colleague.get("/usage").status_code == 403  # members see no one's usage
+
+    def counted() -> bool:
+        with api(live, workspaces.first) as owner:
+            rows = {row["user_id"]: row for row in owner.get("/usage").json()["data"]}
+        return rows[workspaces.colleague.user]["messages"] >= 1
+
+    assert until(counted), "the reply was not counted"

@@ -21,7 +21,7 @@ import binascii
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -41,7 +41,12 @@ from .files import FileStore, WorkspaceFile
 from .gpts import Gpt, Gpts
 from .knowledge import Knowledge, Passage
 
-__all__ = ["ChatRequest", "ChatService", "MessageLimiter", "Turn", "title_from"]
+__all__ = ["ChatRequest", "ChatService", "MessageLimiter", "Turn", "UsageSink", "title_from"]
+
+# What a turn's usage metadata is kept as (the gateway's `UsageRecorder.add`): the workspace
+# as the project, the member as the key, the route's template. Never content.
+UsageSink = Callable[[str, str, str, str, "str | None", int, int, int, float, str], None]
+MESSAGES_ROUTE = "/workspace/api/conversations/{conversation_id}/messages"
 
 IMAGE_COMMAND = "/image "
 MAX_ATTACHMENTS = 10
@@ -121,6 +126,7 @@ class Turn:
     _reader: ChatDeltas = field(default_factory=ChatDeltas)
     _finished: StoredMessage | None = None
     _user_stored: asyncio.Future[StoredMessage] | None = None
+    _started: float = field(default_factory=time.perf_counter)
 
     async def deltas(self) -> AsyncIterator[str]:
         if self._chunks is None:  # an image turn: nothing to stream
@@ -160,6 +166,7 @@ class Turn:
             if status is None:
                 status = "error" if self.error is not None else "complete"
             self._finished = await asyncio.to_thread(self.service._store_reply, self, status)
+            self.service._account(self, status)
         finally:
             self.service._replying.discard(self.conversation_id)
         return self._finished
@@ -177,6 +184,8 @@ class ChatService:
         self.knowledge = knowledge
         self.settings = settings
         self.limiter = MessageLimiter(settings.messages_per_minute)
+        # Where a turn's usage metadata goes (the region's usage recorder, set by the server).
+        self.usage: UsageSink | None = None
         # Conversations with a reply in the making (in this process): one turn at a time, so
         # two messages sent at once cannot chain one prompt under the other.
         self._replying: set[str] = set()
@@ -457,6 +466,15 @@ class ChatService:
         return f"data:{file.media_type};base64,{base64.b64encode(data).decode()}"
 
     # -- keeping the reply ---------------------------------------------------------------------
+
+    def _account(self, turn: Turn, status: str) -> None:
+        if self.usage is None:
+            return
+        reader = turn._reader
+        self.usage(turn.member.workspace_id, turn.member.user_id, MESSAGES_ROUTE, turn.model,
+                   turn.provider or None, 502 if status == "error" else 200,
+                   reader.prompt_tokens, reader.completion_tokens,
+                   (time.perf_counter() - turn._started) * 1000, "")
 
     def _store_reply(self, turn: Turn, status: str) -> StoredMessage:
         assert turn.user_message is not None, "a turn is finished only once it has opened"

@@ -336,6 +336,22 @@ class WorkspaceApi:
         await self._run(self.services.accounts.remove_member, member, user_id)
         return json_response({"id": user_id, "deleted": True}, request=request)
 
+    async def usage(self, request: Request) -> Response:
+        member = await self._admin(request)
+        rows = await self._run(self.services.store.usage, member.workspace_id)
+        users = await self._run(self.services.directory.list_members, member.workspace_id)
+        counts = {user.id: [0, 0, 0] for user in users}  # replies, prompt, completion tokens
+        for row in rows:
+            found = counts.get(row.key_id)
+            if found is not None:  # a removed member's usage stays in the store, not here
+                found[0] += 1
+                found[1] += row.prompt_tokens
+                found[2] += row.completion_tokens
+        return json_response({"object": "list", "data": [
+            {"user_id": user.id, "email": user.email, "messages": counts[user.id][0],
+             "prompt_tokens": counts[user.id][1], "completion_tokens": counts[user.id][2]}
+            for user in users]}, request=request)
+
     async def change_workspace(self, request: Request) -> Response:
         member = await self._admin(request)
         body = await read_body(request, WorkspaceChange)
@@ -588,6 +604,8 @@ ROUTES: tuple[ApiRoute, ...] = (
              MemberChange, admin=True),
     ApiRoute("DELETE", "/members/{user_id}", "remove_member", "Remove a member (their tokens "
              "and sessions end).", admin=True),
+    ApiRoute("GET", "/usage", "usage", "Replies per member with their token counts (no "
+             "content).", admin=True),
     ApiRoute("PATCH", "/workspace", "change_workspace", "Set the workspace's retention.",
              WorkspaceChange, admin=True),
     ApiRoute("GET", "/conversations", "list_conversations", "The member's conversations, "
