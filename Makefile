@@ -6,7 +6,7 @@ SITE ?= .domicile
 # A CPU build of torch lies on this disk; a plain `torch` would pull a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: run test install install-test lint typecheck bench-crypto bench-gateway bench-workspace clean
+.PHONY: run test install install-test ui-browser lint typecheck bench-crypto bench-gateway bench-workspace bench-ui clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,25 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 
 install: $(VENV)/.installed
 
-install-test: $(VENV)/.installed-test
+# The browser tests (tests/ui) drive Debian's Chromium (never `playwright install`: it
+# downloads a browser) and scan pages with axe-core from npm, pinned in tests/ui/package.json.
+CHROMIUM := /usr/bin/chromium
+AXE := tests/ui/vendor/axe-core/axe.min.js
+
+ui-browser:
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "$(CHROMIUM) missing and not root: the browser tests will skip (fail under CI=true)"; fi; \
+	fi
+
+$(AXE): tests/ui/package.json tests/ui/package-lock.json
+	@command -v npm >/dev/null || [ "$$(id -u)" != 0 ] || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm; }
+	npm ci --prefix tests/ui --no-audit --no-fund --silent
+	mkdir -p $(dir $@)
+	cp tests/ui/node_modules/axe-core/axe.min.js tests/ui/node_modules/axe-core/LICENSE $(dir $@)
+
+install-test: $(VENV)/.installed-test ui-browser $(AXE)
 
 run: install
 	@test -f $(SITE)/domicile.toml || $(BIN)/domicile init --dir $(SITE)
@@ -50,5 +68,9 @@ bench-gateway: install-test
 bench-workspace: install-test
 	$(BIN)/python bench/workspace/bench_workspace.py
 
+# The web UI's time budget measured in Chromium (chat view interactive, first token painted).
+bench-ui: install-test
+	$(BIN)/python bench/ui/bench_ui.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis tests/ui/node_modules tests/ui/vendor
