@@ -483,3 +483,13 @@ def test_images_sent_with_a_turn_stay_within_a_budget() -> None:
     assert too_much.value.param == "file_ids"
     many = [[picture(f"p{i}", 1000)] for i in range(40)]
     assert len(images_to_send([], many)) == IMAGES_PER_TURN
+
+
+async def test_a_reply_is_kept_with_its_sanitised_html(chat: Chat, member: MemberGrant) -> None:
+    cid = chat.new_conversation(member)
+    _, reply = await say(chat, member, cid, "**bold** <script>window.x=1</script>",
+                         model="dev-echo")  # the stand-in echoes the prompt
+    assert "<strong>bold</strong>" in (reply.html or "")
+    assert "<script" not in (reply.html or "")
+    stored = chat.get(member, cid).messages[-1]
+    assert stored.html == reply.html and stored.content == reply.content

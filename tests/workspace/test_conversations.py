@@ -100,7 +100,7 @@ def test_messages_keep_what_was_said_and_the_conversation_counts_them(
         "parent_id": asked.id, "role": "assistant", "content": "Hi!", "status": "stopped",
         "model": "gpt-y", "gpt_id": "gpt_1", "file_ids": [],
         "citations": [{"file_id": "file_b", "name": "notes.md"}],
-        "created_at": int(answered.created_at.timestamp()),
+        "created_at": int(answered.created_at.timestamp()), "html": None,
     }
     assert found.messages[0].content == "Hello é ✓ \ud800"
     assert found.messages[0].file_ids == ("file_a",)

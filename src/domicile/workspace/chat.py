@@ -40,6 +40,7 @@ from .conversations import Citation, Conversation, Conversations, StoredMessage
 from .files import FileStore, WorkspaceFile
 from .gpts import Gpt, Gpts
 from .knowledge import Knowledge, Passage
+from .rendering import render_markdown
 
 __all__ = ["ChatRequest", "ChatService", "MessageLimiter", "Turn", "UsageSink", "title_from"]
 
@@ -478,10 +479,12 @@ class ChatService:
 
     def _store_reply(self, turn: Turn, status: str) -> StoredMessage:
         assert turn.user_message is not None, "a turn is finished only once it has opened"
+        content = "".join(turn.text)
         return self.conversations.add_message(
-            turn.member, turn.conversation_id, role="assistant", content="".join(turn.text),
+            turn.member, turn.conversation_id, role="assistant", content=content,
             parent_id=turn.user_message.id, status=status, model=turn.model,
-            gpt_id=turn.gpt_id, file_ids=turn.file_ids, citations=turn.citations)
+            gpt_id=turn.gpt_id, file_ids=turn.file_ids, citations=turn.citations,
+            html=render_markdown(content))  # once, here, not on every read
 
 
 def images_to_send(attachments: Sequence[WorkspaceFile],

@@ -90,6 +90,8 @@ class StoredMessage:
     gpt_id: str | None
     file_ids: tuple[str, ...]
     citations: tuple[Citation, ...]
+    # A reply rendered from Markdown to sanitised HTML once, when it was stored (for display).
+    html: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -105,6 +107,7 @@ class StoredMessage:
             "file_ids": list(self.file_ids),
             "citations": [citation.to_json() for citation in self.citations],
             "created_at": _unix(self.created_at),
+            "html": self.html,
         }
 
 
@@ -277,7 +280,8 @@ class Conversations:
             role=row.role, status=row.status, content=body["content"],
             created_at=as_utc(row.created_at), model=body["model"], gpt_id=body["gpt_id"],
             file_ids=tuple(body["file_ids"]),
-            citations=tuple(Citation(c["file_id"], c["name"]) for c in body["citations"]))
+            citations=tuple(Citation(c["file_id"], c["name"]) for c in body["citations"]),
+            html=body.get("html"))
 
     def _page(self, conn: Connection, member: MemberGrant, after: tuple[datetime, str] | None,
               size: int) -> list[AnyRow]:
@@ -408,7 +412,7 @@ class Conversations:
                     model: str | None = None, gpt_id: str | None = None,
                     file_ids: Iterable[str] = (), citations: Iterable[Citation] = (),
                     message_id: str | None = None, created_at: datetime | None = None,
-                    title: str | None = None) -> StoredMessage:
+                    title: str | None = None, html: str | None = None) -> StoredMessage:
         """Add a message under `parent_id` (a message of this conversation) and make it the
         current leaf. `parent_id` None starts a root: the first prompt, or an edit of it
         (so it is for a user's message only). A message's model or GPT becomes the
@@ -432,6 +436,7 @@ class Conversations:
         body = json.dumps({
             "content": content, "model": model, "gpt_id": gpt_id, "file_ids": list(file_ids),
             "citations": [citation.to_json() for citation in citations],
+            **({"html": html} if html is not None else {}),
         }).encode()
         sealed = self.store.seal(member.tenant, MESSAGE_KIND, message_id, body)
         now = created_at or datetime.now(UTC)
@@ -468,7 +473,7 @@ class Conversations:
                 region=self.store.region, parent_id=parent_id, seq=seq, role=role,
                 status=status, created_at=now, body=sealed))
         return StoredMessage(message_id, conversation_id, parent_id, role, status, content, now,
-                             model, gpt_id, file_ids, citations)
+                             model, gpt_id, file_ids, citations, html)
 
     def select(self, member: MemberGrant, conversation_id: str, message_id: str
                ) -> Conversation:
