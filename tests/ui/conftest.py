@@ -70,7 +70,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if UI_DIR in Path(str(item.fspath)).parents:
+        if UI_DIR in item.path.parents:
             item.add_marker(pytest.mark.ui)
 
 

@@ -77,12 +77,11 @@ def test_escape_stops_a_reply(signed_in_page: Page, live: UiSite) -> None:
     page = signed_in_page
     send(page, "and then", model=UPSTREAM_MODEL)
     expect(assistant_messages(page).last.locator(".content")).to_contain_text("ui-up")
-    page.press("#composer", "Escape")
+    page.keyboard.press("Escape")
     expect(assistant_messages(page).last).to_have_attribute("data-status", "stopped")
 
 
-def test_attached_file_and_image_show_previews(signed_in_page: Page, live: UiSite,
-                                               tmp_path: object) -> None:
+def test_attached_file_and_image_show_previews(signed_in_page: Page) -> None:
     page = signed_in_page
     page.set_input_files("#attach", [
         {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"some notes to read"},

@@ -49,7 +49,7 @@ def test_build_a_gpt_with_knowledge_and_chat_with_it(signed_in_page: Page,
     card.get_by_role("link", name=re.compile("^Chat", re.I)).click()
     expect(page).to_have_url(re.compile(re.escape(f"/workspace/?gpt={gpt_id}")))
     expect(page.locator("#gpt")).to_have_value(gpt_id)
-    send(page, "When does the ferry to Lindholm leave?", model=None)
+    send(page, "When does the ferry to Lindholm leave?", model=UPSTREAM_MODEL)
     reply = assistant_messages(page).last
     expect(reply).to_have_attribute("data-status", "complete", timeout=60_000)
     expect(reply.locator(".content")).to_contain_text("Answer from the timetable only.")
