@@ -176,7 +176,7 @@ def test_every_page_has_the_security_headers_and_no_inline_script(served: Served
         assert answer.status_code == 200, answer.url
         assert answer.headers["content-security-policy"] == CSP
         assert answer.headers["x-frame-options"] == "DENY"
-        assert answer.headers["referrer-policy"] == "no-referrer"
+        assert answer.headers["referrer-policy"] == "same-origin"
         assert answer.headers["x-content-type-options"] == "nosniff"
         assert "strict-transport-security" not in answer.headers  # plain HTTP here
         assert '<html lang="en">' in answer.text
