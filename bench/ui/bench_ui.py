@@ -155,7 +155,12 @@ def first_token(page: Page, upstream: TimedUpstream) -> dict[str, float]:
     page.fill("#composer", "how fast is the first word")
     page.press("#composer", "Enter")
     try:
-        page.wait_for_function("() => window.__firstToken !== undefined", timeout=20_000)
+        try:
+            page.wait_for_function("() => window.__firstToken !== undefined", timeout=20_000)
+        except Exception:
+            log(f"no first token seen; the page shows: {page.inner_text('#messages')!r}, "
+                f"upstream chunks sent: {upstream.chunks_sent}")
+            raise
         painted = page.evaluate("() => window.__firstToken")
     finally:
         gate.set()

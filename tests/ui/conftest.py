@@ -144,6 +144,10 @@ def serve_site(root: Path, upstream: FakeUpstream) -> tuple[Site, Server, str]:
     site = init_site(root / "site")
     site.add_provider("eu", name="ui-up", kind="openai-compatible", base_url=upstream.base_url,
                       models=[UPSTREAM_MODEL], timeout_s=30)
+    # The message limit is not what these pages are tested for (tests/workspace has it); a
+    # module (or the UI bench) may send more than the default 30 a minute.
+    with site.config.open("a") as config:
+        config.write("\n[workspace]\nmessages_per_minute = 10000\n")
     org = site.cli("org", "create", "--name", "Acme")["id"]
     workspace = str(site.cli("workspace", "create", "--org", org, "--name", "Team",
                              "--region", "eu")["id"])
