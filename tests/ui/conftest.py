@@ -131,11 +131,13 @@ def ui_upstream() -> Iterator[FakeUpstream]:
     loop.close()
 
 
-def make_member(site: Site, workspace: str, role: str) -> Member:
+def make_member(site: Site, workspace: str, role: str, *, with_token: bool = True) -> Member:
+    """A member with PASSWORD (and an API token unless `with_token` is false: then "")."""
     email = f"{role}-{secrets.token_hex(4)}@example.com"
     user = site.cli("user", "add", "--workspace", workspace, "--email", email, "--role", role,
                     "--password-stdin", stdin=PASSWORD + "\n")["id"]
-    token = site.cli("token", "create", "--workspace", workspace, "--user", user)["token"]
+    token = site.cli("token", "create", "--workspace", workspace,
+                     "--user", user)["token"] if with_token else ""
     return Member(str(user), email, str(token), role)
 
 

@@ -14,7 +14,7 @@ import re
 import secrets
 
 from PIL import Image
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Dialog, Locator, Page, expect
 
 from tests.ui.conftest import (
     PHONE,
@@ -177,3 +177,51 @@ def test_at_desktop_width_the_sidebar_shows_and_the_menu_does_not(
         signed_in_page: Page) -> None:
     expect(signed_in_page.locator("nav#sidebar")).to_be_visible()
     expect(signed_in_page.locator("#menu")).to_be_hidden()
+
+
+def conversation_tools(page: Page, conversation: str, tool: str) -> Locator:
+    """The `.rename` or `.delete` button beside a conversation's link in the sidebar: in the
+    link's nearest enclosing element that has one."""
+    link = page.locator(f'#conversations a.conversation[data-id="{conversation}"]')
+    holder = link.locator(
+        f"xpath=ancestor::*[.//*[contains(concat(' ', @class, ' '), ' {tool} ')]][1]")
+    return holder.locator(f".{tool}").first
+
+
+def test_rename_and_delete_a_conversation(signed_in_page: Page, live: UiSite) -> None:
+    page = signed_in_page
+    new_title = f"Renamed {secrets.token_hex(3)}"
+    prompted: list[str] = []
+
+    def answer(dialog: Dialog) -> None:  # a rename may ask by prompt; a delete confirms
+        prompted.append(dialog.type)
+        dialog.accept(new_title if dialog.type == "prompt" else "")
+
+    page.on("dialog", answer)
+    send_and_wait(page, "a title to change")
+    conversation = conversation_id(page)
+    conversation_tools(page, conversation, "rename").click()
+    if "prompt" not in prompted:  # renamed in place: type the new title and press Enter
+        page.keyboard.press("Control+A")
+        page.keyboard.type(new_title)
+        page.keyboard.press("Enter")
+    expect(page.locator(f'#conversations a.conversation[data-id="{conversation}"]')
+           ).to_contain_text(new_title)
+    with live.api(live.owner) as api:
+        assert api.get(f"/conversations/{conversation}").json()["title"] == new_title
+    conversation_tools(page, conversation, "delete").click()
+    expect(page.locator(f'#conversations a.conversation[data-id="{conversation}"]')
+           ).to_have_count(0)
+    with live.api(live.owner) as api:
+        assert api.get(f"/conversations/{conversation}").status_code == 404
+
+
+def test_no_model_able_to_answer_is_said_in_words(signed_in_page: Page, live: UiSite) -> None:
+    live.upstream.behaviour.mode = "fail"  # the only provider of the model answers 500
+    page = signed_in_page
+    send(page, "anyone there?", model=UPSTREAM_MODEL)
+    error = page.locator("#chat-error")
+    expect(error).to_have_attribute("role", "alert")
+    expect(error).to_contain_text(
+        "No model in European Union can answer right now. Try again in a moment.")
+    expect(assistant_messages(page).filter(has_text="anyone there")).to_have_count(0)

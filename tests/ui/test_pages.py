@@ -134,3 +134,29 @@ def test_dark_mode_changes_the_look(browser: Browser, ui: UiSite,
             " getComputedStyle(document.body).color]")
         context.close()
     assert looks["light"] != looks["dark"]
+
+
+@pytest.mark.parametrize("main_page", MAIN_PAGES, ids=lambda p: p.name)
+def test_pages_run_under_their_policy_without_errors(browser: Browser, ui: UiSite,
+                                                     content: dict[str, str],
+                                                     main_page: MainPage) -> None:
+    """No script or style refused by the content security policy, no script error, no
+    failed request: the page works as served, with no exemption."""
+    context = new_context(browser)
+    problems: list[str] = []
+    if main_page.signed_in:
+        sign_in(context, ui, ui.owner)
+    page = context.new_page()
+    page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
+    page.on("pageerror", lambda error: problems.append(f"script error: {error}"))
+    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+    answer = page.goto(ui.url(main_page.path.format(**content)))
+    assert answer is not None and answer.status == 200
+    policy = answer.headers.get("content-security-policy", "")
+    assert "script-src 'self'" in policy and "object-src 'none'" in policy
+    assert answer.headers.get("x-frame-options") == "DENY"
+    expect(page.locator(main_page.landmark).first).to_be_visible()
+    page.wait_for_load_state("networkidle")
+    assert page.evaluate("() => document.documentElement.lang") == "en"
+    assert problems == []
+    context.close()
