@@ -14,7 +14,7 @@ import re
 import secrets
 
 from PIL import Image
-from playwright.sync_api import Browser, Dialog, Locator, Page, expect
+from playwright.sync_api import Browser, BrowserContext, Dialog, Locator, Page, expect
 
 from tests.ui.conftest import (
     PHONE,
@@ -225,3 +225,36 @@ def test_no_model_able_to_answer_is_said_in_words(signed_in_page: Page, live: Ui
     expect(error).to_contain_text(
         "No model in European Union can answer right now. Try again in a moment.")
     expect(assistant_messages(page).filter(has_text="anyone there")).to_have_count(0)
+
+
+def test_shift_enter_is_a_new_line_not_a_send(signed_in_page: Page) -> None:
+    page = signed_in_page
+    page.fill("#composer", "first line")
+    page.press("#composer", "Shift+Enter")
+    page.keyboard.type("second line")
+    expect(page.locator("#composer")).to_have_value("first line\nsecond line")
+    expect(page.locator("#messages article.message")).to_have_count(0)
+
+
+def test_copy_puts_the_reply_on_the_clipboard(signed_in_page: Page,
+                                              signed_in_context: BrowserContext) -> None:
+    signed_in_context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page = signed_in_page
+    text = f"copy me {secrets.token_hex(3)}"
+    send_and_wait(page, text)
+    assistant_messages(page).last.locator(".copy").click()
+    page.wait_for_function("async (want) => (await navigator.clipboard.readText()).includes(want)",
+                           arg=text)
+
+
+def test_regenerate_gives_another_reply_to_the_same_message(signed_in_page: Page) -> None:
+    page = signed_in_page
+    send_and_wait(page, "say it again")
+    first = assistant_messages(page).last.get_attribute("data-id")
+    expect(page.locator(".regenerate")).to_have_count(1)  # on the last reply only
+    page.click(".regenerate")
+    reply = assistant_messages(page).last
+    expect(reply).not_to_have_attribute("data-id", first or "")
+    expect(reply).to_have_attribute("data-status", "complete")
+    expect(reply.locator(".content")).to_contain_text("say it again")
+    expect(page.locator('#messages article.message[data-role="user"]')).to_have_count(1)

@@ -158,5 +158,12 @@ def test_pages_run_under_their_policy_without_errors(browser: Browser, ui: UiSit
     expect(page.locator(main_page.landmark).first).to_be_visible()
     page.wait_for_load_state("networkidle")
     assert page.evaluate("() => document.documentElement.lang") == "en"
+    # Vendored assets only, each pinned by its hash (no CDN: nothing from another origin).
+    assets = page.evaluate("""() => [...document.querySelectorAll(
+        'script[src], link[rel=stylesheet]')].map(e => [e.src || e.href, e.integrity])""")
+    assert assets, "no script or stylesheet"
+    for url, integrity in assets:
+        assert url.startswith(ui.url("/workspace/static/")) and "?v=" in url, url
+        assert integrity.startswith("sha384-"), url
     assert problems == []
     context.close()
