@@ -69,9 +69,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if UI_DIR in item.path.parents:
-            item.add_marker(pytest.mark.ui)
+    """Mark the browser tests and run them last: Playwright's sync API keeps an event loop
+    running in the main thread once it has started, and pytest-asyncio's tests cannot run
+    after that in the same process."""
+    browser = [item for item in items if UI_DIR in item.path.parents]
+    for item in browser:
+        item.add_marker(pytest.mark.ui)
+    others = [item for item in items if UI_DIR not in item.path.parents]
+    items[:] = others + browser
 
 
 @pytest.fixture(scope="session")
