@@ -171,20 +171,27 @@ def _validation_error(error: ValidationError) -> InvalidInput:
                         if param else "The request body is not valid.", param=param)
 
 
-async def read_body(request: Request, model: type[M], *, optional: bool = False) -> M:
-    """The body as `model`: bounded, strict JSON, unknown fields refused."""
+async def read_bounded(request: Request, limit: int, what: str = "request body") -> bytes:
+    """The whole body, refused (413) past `limit` bytes: by its declared length before a byte
+    is read, else as soon as it passes."""
     declared = request.headers.get("content-length")
-    if declared is not None and _DIGITS.fullmatch(declared) and int(declared) > MAX_JSON:
-        raise BodyTooLarge(f"The request body is larger than {MAX_JSON} bytes.")
+    if declared is not None and _DIGITS.fullmatch(declared) and int(declared) > limit:
+        raise BodyTooLarge(f"The {what} is larger than {limit} bytes.")
     data = bytearray()
     async for chunk in request.stream():
         data += chunk
-        if len(data) > MAX_JSON:
-            raise BodyTooLarge(f"The request body is larger than {MAX_JSON} bytes.")
+        if len(data) > limit:
+            raise BodyTooLarge(f"The {what} is larger than {limit} bytes.")
+    return bytes(data)
+
+
+async def read_body(request: Request, model: type[M], *, optional: bool = False) -> M:
+    """The body as `model`: bounded, strict JSON, unknown fields refused."""
+    data = await read_bounded(request, MAX_JSON)
     if optional and not data.strip():
         parsed: dict[str, Any] = {}
     else:
-        parsed = parse_json_object(bytes(data))
+        parsed = parse_json_object(data)
     try:
         return model.model_validate(parsed)
     except ValidationError as exc:

@@ -24,7 +24,6 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from domicile.errors import (
-    BodyTooLarge,
     CsrfFailed,
     DomicileError,
     InvalidApiKey,
@@ -37,6 +36,7 @@ from domicile.errors import (
 from domicile.tenancy.grants import ROLES, MemberGrant
 from domicile.workspace.rendering import pygments_css
 
+from .app import read_bounded
 from .auth import WorkspaceAuth
 from .services import WorkspaceServices
 
@@ -328,16 +328,9 @@ class WorkspacePages:
 
 async def _read_form(request: Request) -> dict[str, str]:
     """A form-encoded body of at most `MAX_FORM` bytes: the first value of each field."""
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > MAX_FORM:
-        raise BodyTooLarge(f"The form is larger than {MAX_FORM} bytes.")
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > MAX_FORM:
-            raise BodyTooLarge(f"The form is larger than {MAX_FORM} bytes.")
+    data = await read_bounded(request, MAX_FORM, "form")
     try:
-        text = bytes(data).decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidInput("The form is not UTF-8.") from None
     try:
