@@ -30,6 +30,7 @@ from domicile.inference.routing import ModelRouter
 from domicile.site import Site
 from domicile.storage.regional import RegionalStore
 from domicile.tenancy.grants import MemberGrant
+from domicile.workspace import chat as chat_module
 from domicile.workspace.chat import (
     IMAGES_PER_TURN,
     ChatRequest,
@@ -493,3 +494,19 @@ async def test_a_reply_is_kept_with_its_sanitised_html(chat: Chat, member: Membe
     assert "<script" not in (reply.html or "")
     stored = chat.get(member, cid).messages[-1]
     assert stored.html == reply.html and stored.content == reply.content
+
+
+async def test_too_many_image_bytes_are_refused_before_the_message_is_counted(
+        make_chat: ChatFactory, member: MemberGrant, monkeypatch: pytest.MonkeyPatch) -> None:
+    chat = make_chat(WorkspaceSettings(messages_per_minute=1))
+    picture = chat.files.add(member, "red.png", image_bytes())
+    monkeypatch.setattr(chat_module, "IMAGE_BYTES_PER_TURN", picture.size - 1)
+    cid = chat.new_conversation(member)
+    with pytest.raises(InvalidInput) as refused:
+        await chat.service.send(member, cid, ChatRequest("look", model="dev-echo",
+                                                         file_ids=(picture.id,)))
+    assert refused.value.param == "file_ids"
+    monkeypatch.setattr(chat_module, "IMAGE_BYTES_PER_TURN", 20 * 1024 * 1024)
+    # The refused message neither counted against the limit nor held the conversation.
+    _, reply = await say(chat, member, cid, "look", model="dev-echo", file_ids=(picture.id,))
+    assert reply.content == "look"

@@ -72,6 +72,19 @@ class ChatRequest:
     image: bool = False  # ask for a picture (also: content starting with "/image ")
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a reply is asked with (`ChatService._plan`)."""
+
+    gpt: Gpt | None
+    model: str
+    providers: Sequence[Provider]
+    history: Sequence[StoredMessage]  # the branch before the message answered
+    attachments: Sequence[WorkspaceFile]  # the answered message's own files
+    earlier: dict[str, list[WorkspaceFile]]  # each earlier user message's files still there
+    images: set[str]  # the ids of the images the model gets (`images_to_send`)
+
+
 class MessageLimiter:
     """Messages per member per minute (a fixed one-minute window, in this process)."""
 
@@ -251,50 +264,38 @@ class ChatService:
             raise InvalidInput("`parent_id` is not a message of this conversation.",
                                param="parent_id")
         if wants_image:
-            image_model = self._image_model(request.model)
-            providers = self.router.route(image_model, "images")
-            model = image_model
-        else:
-            images = [f for f in attachments if f.is_image] + await self._history_images(
-                member, history)
-            providers = self._providers(model, vision=bool(images))
+            model = self._image_model(request.model)
+            providers = self.router.route(model, "images")
+            with self._turn_of(conversation_id):
+                self.limiter.take(member)
+                turn = Turn(self, member, conversation_id, None, model, gpt_id, ())
+                await self._generate_image(turn, providers, content)
+                self._keep_user_message(turn, conversation, content, parent_id, attachments)
+                return turn
+        plan = await self._plan(member, gpt, model, history, attachments)
         with self._turn_of(conversation_id):
             self.limiter.take(member)
-            return await self._send(member, conversation_id, conversation, content, model,
-                                    gpt, gpt_id, parent_id, history, attachments,
-                                    wants_image, providers)
+            turn = await self._reply(member, conversation_id, plan, content, None)
+            self._keep_user_message(turn, conversation, content, parent_id, attachments)
+            return turn
 
-    async def _send(self, member: MemberGrant, conversation_id: str,
-                    conversation: Conversation, content: str, model: str, gpt: Gpt | None,
-                    gpt_id: str | None, parent_id: str | None,
-                    history: Sequence[StoredMessage], attachments: Sequence[WorkspaceFile],
-                    wants_image: bool, providers: Sequence[Provider]) -> Turn:
-        # The reply is opened first and the member's message stored once a provider answers:
-        # a turn no provider can serve (503) leaves nothing behind.
-        turn = Turn(self, member, conversation_id, None, model, gpt_id, ())
-        if wants_image:
-            await self._generate_image(turn, providers, content)
-        else:
-            passages = await self._passages(member, gpt, content)
-            turn.citations = tuple(dict.fromkeys(
-                Citation(p.file_id, p.file_name) for p in passages))
-            messages = await self._messages(member, gpt, passages, history, content,
-                                            attachments)
-            await self._open(turn, providers, messages)
-        # Once a provider has answered, the member's message is stored (with the title a
-        # first message gives) while the reply streams: its first words do not wait for the
-        # database. `Turn.finish` waits for it before the reply is stored.
-        shown = StoredMessage(new_id("msg"), conversation_id, parent_id, "user", "complete",
-                              content, datetime.now(UTC), model, gpt_id,
-                              tuple(f.id for f in attachments), ())
+    def _keep_user_message(self, turn: Turn, conversation: Conversation, content: str,
+                           parent_id: str | None,
+                           attachments: Sequence[WorkspaceFile]) -> None:
+        """Once a provider has answered, the member's message is stored (with the title a
+        first message gives) while the reply streams: its first words do not wait for the
+        database, and a turn no provider can serve (503) leaves nothing behind.
+        `Turn.finish` waits for it before the reply is stored."""
+        shown = StoredMessage(new_id("msg"), turn.conversation_id, parent_id, "user",
+                              "complete", content, datetime.now(UTC), turn.model,
+                              turn.gpt_id, tuple(f.id for f in attachments), ())
         turn.user_message = shown
         turn._user_stored = asyncio.ensure_future(asyncio.to_thread(
-            self.conversations.add_message, member, conversation_id, role="user",
-            content=content, parent_id=parent_id, model=model, gpt_id=gpt_id,
+            self.conversations.add_message, turn.member, turn.conversation_id, role="user",
+            content=content, parent_id=parent_id, model=turn.model, gpt_id=turn.gpt_id,
             file_ids=shown.file_ids, message_id=shown.id, created_at=shown.created_at,
             title=None if conversation.messages else title_from(content)))
         turn._user_stored.add_done_callback(mark_retrieved)
-        return turn
 
     async def regenerate(self, member: MemberGrant, conversation_id: str,
                          message_id: str | None = None, model: str | None = None) -> Turn:
@@ -307,25 +308,39 @@ class ChatService:
         if not users:
             raise InvalidInput("There is no message to answer again.", param="message_id")
         target = users[-1]
-        history = path[:path.index(target)]
-        gpt_id = target.gpt_id
-        gpt = await asyncio.to_thread(self.gpts.get, member, gpt_id) if gpt_id else None
-        model = model or target.model or self.default_model()
+        gpt = await asyncio.to_thread(self.gpts.get, member, target.gpt_id) \
+            if target.gpt_id else None
         attachments = [await asyncio.to_thread(self.files.get, member, file_id)
                        for file_id in target.file_ids]
-        images = [f for f in attachments if f.is_image] + await self._history_images(
-            member, history)
-        providers = self._providers(model, vision=bool(images))
+        plan = await self._plan(member, gpt, model or target.model or self.default_model(),
+                                path[:path.index(target)], attachments)
         with self._turn_of(conversation_id):
             self.limiter.take(member)
-            turn = Turn(self, member, conversation_id, target, model, gpt_id, ())
-            passages = await self._passages(member, gpt, target.content)
-            turn.citations = tuple(dict.fromkeys(Citation(p.file_id, p.file_name)
-                                                 for p in passages))
-            messages = await self._messages(member, gpt, passages, history, target.content,
-                                            attachments)
-            await self._open(turn, providers, messages)
-            return turn
+            return await self._reply(member, conversation_id, plan, target.content, target)
+
+    async def _plan(self, member: MemberGrant, gpt: Gpt | None, model: str,
+                    history: Sequence[StoredMessage],
+                    attachments: Sequence[WorkspaceFile]) -> _Plan:
+        """What a reply is asked with, decided (and refused: 400, 404) before the
+        conversation is claimed or a message counted: the earlier messages' files (looked up
+        once), the images the model gets, the model's providers (vision when an image goes)."""
+        earlier = {message.id: await self._files_still_there(member, message.file_ids)
+                   for message in history if message.role == "user"}
+        images = images_to_send(attachments, list(earlier.values()))
+        return _Plan(gpt, model, self._providers(model, vision=bool(images)), history,
+                     attachments, earlier, images)
+
+    async def _reply(self, member: MemberGrant, conversation_id: str, plan: _Plan,
+                     content: str, answering: StoredMessage | None) -> Turn:
+        """Open the reply to `content` on the first of the plan's providers that answers."""
+        turn = Turn(self, member, conversation_id, answering, plan.model,
+                    plan.gpt.id if plan.gpt else None, ())
+        passages = await self._passages(member, plan.gpt, content)
+        turn.citations = tuple(dict.fromkeys(Citation(p.file_id, p.file_name)
+                                             for p in passages))
+        messages = await self._messages(member, plan, passages, content)
+        await self._open(turn, plan.providers, messages)
+        return turn
 
     def _refuse_if_replying(self, conversation_id: str) -> None:
         if conversation_id in self._replying:
@@ -384,15 +399,6 @@ class ChatService:
                                          origin="generated")
         turn.file_ids = (stored.id,)
 
-    async def _history_images(self, member: MemberGrant,
-                              history: Sequence[StoredMessage]) -> list[WorkspaceFile]:
-        found = []
-        for message in history:
-            if message.role == "user":
-                found += [f for f in await self._files_still_there(member, message.file_ids)
-                          if f.is_image]
-        return found
-
     async def _files_still_there(self, member: MemberGrant,
                                  file_ids: Sequence[str]) -> list[WorkspaceFile]:
         """The files of an earlier message that still exist (one deleted since is gone for the
@@ -412,32 +418,27 @@ class ChatService:
         return await self.knowledge.search(member.tenant, gpt.id, content,
                                            self.settings.knowledge_passages)
 
-    async def _messages(self, member: MemberGrant, gpt: Gpt | None,
-                        passages: Sequence[Passage], history: Sequence[StoredMessage],
-                        content: str, attachments: Sequence[WorkspaceFile]
-                        ) -> list[dict[str, Any]]:
+    async def _messages(self, member: MemberGrant, plan: _Plan,
+                        passages: Sequence[Passage], content: str) -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = []
         system = []
-        if gpt is not None:
-            system.append(gpt.instructions)
+        if plan.gpt is not None:
+            system.append(plan.gpt.instructions)
         if passages:
             system.append("Passages from the knowledge files (cite the file name when you use "
                           "one):\n\n" + "\n\n".join(
                               f"[{p.file_name}]\n{p.text}" for p in passages))
         if system:
             messages.append({"role": "system", "content": "\n\n".join(system)})
-        earlier = [(message, await self._files_still_there(member, message.file_ids))
-                   for message in history if message.role == "user"]
-        sent = images_to_send(attachments, [files for _, files in earlier])
-        files_of = {message.id: files for message, files in earlier}
-        for message in history:
+        for message in plan.history:
             if message.role == "assistant":
                 if message.content:
                     messages.append({"role": "assistant", "content": message.content})
                 continue
             messages.append(await self._user_message(member, message.content,
-                                                     files_of[message.id], sent))
-        messages.append(await self._user_message(member, content, attachments, sent))
+                                                     plan.earlier[message.id], plan.images))
+        messages.append(await self._user_message(member, content, plan.attachments,
+                                                 plan.images))
         return messages
 
     async def _user_message(self, member: MemberGrant, content: str,
