@@ -152,6 +152,12 @@ def test_usage_metadata_round_trip(site: Site) -> None:
     rows = store.usage("proj_a")
     assert len(rows) == 300 and rows[0].prompt_tokens == 10 and rows[-1].request_id == "req_299"
     assert store.usage("proj_b") == []
+    store.write_usage([UsageRecord(datetime.now(UTC), "eu", "proj_a", "key_b", "/v1/embeddings",
+                                   "m", "eu-dev", 200, 3, 0, 0.1, "req_b")])
+    # Summed by key in the database: 300 requests of 10..309 + 5 tokens, and one of key_b.
+    assert store.usage_totals("proj_a") == {"key_a": (300, sum(range(10, 310)), 1500),
+                                            "key_b": (1, 3, 0)}
+    assert store.usage_totals("proj_b") == {}
     with pytest.raises(DBAPIError, match="another region"):
         site.store("us").write_usage(records[:1])  # an eu record in the us store
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy import Engine, delete, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -279,6 +279,17 @@ class RegionalStore:
                 "completion_tokens": r.completion_tokens, "latency_ms": r.latency_ms,
                 "request_id": r.request_id,
             } for r in records])
+
+    def usage_totals(self, project_id: str) -> dict[str, tuple[int, int, int]]:
+        """Per key of a project (per member of a workspace): (requests, prompt tokens,
+        completion tokens), summed by the database."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(UsageRow.key_id, func.count(), func.sum(UsageRow.prompt_tokens),
+                       func.sum(UsageRow.completion_tokens))
+                .where(UsageRow.project_id == project_id).group_by(UsageRow.key_id)).all()
+        return {key: (int(count), int(prompt or 0), int(completion or 0))
+                for key, count, prompt, completion in rows}
 
     def usage(self, project_id: str) -> list[UsageRow]:
         with Session(self.engine, expire_on_commit=False) as session:

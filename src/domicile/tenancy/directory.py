@@ -332,6 +332,11 @@ class Directory:
                        WorkspaceToken.user_id == user_id)
                 .order_by(WorkspaceToken.created_at, WorkspaceToken.id)))
 
+    def get_member(self, workspace_id: str, user_id: str) -> User:
+        """A live member of the workspace (404 otherwise)."""
+        with Session(self._engine, expire_on_commit=False) as session:
+            return self._live_user(session, workspace_id, user_id)
+
     def list_members(self, workspace_id: str) -> list[User]:
         """The workspace's members (removed ones left out), oldest first."""
         with Session(self._engine, expire_on_commit=False) as session:

@@ -45,7 +45,7 @@ from domicile.web.multipart import MultipartReader, boundary_of
 from domicile.workspace.chat import ChatRequest, Turn
 
 from .auth import WorkspaceAuth
-from .services import WorkspaceServices
+from .services import WorkspaceServices, profile
 
 __all__ = ["API_PREFIX", "ROUTES", "ApiRoute", "WorkspaceApi", "create_workspace_app"]
 
@@ -257,20 +257,7 @@ class WorkspaceApi:
         return json_response(await self._me(member), request=request)
 
     async def _me(self, member: MemberGrant) -> dict[str, Any]:
-        directory = self.services.directory
-        workspace = await self._run(directory.get_workspace, member.workspace_id)
-        users = await self._run(directory.list_members, member.workspace_id)
-        email = next((u.email for u in users if u.id == member.user_id), "")
-        region = self.services.settings.region(workspace.region)
-        return {
-            "id": member.user_id, "object": "workspace.member", "email": email,
-            "role": member.role,
-            "workspace": {
-                "id": workspace.id, "name": workspace.name, "region": workspace.region,
-                "region_name": region.display_name, "retention_days": workspace.retention_days,
-                "statement": _residency_statement(region.display_name),
-            },
-        }
+        return await self._run(profile, self.services, member)
 
     async def models(self, request: Request) -> Response:
         await self.auth.member(request)
@@ -345,19 +332,15 @@ class WorkspaceApi:
 
     async def usage(self, request: Request) -> Response:
         member = await self._admin(request)
-        rows = await self._run(self.services.store.usage, member.workspace_id)
+        totals = await self._run(self.services.store.usage_totals, member.workspace_id)
         users = await self._run(self.services.directory.list_members, member.workspace_id)
-        counts = {user.id: [0, 0, 0] for user in users}  # replies, prompt, completion tokens
-        for row in rows:
-            found = counts.get(row.key_id)
-            if found is not None:  # a removed member's usage stays in the store, not here
-                found[0] += 1
-                found[1] += row.prompt_tokens
-                found[2] += row.completion_tokens
+        # A removed member's usage stays in the store; the list shows the members there are.
         return json_response({"object": "list", "data": [
-            {"user_id": user.id, "email": user.email, "messages": counts[user.id][0],
-             "prompt_tokens": counts[user.id][1], "completion_tokens": counts[user.id][2]}
-            for user in users]}, request=request)
+            {"user_id": user.id, "email": user.email, "messages": replies,
+             "prompt_tokens": prompt, "completion_tokens": completion}
+            for user in users
+            for replies, prompt, completion in [totals.get(user.id, (0, 0, 0))]]},
+            request=request)
 
     async def change_workspace(self, request: Request) -> Response:
         member = await self._admin(request)
@@ -705,7 +688,7 @@ class ReplyStream:
             try:
                 message = await asyncio.shield(turn.finish("stopped" if left else None))
             except Exception as exc:  # the conversation deleted meanwhile, the store down
-                error = _answerable(exc, self.request_id)
+                error = _answerable(exc, self.request_id, scope)
                 if not left:
                     await _event(send, "error", {"error": error.to_openai()["error"]})
                     await send({"type": "http.response.body", "body": b"",
@@ -720,14 +703,17 @@ class ReplyStream:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def _answerable(exc: Exception, request_id: str) -> DomicileError:
+def _answerable(exc: Exception, request_id: str, scope: Scope) -> DomicileError:
     """An exception as the error a client is told: ours as it is, a store fault as 503/507
-    (logged by `store_fault`), anything else by its type only (it may quote content)."""
+    (logged by `store_fault`), anything else logged by its type, the request id and the
+    route's template only (its message may quote content)."""
     if isinstance(exc, DomicileError):
         return exc
     fault = store_fault(exc, request_id)
     if fault is None:
-        log.error("unhandled %s in request %s", type(exc).__name__, request_id)
+        template = getattr(scope.get("route"), "path", "(unknown)")
+        log.error("unhandled %s in request %s (%s %s)", type(exc).__name__, request_id,
+                  scope.get("method"), template)
         fault = DomicileError("The server had an error while processing your request "
                               f"(request id {request_id}).")
     return fault
@@ -758,11 +744,6 @@ def _token_json(token: Any) -> dict[str, Any]:
 def _member_json(user: Any) -> dict[str, Any]:
     return {"id": user.id, "object": "workspace.member", "email": user.email, "role": user.role,
             "created_at": int(user.created_at.timestamp())}
-
-
-def _residency_statement(region_name: str) -> str:
-    return (f"Your content is stored in {region_name}, encrypted; it is never used for "
-            "training.")
 
 
 class _Guarded:
@@ -802,14 +783,7 @@ class _Guarded:
                 await error_response(_http_error(error, scope), request_id)(
                     scope, receive, send)
         except Exception as exc:
-            fault = store_fault(exc, request_id)
-            if fault is None:
-                route = scope.get("route")
-                template = getattr(route, "path", "(unknown)")
-                log.error("unhandled %s in request %s (%s %s)", type(exc).__name__, request_id,
-                          scope.get("method"), template)
-                fault = DomicileError("The server had an error while processing your request "
-                                      f"(request id {request_id}).")
+            fault = _answerable(exc, request_id, scope)
             if not started:
                 with contextlib.suppress(Exception):
                     await error_response(fault, request_id)(scope, receive, send)

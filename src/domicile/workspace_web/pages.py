@@ -38,7 +38,7 @@ from domicile.workspace.rendering import pygments_css
 
 from .app import read_bounded
 from .auth import WorkspaceAuth
-from .services import WorkspaceServices
+from .services import WorkspaceServices, profile
 
 __all__ = ["CONTENT_SECURITY_POLICY", "MAX_FORM", "StaticAsset", "WorkspacePages",
            "load_assets"]
@@ -182,21 +182,12 @@ class WorkspacePages:
         return handler
 
     async def _context(self, request: Request, member: MemberGrant) -> dict[str, Any]:
-        directory = self.services.directory
-        workspace = await asyncio.to_thread(directory.get_workspace, member.workspace_id)
-        users = await asyncio.to_thread(directory.list_members, member.workspace_id)
-        region = self.services.settings.region(workspace.region)
+        me = await asyncio.to_thread(profile, self.services, member)
         return {
             "grant": member,
             "member": {"id": member.user_id, "role": member.role, "is_admin": member.is_admin,
-                       "email": next((u.email for u in users if u.id == member.user_id), "")},
-            "workspace": {
-                "id": workspace.id, "name": workspace.name, "region": workspace.region,
-                "region_name": region.display_name,
-                "retention_days": workspace.retention_days,
-                "statement": (f"Your content is stored in {region.display_name}, encrypted; "
-                              "it is never used for training."),
-            },
+                       "email": me["email"]},
+            "workspace": me["workspace"],
             # For the sign-out form; the cookie is checked against the session on sign-out.
             "csrf_token": request.cookies.get(self.auth.csrf_cookie_name, ""),
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from domicile.config import Settings
 from domicile.inference.embeddings import Embedder
@@ -12,6 +13,7 @@ from domicile.site import Site
 from domicile.storage.regional import RegionalStore
 from domicile.tenancy.accounts import Accounts
 from domicile.tenancy.directory import Directory
+from domicile.tenancy.grants import MemberGrant
 from domicile.tenancy.secrets import CredentialHasher
 from domicile.tenancy.sessions import SessionStore
 from domicile.tenancy.throttle import LoginThrottle
@@ -23,7 +25,7 @@ from domicile.workspace.knowledge import Knowledge
 from domicile.workspace.library import Library
 from domicile.workspace.retention import RetentionSweeper
 
-__all__ = ["WorkspaceServices", "build_workspace_services"]
+__all__ = ["WorkspaceServices", "build_workspace_services", "profile"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,3 +63,21 @@ def build_workspace_services(site: Site, region: str, router: ModelRouter) -> Wo
     return WorkspaceServices(settings, region, site.directory, store, accounts, sessions,
                              conversations, files, gpts, knowledge, chat, retention,
                              Library(files, gpts, knowledge))
+
+
+def profile(services: WorkspaceServices, member: MemberGrant) -> dict[str, Any]:
+    """The signed-in member and their workspace as `GET /workspace/api/me` answers it and the
+    pages show it: where its content lives, how long it is kept (blocking)."""
+    workspace = services.directory.get_workspace(member.workspace_id)
+    user = services.directory.get_member(member.workspace_id, member.user_id)
+    region = services.settings.region(workspace.region)
+    return {
+        "id": member.user_id, "object": "workspace.member", "email": user.email,
+        "role": member.role,
+        "workspace": {
+            "id": workspace.id, "name": workspace.name, "region": workspace.region,
+            "region_name": region.display_name, "retention_days": workspace.retention_days,
+            "statement": (f"Your content is stored in {region.display_name}, encrypted; it "
+                          "is never used for training."),
+        },
+    }
