@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from domicile.config import ProviderSettings, WorkspaceSettings
-from domicile.errors import NoInRegionProvider
+from domicile.errors import NoInRegionProvider, NotFound
 from domicile.inference.embeddings import Embedder
 from domicile.inference.providers import OpenAICompatibleProvider
 from domicile.inference.providers.dev_echo import DevEchoProvider
@@ -20,6 +20,7 @@ from domicile.workspace.files import FileStore
 from domicile.workspace.gpts import Gpts
 from domicile.workspace.knowledge import Knowledge
 from domicile.workspace.library import Library
+from tests.workspace.conftest import MemberFactory
 
 MODEL = "dev-echo"
 
@@ -99,3 +100,33 @@ async def test_a_change_whose_index_fails_is_undone(
     # Control: with the embedding model up, the same change is made.
     changed = await library.update_gpt(member, gpt.id, file_ids=(first, second))
     assert changed.file_ids == (first, second)
+
+
+async def test_a_deleted_files_text_is_gone_even_when_the_index_cannot_be_rebuilt(
+        library: Library, unreachable_library: Library, files: FileStore,
+        member: MemberGrant) -> None:
+    payroll = add(files, member, "payroll.txt", "Salaries are paid on the 25th.")
+    menu = add(files, member, "menu.txt", "Soup on Mondays.")
+    gpt = await library.create_gpt(member, name="HR", instructions="Help.", model=MODEL,
+                                   file_ids=(payroll, menu))
+    assert await library.knowledge.search(member.tenant, gpt.id, "pay day", 5)  # warm cache
+
+    await unreachable_library.delete_file(member, payroll)  # the embedding model is down
+
+    assert library.gpts.get(member, gpt.id).file_ids == (menu,)
+    found = await library.knowledge.search(member.tenant, gpt.id, "pay day", 5)
+    assert payroll not in {p.file_id for p in found}
+    with pytest.raises(NotFound):
+        files.get(member, payroll)
+
+
+async def test_a_file_of_someone_else_changes_no_gpt(
+        library: Library, files: FileStore, member: MemberGrant,
+        make_member: MemberFactory) -> None:
+    manual = add(files, member, "manual.txt", "Press the red button.")
+    gpt = await library.create_gpt(member, name="Ops", instructions="Help.", model=MODEL,
+                                   file_ids=(manual,), sharing="workspace")
+    colleague = make_member(member.workspace_id)
+    with pytest.raises(NotFound):
+        await library.delete_file(colleague, manual)
+    assert library.gpts.get(member, gpt.id).file_ids == (manual,)

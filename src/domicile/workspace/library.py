@@ -9,8 +9,10 @@ are rebuilt without it: "deleted" means no model sees its text again.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
+from domicile.errors import DomicileError
 from domicile.tenancy.grants import MemberGrant
 
 from .files import FileStore
@@ -18,6 +20,8 @@ from .gpts import Gpt, Gpts
 from .knowledge import Knowledge
 
 __all__ = ["Library"]
+
+log = logging.getLogger("domicile.workspace")
 
 
 class Library:
@@ -54,6 +58,19 @@ class Library:
         await self.knowledge.delete(member.tenant, gpt_id)
 
     async def delete_file(self, member: MemberGrant, file_id: str) -> None:
+        """Delete the member's file and its text from every GPT's knowledge. The GPTs' old
+        indexes (holding the file's passages) go before the file does, so that no failure
+        later (the embedding model down, say) leaves its text where a model can read it; a
+        GPT whose index cannot be rebuilt then is left without one (logged, by ids) until it
+        is next changed."""
+        await asyncio.to_thread(self.files.get, member, file_id)  # 404 before any change
+        changed = await asyncio.to_thread(self.gpts.forget_file, member.tenant, file_id)
+        for gpt in changed:
+            await self.knowledge.delete(member.tenant, gpt.id)
         await asyncio.to_thread(self.files.delete, member, file_id)
-        for gpt in await asyncio.to_thread(self.gpts.forget_file, member.tenant, file_id):
-            await self.knowledge.index(member.tenant, gpt.id, gpt.file_ids)
+        for gpt in changed:
+            try:
+                await self.knowledge.index(member.tenant, gpt.id, gpt.file_ids)
+            except DomicileError as error:
+                log.warning("workspace %s: GPT %s has no knowledge index after a file was "
+                            "deleted (%s)", member.workspace_id, gpt.id, error.code)
