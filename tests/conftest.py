@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import base64
 import os
-import secrets
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from domicile.config import Settings, load_settings
 from domicile.site import Site, init_site
-from tests.pgserver import PostgresFailed, PostgresUnavailable, ThrowawayPostgres
+from tests.pgserver import (
+    PostgresDatabases,
+    PostgresFailed,
+    PostgresUnavailable,
+    ThrowawayPostgres,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -63,37 +66,6 @@ def pytest_runtest_makereport(item: pytest.Item,
     if report.skipped and isinstance(longrepr, tuple) and SKIP_PREFIX in longrepr[2]:
         report.longrepr = (__file__, _postgres_missing.__code__.co_firstlineno, longrepr[2])
     return report
-
-
-class PostgresDatabases:
-    """Creates throwaway databases (`domicile_test_<name>_<random>`) on the server of
-    `admin_url` and drops them after."""
-
-    def __init__(self, admin_url: str) -> None:
-        scheme, rest = admin_url.split("://", 1)
-        if scheme not in ("postgresql", "postgres", "postgresql+psycopg"):
-            raise ValueError(f"{POSTGRES_URL_ENV[0]} must be a postgresql:// URL")
-        self.admin_url = f"postgresql+psycopg://{rest}"
-        self._admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
-        self._created: list[str] = []
-        self._base = "postgresql://" + rest.rsplit("/", 1)[0]
-
-    def check(self) -> None:
-        with self._admin.connect() as conn:
-            conn.execute(text("SELECT 1"))
-
-    def create(self, name: str) -> str:
-        database = f"domicile_test_{name}_{secrets.token_hex(4)}"
-        with self._admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{database}"'))
-        self._created.append(database)
-        return f"{self._base}/{database}"
-
-    def drop_all(self) -> None:
-        with self._admin.connect() as conn:
-            for database in self._created:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-        self._admin.dispose()
 
 
 @pytest.fixture(scope="session")

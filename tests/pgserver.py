@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import subprocess
@@ -71,6 +72,42 @@ def free_loopback_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class PostgresDatabases:
+    """Creates throwaway databases (`<prefix>_<name>_<random>`) on the server of `admin_url`
+    and drops them after (the test suite's, and the benchmarks')."""
+
+    def __init__(self, admin_url: str, prefix: str = "domicile_test") -> None:
+        scheme, rest = admin_url.split("://", 1)
+        if scheme not in ("postgresql", "postgres", "postgresql+psycopg"):
+            raise ValueError("the admin URL must be a postgresql:// URL")
+        self._prefix = prefix
+        # SQLAlchemy only here: `python3 -m tests.pgserver` runs before the venv exists.
+        from sqlalchemy import create_engine, text
+
+        self._text = text
+        self.admin_url = f"postgresql+psycopg://{rest}"
+        self._admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+        self._created: list[str] = []
+        self._base = "postgresql://" + rest.rsplit("/", 1)[0]
+
+    def check(self) -> None:
+        with self._admin.connect() as conn:
+            conn.execute(self._text("SELECT 1"))
+
+    def create(self, name: str) -> str:
+        database = f"{self._prefix}_{name}_{secrets.token_hex(4)}"
+        with self._admin.connect() as conn:
+            conn.execute(self._text(f'CREATE DATABASE "{database}"'))
+        self._created.append(database)
+        return f"{self._base}/{database}"
+
+    def drop_all(self) -> None:
+        with self._admin.connect() as conn:
+            for database in self._created:
+                conn.execute(self._text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        self._admin.dispose()
 
 
 class ThrowawayPostgres:

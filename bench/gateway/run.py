@@ -36,22 +36,11 @@ HERE = Path(__file__).resolve().parent
 BENCH = HERE.parent
 ROOT = BENCH.parent
 OUT = BENCH / "out"
-RESULTS_MD = BENCH / "RESULTS.md"
+sys.path.insert(0, str(ROOT))  # bench.sections
+from bench.sections import RESULTS_MD, marked_sections  # noqa: E402
+
 # Sections of RESULTS.md other benchmarks write, between their markers: kept as they are.
-OTHER_SECTIONS = ("bench-workspace",)
-
-
-def _other_sections() -> str:
-    """The marked sections of other benchmarks in the current RESULTS.md, to append again."""
-    if not RESULTS_MD.exists():
-        return ""
-    text = RESULTS_MD.read_text()
-    kept = []
-    for name in OTHER_SECTIONS:
-        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-        if start in text and end in text:
-            kept.append(text[text.index(start):text.index(end) + len(end)])
-    return "".join("\n" + section + "\n" for section in kept)
+OTHER_SECTIONS = ("bench-workspace", "bench-ui")
 MAIN_PY = ROOT / ".venv" / "bin" / "python"
 DOMICILE = ROOT / ".venv" / "bin" / "domicile"
 LITELLM_VENV = BENCH / ".venv-litellm"
@@ -1051,7 +1040,7 @@ def main() -> int:
         f"{load_start[0]:.2f} / {load_end[0]:.2f} (other work on the machine adds noise)"
     )
     results_json.write_text(json.dumps(data, indent=2))
-    RESULTS_MD.write_text(render(data) + _other_sections())
+    RESULTS_MD.write_text(render(data) + marked_sections(OTHER_SECTIONS))
     log(f"wrote {RESULTS_MD.relative_to(ROOT)} and {results_json.relative_to(ROOT)}")
     print(RESULTS_MD.read_text())
     return 0

@@ -39,12 +39,12 @@ HERE = Path(__file__).resolve().parent
 BENCH = HERE.parent
 ROOT = BENCH.parent
 OUT = BENCH / "out"
-RESULTS_MD = BENCH / "RESULTS.md"
 sys.path.insert(0, str(ROOT))  # tests.ui.conftest, tests.gateway.upstream
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from aiohttp import web  # noqa: E402
+from bench.sections import RESULTS_MD, write_section  # noqa: E402
 from playwright.sync_api import Page, sync_playwright  # noqa: E402
 from tests.gateway.support import LoopThread  # noqa: E402
 from tests.gateway.upstream import FakeUpstream  # noqa: E402
@@ -61,7 +61,6 @@ from tests.ui.conftest import (  # noqa: E402
 INTERACTIVE_BUDGET_MS = 300.0
 FIRST_TOKEN_BUDGET_MS = 50.0
 MARKER = "ui-up"  # the fake upstream's first chunk is its name
-START, END = "<!-- bench-ui:start -->", "<!-- bench-ui:end -->"
 
 # Runs before the page's own scripts: notes when #composer is there and enabled.
 WATCH_COMPOSER = """
@@ -259,14 +258,7 @@ def section(results: dict[str, Any]) -> str:
 
 
 def write_results(results: dict[str, Any]) -> None:
-    current = RESULTS_MD.read_text() if RESULTS_MD.exists() else ""
-    block = f"{START}\n{section(results)}{END}\n"
-    if START in current and END in current:
-        before, rest = current.split(START, 1)
-        current = before + block + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        current = current.rstrip("\n") + ("\n\n" if current else "") + block
-    RESULTS_MD.write_text(current)
+    write_section("bench-ui", section(results))
 
 
 def main() -> None:

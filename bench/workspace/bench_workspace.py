@@ -41,7 +41,6 @@ import os
 import platform
 import random
 import re
-import secrets
 import shutil
 import signal
 import socket
@@ -59,14 +58,16 @@ HERE = Path(__file__).resolve().parent
 BENCH = HERE.parent
 ROOT = BENCH.parent
 OUT = BENCH / "out"
-RESULTS_MD = BENCH / "RESULTS.md"
 DOMICILE = ROOT / ".venv" / "bin" / "domicile"
-sys.path.insert(0, str(ROOT))  # tests.gateway.upstream and tests.pgserver
+sys.path.insert(0, str(ROOT))  # bench.sections, tests.e2e.harness, tests.pgserver, ...
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-from sqlalchemy import create_engine, insert, select, text  # noqa: E402
+from bench.sections import RESULTS_MD, write_section  # noqa: E402
+from sqlalchemy import insert, select, text  # noqa: E402
+from tests.e2e.harness import free_port_pair  # noqa: E402
+from tests.pgserver import PostgresDatabases, ThrowawayPostgres  # noqa: E402
 
 from domicile.config import load_settings  # noqa: E402
 from domicile.inference.embeddings import Embedder  # noqa: E402
@@ -160,42 +161,27 @@ class Backend:
     note: str  # what the database is, for the report
 
 
-class Postgres:
+class Postgres(PostgresDatabases):
     """Databases on an admin URL's server (given, or a throwaway server's), dropped at the
-    end."""
+    end, and what the report says of the server."""
 
     def __init__(self, admin_url: str | None) -> None:
-        self._server: Any = None
+        self._server: ThrowawayPostgres | None = None
         if admin_url is None:
-            from tests.pgserver import ThrowawayPostgres
-
             self._server = ThrowawayPostgres()
             self._server.start()
             admin_url = str(self._server.url())
             self.where = "throwaway server (tests/pgserver.py, fsync off)"
         else:
             self.where = "server at " + admin_url.split("@")[-1]
-        rest = admin_url.split("://", 1)[1]
-        self._base = "postgresql://" + rest.rsplit("/", 1)[0]
-        self._admin = create_engine("postgresql+psycopg://" + rest, isolation_level="AUTOCOMMIT")
-        self._created: list[str] = []
+        super().__init__(admin_url, prefix="bench_ws")
         with self._admin.connect() as conn:
             self.version = str(conn.scalar(text("SHOW server_version")))
             self.fsync = str(conn.scalar(text("SHOW fsync")))
             self.synchronous_commit = str(conn.scalar(text("SHOW synchronous_commit")))
 
-    def create(self, name: str) -> str:
-        database = f"bench_ws_{name}_{secrets.token_hex(4)}"
-        with self._admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{database}"'))
-        self._created.append(database)
-        return f"{self._base}/{database}"
-
     def close(self) -> None:
-        with self._admin.connect() as conn:
-            for database in self._created:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-        self._admin.dispose()
+        self.drop_all()
         if self._server is not None:
             self._server.close()
 
@@ -553,24 +539,6 @@ class Http:
         return chunk
 
 
-def free_port_pair() -> int:
-    """A port N with N and N+1 free on 127.0.0.1 (the site's eu and us)."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1])
-        if base >= 65000:
-            continue
-        with socket.socket() as a, socket.socket() as b:
-            try:
-                a.bind(("127.0.0.1", base))
-                b.bind(("127.0.0.1", base + 1))
-            except OSError:
-                continue
-        return base
-    raise RuntimeError("no two consecutive free ports")
-
-
 def cli(config: Path, *args: str, stdin: str | None = None) -> Any:
     done = subprocess.run([str(DOMICILE), *args, "--config", str(config), "--json"],
                           input=stdin, capture_output=True, text=True, timeout=120, check=False)
@@ -831,16 +799,7 @@ def write_results(results: dict[str, Any]) -> None:
               *(f"| {k} | {v} |" for k, v in env.items()), "",
               "Raw data: `bench/out/workspace.json`; server logs `bench/out/workspace-*.log`.",
               ""]
-    section = "\n".join(lines)
-    current = RESULTS_MD.read_text() if RESULTS_MD.exists() else ""
-    start, end = "<!-- bench-workspace:start -->", "<!-- bench-workspace:end -->"
-    block = f"{start}\n{section}{end}\n"
-    if start in current and end in current:
-        before, rest = current.split(start, 1)
-        current = before + block + rest.split(end, 1)[1].lstrip("\n")
-    else:
-        current = current.rstrip("\n") + ("\n\n" if current else "") + block
-    RESULTS_MD.write_text(current)
+    write_section("bench-workspace", "\n".join(lines))
 
 
 def environment(postgres: Postgres | None) -> dict[str, str]:

@@ -220,3 +220,17 @@ def test_the_shipped_templates_and_assets_are_package_data() -> None:
     pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
     assert '"workspace_web/templates/*.html"' in pyproject
     assert '"workspace_web/static/*"' in pyproject
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_an_eu_session_at_the_us_pages_is_told_the_eu_address(served: Served,
+                                                             path: str) -> None:
+    """G3 for the pages: the us server refuses the eu session and names eu's URL."""
+    with signed_in(served.base, served.member) as client:
+        session = client.cookies["domicile_session_eu"]
+    us = served.site.url("us")
+    with httpx.Client(base_url=us, timeout=60) as browser:
+        browser.cookies.set("domicile_session_eu", session)
+        answer = browser.get(path)
+    assert answer.status_code == 403
+    assert served.base in answer.text
