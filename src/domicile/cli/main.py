@@ -7,28 +7,30 @@ exit 2 for bad input, 1 for failures.
 
 from __future__ import annotations
 
-import functools
-import json
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
+from domicile.cli import audit, data, keys, residency
+from domicile.cli._common import (
+    ConfigOption,
+    JsonOption,
+    command,
+    emit,
+    open_site,
+    record_table,
+)
 from domicile.config import find_config, load_settings
 from domicile.errors import DomicileError, InvalidInput
 from domicile.failures import describe
-from domicile.site import DEFAULT_SITE_DIR, Site, init_site
+from domicile.site import DEFAULT_SITE_DIR, init_site
 
 __all__ = ["app", "main"]
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Domicile: a sovereign AI platform with verifiable data residency.")
@@ -38,90 +40,14 @@ key_app = typer.Typer(no_args_is_help=True, help="API keys of a project.")
 workspace_app = typer.Typer(no_args_is_help=True, help="Chat workspaces, pinned to a region.")
 user_app = typer.Typer(no_args_is_help=True, help="Workspace members.")
 token_app = typer.Typer(no_args_is_help=True, help="Workspace API tokens.")
-audit_app = typer.Typer(no_args_is_help=True, help="The hash-chained audit log.")
-kek_app = typer.Typer(no_args_is_help=True, help="The regions' key-encryption keys.")
 retention_app = typer.Typer(no_args_is_help=True, help="Workspace retention policies.")
 for sub, name in ((org_app, "org"), (project_app, "project"), (key_app, "key"),
                   (workspace_app, "workspace"), (user_app, "user"), (token_app, "token"),
-                  (audit_app, "audit"), (kek_app, "kek"), (retention_app, "retention")):
+                  (retention_app, "retention")):
     app.add_typer(sub, name=name)
-
-ConfigOption = Annotated[Path | None, typer.Option(
-    "--config", help="domicile.toml (else $DOMICILE_CONFIG, ./domicile.toml, "
-                     "./.domicile/domicile.toml)")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
-
-stdout = Console()
-stderr = Console(stderr=True)
-
-
-class Failure(Exception):
-    """A command that ran and found a problem (exit 1), with its JSON payload."""
-
-    def __init__(self, message: str, payload: Mapping[str, Any]) -> None:
-        super().__init__(message)
-        self.payload = payload
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def emit(as_json: bool, payload: Mapping[str, Any], table: Table | str | None = None) -> None:
-    if as_json:
-        sys.stdout.write(json.dumps(payload, default=_jsonable) + "\n")
-    elif table is not None:
-        stdout.print(table)
-    else:
-        stdout.print(record_table(payload))
-
-
-def record_table(payload: Mapping[str, Any], title: str | None = None) -> Table:
-    table = Table(show_header=False, title=title, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
-    for key, value in payload.items():
-        table.add_row(key, "" if value is None else str(value))
-    return table
-
-
-def command(func: Callable[P, R]) -> Callable[P, R]:
-    """Map Domicile's errors to stderr and exit codes (2 bad input, 1 failure)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        as_json = bool(kwargs.get("as_json"))
-        try:
-            return func(*args, **kwargs)
-        except DomicileError as exc:
-            _report(as_json, {"error": {"code": exc.code, "message": exc.message,
-                                        "param": exc.param}}, exc.message)
-            raise typer.Exit(exc.exit_code) from None
-        except Failure as exc:
-            if as_json:
-                sys.stdout.write(json.dumps(exc.payload, default=_jsonable) + "\n")
-            stderr.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False,
-                         soft_wrap=True)
-            raise typer.Exit(1) from None
-
-    return wrapper
-
-
-def _report(as_json: bool, payload: Mapping[str, Any], message: str) -> None:
-    if as_json:
-        sys.stderr.write(json.dumps(payload) + "\n")
-    else:
-        stderr.print(f"[red]error:[/red] {escape(message)}", highlight=False, markup=True,
-                     soft_wrap=True)
-
-
-def open_site(config: Path | None) -> Site:
-    return Site(load_settings(find_config(config)))
-
+# The trust center's commands, one module each: audit, residency, export/erase/training, keys.
+for module in (audit, residency, data, keys):
+    module.register(app)
 
 # -- site ---------------------------------------------------------------------------------
 
@@ -422,7 +348,7 @@ def retention_sweep(
     emit(as_json, {"regions": results}, table)
 
 
-# -- usage and audit ----------------------------------------------------------------------
+# -- usage ----------------------------------------------------------------------
 
 
 @app.command("usage")
@@ -463,67 +389,6 @@ def usage_command(
     for record in records:
         table.add_row(*(str(value(record)) for _title, value in columns))
     emit(as_json, {"project_id": project, "totals": totals, "requests": records}, table)
-
-
-@audit_app.command("verify")
-@command
-def audit_verify(
-    region: Annotated[str | None, typer.Option("--region")] = None,
-    config: ConfigOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Check every audit chain; exit 1 naming the first bad entry, or a chain that cannot be
-    read (its database unreachable, say)."""
-    site = open_site(config)
-    names = site.audit_chain_names(region)
-    results: list[dict[str, Any]] = []
-    first_problem: str | None = None
-    for name in names:
-        try:
-            problem = site.audit_log(name).verify()
-        except InvalidInput:  # a configuration to fix: exit 2, as for any command
-            raise
-        except Exception as exc:
-            unread = f"chain {name} cannot be read: {describe(exc)}"
-            results.append({"chain": name, "ok": False, "problem": unread,
-                            "first_bad_seq": None})
-            first_problem = first_problem or unread
-            continue
-        results.append({"chain": name, "ok": problem is None,
-                        "problem": None if problem is None else str(problem),
-                        "first_bad_seq": None if problem is None else problem.seq})
-        if problem is not None:
-            first_problem = first_problem or str(problem)
-    site.close()
-    payload = {"ok": first_problem is None, "chains": results}
-    if first_problem is not None:
-        raise Failure(first_problem, payload)
-    table = Table(title="Audit chains", title_justify="left")
-    table.add_column("chain")
-    table.add_column("status")
-    for result in results:
-        table.add_row(result["chain"], "intact")
-    emit(as_json, payload, table)
-
-
-@kek_app.command("rotate")
-@command
-def kek_rotate(
-    region: Annotated[list[str] | None, typer.Option("--region", help="Default: every region.")]
-    = None,
-    config: ConfigOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Rotate a region's key-encryption key: data keys are re-wrapped, content is untouched."""
-    site = open_site(config)
-    names = region or list(site.settings.regions)
-    rotated = {name: site.store(site.settings.region(name).name).rotate_kek() for name in names}
-    table = Table(title="Key-encryption keys rotated", title_justify="left")
-    table.add_column("region")
-    table.add_column("data keys re-wrapped")
-    for name, count in rotated.items():
-        table.add_row(name, str(count))
-    emit(as_json, {"rotated": rotated}, table)
 
 
 def main() -> None:
