@@ -6,6 +6,7 @@ import errno
 import os
 import secrets
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from domicile.crypto import DecryptionError
 from domicile.errors import CrossRegionWrite, StorageError, StoreUnavailable
 from domicile.site import Site
 from domicile.storage.faults import store_fault
-from domicile.storage.interfaces import TenantRef
+from domicile.storage.interfaces import TenantRef, UsageRecord
 from domicile.storage.models import RecordRow
 from domicile.storage.regional import RegionalStore, claim_region
 from tests.conftest import SiteFactory, scan_for_canary
@@ -71,6 +72,34 @@ def test_database_refuses_a_row_of_another_region(site: Site) -> None:
                 "INSERT INTO records (tenant_id, kind, record_id, region, created_at, updated_at,"
                 " body) VALUES ('t', 'k', 'r', 'eu', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, :b)"),
                 {"b": b"x"})
+
+
+@pytest.mark.parametrize("table", ["records", "blobs", "usage"])
+def test_database_refuses_to_move_a_row_to_another_region(site: Site, eu_tenant: TenantRef,
+                                                         table: str) -> None:
+    """G1: SQLite's trigger once fired on INSERT only, so an UPDATE could re-label a row."""
+    store = site.store("eu")
+    store.put_record(eu_tenant, "response", "r", b"x")
+    store.put_blob(eu_tenant, "file", "f", "f.txt", [b"x"])
+    store.write_usage([UsageRecord(datetime.now(UTC), "eu", eu_tenant.id, "key_1",
+                                   "/v1/chat/completions", "m", "p", 200, 1, 1, 1.0, "req")])
+    with pytest.raises(DBAPIError, match="another region"), store.engine.begin() as conn:
+        conn.execute(text(f"UPDATE {table} SET region = 'us'"))
+    with store.engine.connect() as conn:
+        assert conn.execute(text(f"SELECT DISTINCT region FROM {table}")).scalars().all() == [
+            "eu"]
+
+
+def test_a_store_identity_cannot_be_replaced(site: Site) -> None:
+    """G1: deleting the identity row and inserting another region's would re-label a store."""
+    engine = site.store("eu").engine
+    with pytest.raises(DBAPIError, match="immutable"), engine.begin() as conn:
+        conn.execute(text("DELETE FROM store_identity"))
+    with pytest.raises(DBAPIError, match="one region only"), engine.begin() as conn:
+        conn.execute(text("INSERT INTO store_identity (region, created_at) "
+                          "VALUES ('us', CURRENT_TIMESTAMP)"))
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT region FROM store_identity")).scalars().all() == ["eu"]
 
 
 def test_a_store_of_another_region_is_refused_at_open(site: Site) -> None:

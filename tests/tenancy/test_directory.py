@@ -43,6 +43,24 @@ def test_database_refuses_to_change_a_region(site: Site, table: str) -> None:
         conn.execute(text(f"UPDATE {table} SET name = 'renamed' WHERE id = :id"), {"id": tenant})
 
 
+@pytest.mark.parametrize("table", ["orgs", "projects", "workspaces"])
+def test_a_tenant_is_never_deleted_so_its_id_is_never_reused(site: Site, table: str) -> None:
+    """G1: deleting a project (or workspace, or org) and inserting it again under the same id
+    in another region would move it; the database refuses the delete."""
+    org = site.directory.create_org("Acme")
+    tenant = {"orgs": org.id,
+              "projects": lambda: site.directory.create_project(org.id, "app", "eu").id,
+              "workspaces": lambda: site.directory.create_workspace(org.id, "ws", "eu").id}[table]
+    tenant_id = tenant if isinstance(tenant, str) else tenant()
+    with pytest.raises(DBAPIError, match="never deleted"), site.directory_engine.begin() as conn:
+        if table == "orgs":  # its children first, as a deleter would
+            conn.execute(text("DELETE FROM projects WHERE org_id = :id"), {"id": tenant_id})
+        conn.execute(text(f"DELETE FROM {table} WHERE id = :id"), {"id": tenant_id})
+    with site.directory_engine.connect() as conn:
+        assert conn.execute(text(f"SELECT count(*) FROM {table} WHERE id = :id"),
+                            {"id": tenant_id}).scalar() == 1
+
+
 def test_database_refuses_to_change_per_request_residency(site: Site) -> None:
     org = site.directory.create_org("Acme")
     project = site.directory.create_project(org.id, "g", "global", per_request_residency=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, Float, Index, Integer, LargeBinary, MetaData, String
+from sqlalchemy import Boolean, DateTime, Float, Index, Integer, LargeBinary, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from domicile.storage.schema import audit_tables
@@ -36,6 +36,8 @@ class RecordRow(RegionBase):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     body: Mapped[bytes] = mapped_column(LargeBinary)  # sealed
+    # G7: the org's training consent when the row was written (see migration 0003_trust).
+    training_consent: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class BlobRow(RegionBase):
@@ -47,6 +49,7 @@ class BlobRow(RegionBase):
     size: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     meta: Mapped[bytes] = mapped_column(LargeBinary)  # sealed JSON: filename and metadata
+    training_consent: Mapped[bool] = mapped_column(Boolean, default=False)  # G7
 
 
 class UsageRow(RegionBase):

@@ -26,6 +26,8 @@ class Org(DirectoryBase):
     training_opt_in: Mapped[bool] = mapped_column(Boolean, default=False)
     training_opt_in_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Set by an erasure: the row stays, so the id and region are never reused (G1).
+    erased_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Project(DirectoryBase):
@@ -40,6 +42,8 @@ class Project(DirectoryBase):
     rpm_limit: Mapped[int | None] = mapped_column(Integer)
     tpm_limit: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Set by an erasure: the row stays, so the id and region are never reused (G1).
+    erased_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ApiKey(DirectoryBase):
@@ -64,6 +68,8 @@ class Workspace(DirectoryBase):
     # None: content is kept until deleted; N: conversations and files older than N days go.
     retention_days: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Set by an erasure: the row stays, so the id and region are never reused (G1).
+    erased_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class User(DirectoryBase):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, LargeBinary, String
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from domicile.storage.models import RegionBase
@@ -46,6 +46,8 @@ class ConversationRow(RegionBase):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     title: Mapped[bytes] = mapped_column(LargeBinary)  # sealed
+    # G7: the org's training consent when the row was written.
+    training_consent: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class MessageRow(RegionBase):
@@ -62,6 +64,8 @@ class MessageRow(RegionBase):
     status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     body: Mapped[bytes] = mapped_column(LargeBinary)  # sealed JSON
+    # G7: the org's training consent when the row was written.
+    training_consent: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class FileRow(RegionBase):
@@ -77,6 +81,8 @@ class FileRow(RegionBase):
     origin: Mapped[str] = mapped_column(String(16))  # upload | generated
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     meta: Mapped[bytes] = mapped_column(LargeBinary)  # sealed JSON
+    # G7: the org's training consent when the row was written.
+    training_consent: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class GptRow(RegionBase):
@@ -89,3 +95,5 @@ class GptRow(RegionBase):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     body: Mapped[bytes] = mapped_column(LargeBinary)  # sealed JSON
+    # G7: the org's training consent when the row was written.
+    training_consent: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -81,3 +81,37 @@ def refuse_foreign_region(table: str) -> None:
             f"CREATE TRIGGER {name} BEFORE INSERT OR UPDATE ON {table} "
             f"FOR EACH ROW EXECUTE FUNCTION {name}()"
         )
+
+
+def refuse_foreign_region_update(table: str) -> None:
+    """SQLite's trigger of `refuse_foreign_region` fires on INSERT only (PostgreSQL's on both):
+    refuse an UPDATE that moves a row to another region too."""
+    if op.get_bind().dialect.name != "sqlite":
+        return
+    op.execute(
+        f"CREATE TRIGGER {table}_own_region_only_update BEFORE UPDATE OF region ON {table} "
+        "FOR EACH ROW WHEN NEW.region IS NOT (SELECT region FROM store_identity) "
+        "BEGIN SELECT RAISE(ABORT, 'this store belongs to another region'); END"
+    )
+
+
+def refuse_second_row(table: str, message: str) -> None:
+    """A one-row table: an INSERT while a row exists is refused (a store's identity cannot be
+    replaced by deleting it and inserting another)."""
+    name = f"{table}_one_row"
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute(
+            f"CREATE TRIGGER {name} BEFORE INSERT ON {table} FOR EACH ROW "
+            f"WHEN (SELECT count(*) FROM {table}) > 0 "
+            f"BEGIN SELECT RAISE(ABORT, '{message}'); END"
+        )
+    else:
+        op.execute(
+            f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF (SELECT count(*) FROM {table}) > 0 THEN RAISE EXCEPTION '{message}'; END IF; "
+            "RETURN NEW; END $$"
+        )
+        op.execute(
+            f"CREATE TRIGGER {name} BEFORE INSERT ON {table} "
+            f"FOR EACH ROW EXECUTE FUNCTION {name}()"
+        )
