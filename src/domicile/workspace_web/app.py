@@ -43,6 +43,8 @@ from domicile.web.asgi import Message, Receive, Scope, Send, mark_retrieved, unt
 from domicile.web.jsonbody import dump_json, parse_json_object
 from domicile.web.multipart import MultipartReader, boundary_of
 from domicile.workspace.chat import ChatRequest, Turn
+from domicile.workspace.conversations import Conversation
+from domicile.workspace.files import WorkspaceFile
 
 from .auth import WorkspaceAuth
 from .services import WorkspaceServices, profile
@@ -375,9 +377,15 @@ class WorkspaceApi:
 
     async def get_conversation(self, request: Request) -> Response:
         member = await self.auth.member(request)
-        found = await self._run(self.services.conversations.get, member,
+        found = await self._run(self._read_conversation, member,
                                 request.path_params["conversation_id"])
         return json_response(found.to_json(), request=request)
+
+    def _read_conversation(self, member: MemberGrant, conversation_id: str) -> Conversation:
+        """The conversation, its reading audited (G8; ids only). No audit entry, no content."""
+        found = self.services.conversations.get(member, conversation_id)
+        self.services.store.audit.content_read(member.user_id, "conversation", found.summary.id)
+        return found
 
     async def rename_conversation(self, request: Request) -> Response:
         member = await self.auth.member(request)
@@ -477,8 +485,7 @@ class WorkspaceApi:
 
     async def file_content(self, request: Request) -> Response:
         member = await self.auth.member(request)
-        data = await self._run(self.services.files.read, member, request.path_params["file_id"])
-        found = await self._run(self.services.files.get, member, request.path_params["file_id"])
+        found, data = await self._run(self._read_file, member, request.path_params["file_id"])
         return Response(data, media_type=found.media_type, headers={
             "x-request-id": request.state.request_id,
             "cache-control": "private, no-store",
@@ -487,6 +494,14 @@ class WorkspaceApi:
             "content-security-policy": "default-src 'none'; sandbox",
             "content-disposition": "inline" if found.is_image else "attachment",
         })
+
+    def _read_file(self, member: MemberGrant, file_id: str) -> tuple[WorkspaceFile, bytes]:
+        """The file and its bytes, their reading audited (G8; ids only). No audit entry, no
+        content."""
+        data = self.services.files.read(member, file_id)
+        found = self.services.files.get(member, file_id)
+        self.services.store.audit.content_read(member.user_id, "file", found.id)
+        return found, data
 
     async def delete_file(self, request: Request) -> Response:
         member = await self.auth.member(request)
