@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from domicile.compliance.audit import CONTENT_READ, GENESIS
 from domicile.site import Site
+from tests.compliance.tampering import attack
+from tests.compliance.tampering import tamper as tamper_engine
 
 
 @pytest.fixture
@@ -22,21 +24,7 @@ def audited(site: Site) -> Site:
 
 def tamper(site: Site, *statements: str) -> None:
     """Go around the database's append-only triggers, as an attacker with file access would."""
-    engine = site.store("eu").engine
-    if engine.dialect.name == "sqlite":
-        path = Path(engine.url.database or "")
-        conn = sqlite3.connect(path)
-        conn.execute("DROP TRIGGER audit_log_refuse_update")
-        conn.execute("DROP TRIGGER audit_log_refuse_delete")
-        for statement in statements:
-            conn.execute(statement)
-        conn.commit()
-        conn.close()
-    else:
-        with engine.begin() as c:
-            c.execute(text("ALTER TABLE audit_log DISABLE TRIGGER USER"))
-            for statement in statements:
-                c.execute(text(statement))
+    tamper_engine(site.store("eu").engine, *statements)
 
 
 def test_database_refuses_to_change_or_delete_an_entry(audited: Site) -> None:
@@ -113,3 +101,45 @@ def test_the_audit_key_is_derived_from_the_site_secret(audited: Site) -> None:
     assert key != audited.site_secret and len(key) == 32
     assert key.hex() not in repr(audited.store("eu").audit)
     assert str(key) not in repr(audited.store("eu").audit)
+
+
+def test_check_names_the_last_entry_that_verified(audited: Site) -> None:
+    log = audited.store("eu").audit
+    entries = list(log.entries())
+    walked = log.check()
+    assert (walked.problem, walked.seq, walked.hash) == (None, 5, entries[-1].hash)
+    tamper(audited, "UPDATE audit_log SET target = 'obj_x' WHERE seq = 4")
+    walked = log.check()
+    assert walked.problem is not None and walked.problem.seq == 4
+    assert (walked.seq, walked.hash) == (3, entries[2].hash)
+    empty = audited.store("us").audit.check()
+    assert (empty.problem, empty.seq, empty.hash) == (None, 0, GENESIS)
+
+
+@pytest.mark.parametrize("name", ["truncated", "deleted_whole_chain"])
+def test_a_rewound_or_deleted_chain_alone_looks_intact(audited: Site, name: str) -> None:
+    """What the head cannot catch, and why receipts exist (tests/compliance/test_receipts.py)."""
+    statements, _ = attack(name, "eu")
+    tamper(audited, *statements)
+    assert audited.store("eu").audit.verify() is None
+
+
+def test_entry_and_entries_since(audited: Site) -> None:
+    log = audited.store("eu").audit
+    entries = list(log.entries())
+    assert log.entry(3) == entries[2] and log.entry(6) is None
+    assert all(entry.at.tzinfo is UTC for entry in entries)
+    assert [e.seq for e in log.entries(entries[3].at)] == [4, 5]
+    naive = entries[3].at.replace(tzinfo=None)  # taken as UTC
+    assert [e.seq for e in log.entries(naive)] == [4, 5]
+    later = log.entries(entries[-1].at + timedelta(microseconds=1))
+    assert list(later) == []
+    assert len(list(log.entries(datetime(2000, 1, 1, tzinfo=UTC)))) == 5
+
+
+def test_content_read_records_ids_and_kind_only(audited: Site) -> None:
+    log = audited.store("eu").audit
+    entry = log.content_read("user_1", "conversation", "conv_1")
+    assert (entry.seq, entry.actor, entry.action, entry.target, dict(entry.details)) == (
+        6, "user_1", CONTENT_READ, "conv_1", {"kind": "conversation"})
+    assert log.verify() is None
