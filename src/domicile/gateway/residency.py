@@ -28,7 +28,8 @@ def tenant_of(grant: ApiKeyGrant, region: str) -> TenantRef:
     it stores in the region it called."""
     # A global tenant is keyed per region on its first write there (`RegionalStore`).
     home = GLOBAL_REGION if grant.region == GLOBAL_REGION else region
-    return TenantRef(id=grant.project_id, region=home, org_id=grant.org_id)
+    return TenantRef(id=grant.project_id, region=home, org_id=grant.org_id,
+                     training_consent=grant.training_opt_in)
 
 
 def content_store_for(grant: ApiKeyGrant, store: ContentStore | None,

@@ -26,6 +26,9 @@ class TenantRef:
     id: str
     region: str  # the tenant's region, or "global" for per-request residency projects
     org_id: str
+    # G7: the org's training consent when its credential was checked; every content row
+    # written for the tenant keeps it (`training_consent` columns).
+    training_consent: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,9 +115,11 @@ class RegionalStore:
         body = self.envelope.seal(plaintext, self._sealing_context(tenant, kind, record_id))
         now = datetime.now(UTC)
         values = {"tenant_id": tenant.id, "kind": kind, "record_id": record_id,
-                  "region": self.region, "created_at": now, "updated_at": now, "body": body}
+                  "region": self.region, "created_at": now, "updated_at": now, "body": body,
+                  "training_consent": tenant.training_consent}
         with self.engine.begin() as conn:
-            conn.execute(self._upsert(RecordRow, values, ("body", "updated_at")))
+            conn.execute(self._upsert(RecordRow, values,
+                                      ("body", "updated_at", "training_consent")))
 
     def _upsert(self, model: type[RecordRow] | type[BlobRow], values: dict[str, object],
                 changed: Sequence[str]) -> Any:
@@ -191,8 +193,8 @@ class RegionalStore:
                 conn.execute(self._upsert(BlobRow, {
                     "tenant_id": tenant.id, "kind": kind, "blob_id": blob_id,
                     "region": self.region, "size": staged.size, "created_at": now,
-                    "meta": sealed_meta,
-                }, ("size", "meta")))
+                    "meta": sealed_meta, "training_consent": tenant.training_consent,
+                }, ("size", "meta", "training_consent")))
         except BaseException:
             if committed:
                 self.blobs.delete(staged.pending.key)

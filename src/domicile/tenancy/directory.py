@@ -9,14 +9,14 @@ directory's own chain) before the directory commits, so nothing is half-made.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import CursorResult, Engine, Result, func, select, update
 from sqlalchemy.orm import Session
 
 from domicile.compliance.audit import AuditLog, Detail
@@ -25,7 +25,8 @@ from domicile.tenancy.grants import GLOBAL_REGION, ROLES, ApiKeyGrant, MemberGra
 from domicile.tenancy.models import ApiKey, Org, Project, User, Workspace, WorkspaceToken
 from domicile.tenancy.secrets import CredentialHasher, new_credential, new_id
 
-__all__ = ["CreatedCredential", "Directory", "Role", "WorkspaceGrant"]
+__all__ = ["ERASURE_SCOPES", "CreatedCredential", "Directory", "ErasureMark", "ErasureScope",
+           "OwnedTenant", "Ownership", "Role", "WorkspaceGrant"]
 
 RETENTIONS: tuple[Retention, ...] = ("zero", "regional")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -48,6 +49,41 @@ class CreatedCredential:
 
 # The grant of a workspace token (the name earlier code used).
 WorkspaceGrant = MemberGrant
+
+ErasureScope = Literal["org", "project", "workspace"]
+ERASURE_SCOPES: tuple[ErasureScope, ...] = ("org", "project", "workspace")
+
+
+@dataclass(frozen=True, slots=True)
+class OwnedTenant:
+    """A project or workspace: a tenant of the regional stores (its own data key)."""
+
+    kind: Literal["project", "workspace"]
+    id: str
+    org_id: str
+    region: str  # a configured region, or "global" (a per-request-residency project)
+    erased_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ownership:
+    """What an org, project or workspace owns: its tenants. `erased_at`: the scope's own."""
+
+    scope: ErasureScope
+    scope_id: str
+    org_id: str
+    erased_at: datetime | None
+    tenants: tuple[OwnedTenant, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureMark:
+    """What `Directory.mark_erased` changed."""
+
+    tenants_marked: int
+    api_keys_revoked: int
+    tokens_revoked: int
+    members_removed: int
 
 
 class Directory:
@@ -198,12 +234,14 @@ class Directory:
         digest = self._hasher.digest(secret)
         with Session(self._engine) as session:
             row = session.execute(
-                select(ApiKey, Project).join(Project, Project.id == ApiKey.project_id)
+                select(ApiKey, Project, Org.training_opt_in)
+                .join(Project, Project.id == ApiKey.project_id)
+                .join(Org, Org.id == Project.org_id)
                 .where(ApiKey.digest == digest)
             ).first()
             if row is None:
                 return None
-            key, project = row
+            key, project, training_opt_in = row
             if key.revoked_at is not None or not CredentialHasher.matches(key.digest, digest):
                 return None
             return ApiKeyGrant(
@@ -211,6 +249,7 @@ class Directory:
                 region=project.region, retention=project.retention,  # type: ignore[arg-type]
                 per_request_residency=project.per_request_residency,
                 rpm_limit=project.rpm_limit, tpm_limit=project.tpm_limit,
+                training_opt_in=training_opt_in,
             )
 
     # -- workspaces, users and tokens -------------------------------------------------------
@@ -296,21 +335,23 @@ class Directory:
         digest = self._hasher.digest(secret)
         with Session(self._engine) as session:
             row = session.execute(
-                select(WorkspaceToken, Workspace, User)
+                select(WorkspaceToken, Workspace, User, Org.training_opt_in)
                 .join(Workspace, Workspace.id == WorkspaceToken.workspace_id)
                 .join(User, User.id == WorkspaceToken.user_id)
+                .join(Org, Org.id == Workspace.org_id)
                 .where(WorkspaceToken.digest == digest)
             ).first()
             if row is None:
                 return None
-            token, workspace, user = row
+            token, workspace, user, training_opt_in = row
             if (token.revoked_at is not None or user.removed_at is not None
                     or (token.expires_at is not None
                         and _utc(token.expires_at) <= datetime.now(UTC))
                     or not CredentialHasher.matches(token.digest, digest)):
                 return None
             return MemberGrant(workspace.id, workspace.org_id, user.id, workspace.region,
-                               user.role, token_id=token.id)  # type: ignore[arg-type]
+                               user.role, token_id=token.id,  # type: ignore[arg-type]
+                               training_opt_in=training_opt_in)
 
     def revoke_token(self, token_id: str, *, actor: str = "cli") -> None:
         """Revoke a workspace token (idempotent: a revoked token is audited once)."""
@@ -436,14 +477,94 @@ class Directory:
         """The grant of a live member, as it is now (its role included); None once removed."""
         with Session(self._engine) as session:
             row = session.execute(
-                select(User, Workspace).join(Workspace, Workspace.id == User.workspace_id)
+                select(User, Workspace, Org.training_opt_in)
+                .join(Workspace, Workspace.id == User.workspace_id)
+                .join(Org, Org.id == Workspace.org_id)
                 .where(User.id == user_id)
             ).first()
             if row is None or row[0].removed_at is not None:
                 return None
-            user, workspace = row
+            user, workspace, training_opt_in = row
             return MemberGrant(workspace.id, workspace.org_id, user.id, workspace.region,
-                               user.role)  # type: ignore[arg-type]
+                               user.role, training_opt_in=training_opt_in)  # type: ignore[arg-type]
+
+    # -- erasure (G9; compliance.erasure does the stores' part) ------------------------------
+
+    def owned_tenants(self, scope: ErasureScope, scope_id: str) -> Ownership:
+        """The projects and workspaces an org, project or workspace stands for: the tenants
+        whose data keys seal its content. An org's include erased ones (an erasure that
+        stopped half-way is finished by running it again)."""
+        if scope not in ERASURE_SCOPES:
+            raise InvalidInput(f"scope must be one of {', '.join(ERASURE_SCOPES)}",
+                               param="scope")
+        with Session(self._engine, expire_on_commit=False) as session:
+            if scope == "org":
+                org = self._get(session, Org, scope_id, "org")
+                projects = list(session.scalars(select(Project).where(
+                    Project.org_id == org.id).order_by(Project.created_at, Project.id)))
+                workspaces = list(session.scalars(select(Workspace).where(
+                    Workspace.org_id == org.id).order_by(Workspace.created_at, Workspace.id)))
+                org_id, erased_at = org.id, org.erased_at
+            elif scope == "project":
+                project = self._get(session, Project, scope_id, "project")
+                projects, workspaces = [project], []
+                org_id, erased_at = project.org_id, project.erased_at
+            else:
+                workspace = self._get(session, Workspace, scope_id, "workspace")
+                projects, workspaces = [], [workspace]
+                org_id, erased_at = workspace.org_id, workspace.erased_at
+        tenants = [OwnedTenant("project", p.id, p.org_id, p.region, p.erased_at)
+                   for p in projects]
+        tenants += [OwnedTenant("workspace", w.id, w.org_id, w.region, w.erased_at)
+                    for w in workspaces]
+        return Ownership(scope, scope_id, org_id, erased_at, tuple(tenants))
+
+    def mark_erased(self, scope: ErasureScope, scope_id: str, *,
+                    details: Mapping[str, Detail], actor: str = "cli") -> ErasureMark:
+        """The directory's part of an erasure, in one transaction with its audit entry: the
+        tenants are marked erased (their rows stay: ids are never reused), their API keys and
+        tokens revoked, their members removed, the members' emails and password hashes
+        blanked. `details`: what the stores' part did (counts, receipt statements)."""
+        ownership = self.owned_tenants(scope, scope_id)
+        project_ids = [t.id for t in ownership.tenants if t.kind == "project"]
+        workspace_ids = [t.id for t in ownership.tenants if t.kind == "workspace"]
+        now = datetime.now(UTC)
+        with Session(self._engine, expire_on_commit=False) as session, session.begin():
+            if scope == "org":
+                session.execute(update(Org).where(Org.id == scope_id, Org.erased_at.is_(None))
+                                .values(erased_at=now))
+            marked = 0
+            for model, ids in ((Project, project_ids), (Workspace, workspace_ids)):
+                if ids:
+                    marked += _changed(session.execute(
+                        update(model).where(model.id.in_(ids), model.erased_at.is_(None))
+                        .values(erased_at=now)))
+            keys = tokens = members = 0
+            if project_ids:
+                keys = _changed(session.execute(
+                    update(ApiKey).where(ApiKey.project_id.in_(project_ids),
+                                         ApiKey.revoked_at.is_(None))
+                    .values(revoked_at=now)))
+            if workspace_ids:
+                tokens = _changed(session.execute(
+                    update(WorkspaceToken).where(WorkspaceToken.workspace_id.in_(workspace_ids),
+                                                 WorkspaceToken.revoked_at.is_(None))
+                    .values(revoked_at=now)))
+                users = list(session.scalars(select(User).where(
+                    User.workspace_id.in_(workspace_ids))))
+                for user in users:
+                    if user.removed_at is None:
+                        user.removed_at = now
+                        members += 1
+                    # Personal data the audit trail does not need: the row keeps only its id.
+                    user.email = f"{user.id}@erased.invalid"
+                    user.password_hash = ""
+            mark = ErasureMark(marked, keys, tokens, members)
+            session.flush()
+            self._audit(session, DIRECTORY_CHAIN, actor, "erase", scope_id, {
+                "scope": scope, "tenants_marked": marked, "api_keys_revoked": keys,
+                "tokens_revoked": tokens, "members_removed": members, **details})
+        return mark
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -503,3 +624,8 @@ def _utc(at: datetime) -> datetime:
 def _check_limit(value: int | None, field: str) -> None:
     if value is not None and value < 1:
         raise InvalidInput(f"{field} must be a positive number", param=field)
+
+
+def _changed(result: Result[Any]) -> int:
+    """The rows an UPDATE changed."""
+    return int(cast(CursorResult[Any], result).rowcount)

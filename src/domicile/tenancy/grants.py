@@ -38,6 +38,7 @@ class ApiKeyGrant:
     per_request_residency: bool
     rpm_limit: int | None  # requests per minute per key; None = unlimited
     tpm_limit: int | None  # tokens per minute per key; None = unlimited
+    training_opt_in: bool = False  # the org's consent (G7), as of this check
 
     def may_use_region(self, region: str) -> bool:
         """G1/G2: a pinned project is processed only in its own region."""
@@ -58,11 +59,12 @@ class MemberGrant:
     role: Role
     token_id: str | None = None
     session: str | None = None
+    training_opt_in: bool = False  # the org's consent (G7), as of this check
 
     @property
     def tenant(self) -> TenantRef:
         """The workspace as the regional store knows it: content is sealed per workspace."""
-        return TenantRef(self.workspace_id, self.region, self.org_id)
+        return TenantRef(self.workspace_id, self.region, self.org_id, self.training_opt_in)
 
     @property
     def is_admin(self) -> bool:

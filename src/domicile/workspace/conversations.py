@@ -370,7 +370,8 @@ class Conversations:
             conn.execute(insert(ConversationRow).values(
                 id=conversation_id, workspace_id=member.workspace_id, user_id=member.user_id,
                 region=self.store.region, model=model, gpt_id=gpt_id, current_message_id=None,
-                message_count=0, created_at=now, updated_at=now, title=sealed))
+                message_count=0, created_at=now, updated_at=now, title=sealed,
+                training_consent=member.tenant.training_consent))
         return ConversationSummary(conversation_id, title, model, gpt_id, now, now, 0)
 
     def rename(self, member: MemberGrant, conversation_id: str, title: str
@@ -383,7 +384,8 @@ class Conversations:
             row = conn.execute(
                 update(ConversationRow)
                 .where(ConversationRow.id == conversation_id, self._owned(member))
-                .values(title=sealed).returning(*SUMMARY_COLUMNS)).first()
+                .values(title=sealed, training_consent=member.tenant.training_consent)
+                .returning(*SUMMARY_COLUMNS)).first()
         if row is None:
             raise _not_found()
         return self._summary(member.tenant, row, title)
@@ -405,7 +407,8 @@ class Conversations:
             if self.store.open(tenant, TITLE_KIND, conversation_id, current):
                 return
             conn.execute(update(ConversationRow)
-                         .where(ConversationRow.id == conversation_id).values(title=sealed))
+                         .where(ConversationRow.id == conversation_id)
+                         .values(title=sealed, training_consent=tenant.training_consent))
 
     def add_message(self, member: MemberGrant, conversation_id: str, *, role: str,
                     content: str, parent_id: str | None, status: str = "complete",
@@ -462,7 +465,8 @@ class Conversations:
                                              current_title):
                 conn.execute(update(ConversationRow).where(ConversationRow.id == conversation_id)
                              .values(title=self.store.seal(member.tenant, TITLE_KIND,
-                                                           conversation_id, title.encode())))
+                                                           conversation_id, title.encode()),
+                                     training_consent=member.tenant.training_consent))
             if parent_id is not None and conn.scalar(select(MessageRow.id).where(
                     MessageRow.id == parent_id,
                     MessageRow.conversation_id == conversation_id)) is None:
@@ -471,7 +475,8 @@ class Conversations:
                 id=message_id, conversation_id=conversation_id,
                 workspace_id=member.workspace_id, user_id=member.user_id,
                 region=self.store.region, parent_id=parent_id, seq=seq, role=role,
-                status=status, created_at=now, body=sealed))
+                status=status, created_at=now, body=sealed,
+                training_consent=member.tenant.training_consent))
         return StoredMessage(message_id, conversation_id, parent_id, role, status, content, now,
                              model, gpt_id, file_ids, citations, html)
 

@@ -373,7 +373,8 @@ class FileStore:
                 conn.execute(insert(FileRow).values(
                     id=file_id, workspace_id=tenant.id, user_id=member.user_id,
                     region=self.store.region, media_type=media_type, size=len(data),
-                    origin=origin, created_at=created_at, meta=sealed_meta))
+                    origin=origin, created_at=created_at, meta=sealed_meta,
+                    training_consent=tenant.training_consent))
         except BaseException:
             for kind in stored:
                 self._delete_blob_quietly(tenant, kind, file_id)

@@ -205,7 +205,8 @@ class Gpts:
             conn.execute(insert(GptRow).values(
                 id=gpt.id, workspace_id=member.workspace_id, user_id=member.user_id,
                 region=self.store.region, sharing=gpt.sharing, created_at=now,
-                updated_at=now, body=sealed))
+                updated_at=now, body=sealed,
+                training_consent=member.tenant.training_consent))
             if gpt.sharing != "private":  # made visible to the workspace: a sharing change
                 self._audit_sharing(conn, member, gpt)
             return gpt
@@ -258,7 +259,8 @@ class Gpts:
                               [f for f in gpt.file_ids if f not in current.file_ids])
             sealed = self.store.seal(member.tenant, GPT_KIND, gpt_id, gpt._sealed_body())
             conn.execute(update(GptRow).where(GptRow.id == gpt_id)
-                         .values(sharing=gpt.sharing, updated_at=now, body=sealed))
+                         .values(sharing=gpt.sharing, updated_at=now, body=sealed,
+                                 training_consent=member.tenant.training_consent))
             if gpt.sharing != current.sharing:
                 self._audit_sharing(conn, member, gpt)
             return gpt
@@ -289,7 +291,8 @@ class Gpts:
                               updated_at=now)
                 sealed = self.store.seal(tenant, GPT_KIND, gpt.id, gpt._sealed_body())
                 conn.execute(update(GptRow).where(GptRow.id == gpt.id)
-                             .values(updated_at=now, body=sealed))
+                             .values(updated_at=now, body=sealed,
+                                     training_consent=tenant.training_consent))
                 changed.append(gpt)
             return tuple(changed)
 
