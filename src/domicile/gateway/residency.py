@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from domicile.compliance.residency import eligible_endpoints
+from domicile.compliance.residency import stores_content as _stores_content
 from domicile.errors import ContentStoreUnavailable, ZeroRetentionViolation
 from domicile.inference.routing import ModelRouter
 from domicile.storage.interfaces import ContentStore, TenantRef
@@ -46,20 +48,14 @@ def content_store_for(grant: ApiKeyGrant, store: ContentStore | None,
 
 def stores_content(grant: ApiKeyGrant, has_store: bool) -> bool:
     """May this caller use the endpoints that keep content (files, stored responses)?"""
-    return grant.retention == "regional" and has_store
+    return _stores_content(grant.retention, has_store)
 
 
 def residency_answer(grant: ApiKeyGrant, router: ModelRouter, *,
                      has_store: bool) -> dict[str, Any]:
-    endpoints = ["/v1/models", "/v1/residency"]
-    if router.has("chat"):
-        endpoints += ["/v1/chat/completions", "/v1/responses"]
-    if router.has("embeddings"):
-        endpoints.append("/v1/embeddings")
-    if router.has("images"):
-        endpoints.append("/v1/images/generations")
-    if stores_content(grant, has_store):
-        endpoints += ["/v1/files", "/v1/responses/{response_id}"]
+    # The rule is the residency report's too (compliance.residency): one copy.
+    capabilities = {c for provider in router.providers for c in provider.capabilities}
+    endpoints = eligible_endpoints(capabilities, retention=grant.retention, has_store=has_store)
     return {
         "project": grant.project_id,
         "org": grant.org_id,
