@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import Table
+from sqlalchemy import ColumnElement, Table, and_
 
 from domicile.storage.models import RegionBase
 
@@ -24,6 +24,7 @@ __all__ = [
     "CONTENT_TABLES",
     "DATA_CLASSES",
     "METADATA_TABLES",
+    "TENANT_METADATA",
     "ContentTable",
     "SealedColumn",
     "blob_key",
@@ -31,6 +32,7 @@ __all__ = [
     "data_class_of_blob",
     "data_class_of_record",
     "expected_columns",
+    "owned_rows",
 ]
 
 BLOB_META_SUFFIX = ":blob-meta"  # storage.regional.BLOB_META_KIND
@@ -73,6 +75,9 @@ class ContentTable:
     member_column: str | None = None  # the workspace member who owns the row, if any
     kind_column: str | None = None  # records and blobs: the kind of the row
     blob: bool = False  # each row names a blob: blob_key(tenant, kind, id)
+    # The kinds of the blobs (`blobs` table) keyed by this table's row id: part of the row
+    # (a workspace file's bytes and text, a GPT's index), erased with it.
+    blob_kinds: tuple[str, ...] = ()
 
     @property
     def table(self) -> Table:
@@ -107,17 +112,18 @@ def blob_key(tenant_id: str, kind: str, blob_id: str) -> str:
     return f"{tenant_id}/{kind}/{blob_id}"
 
 
-def _workspace(name: str, data_class: str, column: str, kind: str) -> ContentTable:
+def _workspace(name: str, data_class: str, column: str, kind: str,
+               blob_kinds: tuple[str, ...] = ()) -> ContentTable:
     return ContentTable(name, data_class, "workspace_id", "id", (SealedColumn(column, kind),),
-                        member_column="user_id")
+                        member_column="user_id", blob_kinds=blob_kinds)
 
 
 # Import-free copies of the services' kinds (see RECORD_KINDS): checked by a test.
 CONTENT_TABLES: tuple[ContentTable, ...] = (
     _workspace("ws_conversations", "conversations", "title", "ws-conversation-title"),
     _workspace("ws_messages", "messages", "body", "ws-message"),
-    _workspace("ws_files", "files", "meta", "ws-file-meta"),
-    _workspace("ws_gpts", "gpts", "body", "ws-gpt"),
+    _workspace("ws_files", "files", "meta", "ws-file-meta", ("ws-file", "ws-file-text")),
+    _workspace("ws_gpts", "gpts", "body", "ws-gpt", ("ws-gpt-index",)),
     ContentTable("records", None, "tenant_id", "record_id", (SealedColumn("body", None),),
                  kind_column="kind"),
     ContentTable("blobs", None, "tenant_id", "blob_id",
@@ -133,6 +139,24 @@ METADATA_TABLES: Mapping[str, str] = {
     "audit_head": "the audit chain's last entry",
     "alembic_version_region": "the schema's migration version",
 }
+
+
+# Metadata tables with rows of a tenant, by the column naming it: an erasure deletes them too
+# (a browser session of an erased workspace signs no one in). Usage rows and audit entries
+# stay: they account for what was done, and hold no content.
+TENANT_METADATA: Mapping[str, str] = {"ws_sessions": "workspace_id"}
+
+
+def owned_rows(table: ContentTable, tenant_id: str, member_id: str | None = None
+               ) -> ColumnElement[bool]:
+    """The condition selecting `table`'s rows of a tenant (of one member of it, if given)."""
+    columns = table.table.c
+    condition = columns[table.tenant_column] == tenant_id
+    if member_id is not None:
+        if table.member_column is None:
+            raise ValueError(f"{table.name} has no member column")
+        condition = and_(condition, columns[table.member_column] == member_id)
+    return condition
 
 
 def content_table(name: str) -> ContentTable:
