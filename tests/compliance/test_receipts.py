@@ -28,6 +28,7 @@ from domicile.config import KeyProviderSettings
 from domicile.errors import ConfigError, InvalidInput
 from domicile.site import Site
 from tests.compliance.tampering import ATTACKS, attack, tamper
+from tests.conftest import SiteFactory
 
 
 @pytest.fixture
@@ -35,6 +36,15 @@ def audited(site: Site) -> Site:
     for index in range(5):
         site.store("eu").audit.append("cli", "test.action", f"obj_{index}", {"n": index})
     return site
+
+
+@pytest.fixture
+def sample(make_site: SiteFactory) -> Receipt:
+    """A receipt of a five-entry chain, for the tests of parsing (no database needed)."""
+    site = make_site("sqlite")
+    for index in range(5):
+        site.store("eu").audit.append("cli", "test.action", f"obj_{index}")
+    return head_receipt(site)
 
 
 def head_receipt(site: Site, chain: str = "eu") -> Receipt:
@@ -129,8 +139,8 @@ def test_a_missing_signing_key_fails_verification(audited: Site) -> None:
 # -- receipt files ---------------------------------------------------------------------------
 
 
-def test_a_receipt_survives_its_json(audited: Site) -> None:
-    receipt = head_receipt(audited)
+def test_a_receipt_survives_its_json(sample: Receipt) -> None:
+    receipt = sample
     assert Receipt.from_json(receipt.to_json()) == receipt
     assert Receipt.from_json(receipt.to_json().encode()) == receipt
     assert set(json.loads(receipt.to_json())) == {
@@ -180,8 +190,8 @@ HOSTILE: dict[str, Edit] = {
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE))
-def test_a_hostile_receipt_is_refused_by_name(audited: Site, name: str) -> None:
-    fields = json.loads(head_receipt(audited).to_json())
+def test_a_hostile_receipt_is_refused_by_name(sample: Receipt, name: str) -> None:
+    fields = json.loads(sample.to_json())
     with pytest.raises(InvalidInput, match="not a valid audit receipt"):
         Receipt.from_json(json.dumps(HOSTILE[name](fields)))
 
@@ -197,8 +207,8 @@ def test_what_is_not_a_receipt_is_refused(text: str | bytes) -> None:
         Receipt.from_json(text)
 
 
-def test_duplicate_fields_are_refused(audited: Site) -> None:
-    text = head_receipt(audited).to_json()
+def test_duplicate_fields_are_refused(sample: Receipt) -> None:
+    text = sample.to_json()
     doubled = text.replace('"seq"', '"seq": 1, "seq"', 1)
     with pytest.raises(InvalidInput, match="not a valid audit receipt"):
         Receipt.from_json(doubled)
