@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from domicile.cli import audit, data, keys, residency
+from domicile.cli import audit, data, keys, residency, training
 from domicile.cli._common import (
     ConfigOption,
     JsonOption,
@@ -45,8 +45,8 @@ for sub, name in ((org_app, "org"), (project_app, "project"), (key_app, "key"),
                   (workspace_app, "workspace"), (user_app, "user"), (token_app, "token"),
                   (retention_app, "retention")):
     app.add_typer(sub, name=name)
-# The trust center's commands, one module each: audit, residency, export/erase/training, keys.
-for module in (audit, residency, data, keys):
+# The trust center's commands, one module each: audit, residency, export/erase, training, keys.
+for module in (audit, residency, data, training, keys):
     module.register(app)
 
 # -- site ---------------------------------------------------------------------------------
@@ -60,20 +60,28 @@ def init_command(
     = 8400,
     force: Annotated[bool, typer.Option("--force", help="Rewrite the config; keys are kept.")]
     = False,
+    dev_tls: Annotated[bool, typer.Option(
+        "--dev-tls", help="Serve over TLS with a local CA (tls/ca.pem, to trust) and a "
+        "certificate for 127.0.0.1, ::1 and localhost.")] = False,
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Create a site: config, regions eu and us, key files (mode 0600), migrated stores."""
-    settings = init_site(dir, port_base=port_base, force=force)
+    settings = init_site(dir, port_base=port_base, force=force, dev_tls=dev_tls)
     table = Table(title=f"Site ready: {settings.config_path}", title_justify="left")
     table.add_column("region")
     table.add_column("base URL")
     for name, region in settings.regions.items():
         table.add_row(name, region.public_url)
-    emit(as_json, {
+    payload: dict[str, Any] = {
         "config": str(settings.config_path),
         "regions": {name: region.public_url for name, region in settings.regions.items()},
-    }, table)
+    }
+    if settings.server.tls_cert is not None:
+        ca = settings.server.tls_cert.parent / "ca.pem"
+        payload["tls"] = {"ca": str(ca), "cert": str(settings.server.tls_cert)}
+        table.caption = f"Trust {ca} in your browser or client (docs/TLS.md)."
+    emit(as_json, payload, table)
 
 
 @app.command("serve")
@@ -87,19 +95,21 @@ def serve_command(
     = None,
     tls_key: Annotated[Path | None, typer.Option("--tls-key", exists=True, dir_okay=False)]
     = None,
+    insecure_http: Annotated[bool, typer.Option(
+        "--insecure-http", help="Serve plain HTTP on non-loopback addresses (TLS ends in "
+        "front of Domicile).")] = False,
     log_level: Annotated[str, typer.Option("--log-level")] = "warning",
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Serve the regions' APIs, each on its own listen address."""
-    from domicile.server import TlsFiles, serve
+    """Serve the regions' APIs, each on its own listen address (TLS, except on loopback)."""
+    from domicile.server import serve, tls_files
 
-    if (tls_cert is None) != (tls_key is None):
-        raise InvalidInput("--tls-cert and --tls-key go together", param="tls_cert")
     settings = load_settings(find_config(config))
-    tls = TlsFiles(tls_cert, tls_key) if tls_cert and tls_key else None
+    tls = tls_files(settings, tls_cert, tls_key)
     try:
-        serve(settings, region or (), workers=workers, tls=tls, log_level=log_level)
+        serve(settings, region or (), workers=workers, tls=tls, insecure_http=insecure_http,
+              log_level=log_level)
     except DomicileError:
         raise
     except Exception as exc:  # one line for the operator, never a traceback
