@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 
 from domicile.crypto import (
     Context,
+    DataKey,
     DecryptionError,
     Envelope,
     KeyNotFound,
-    KeyProvider,
     LocalKeyProvider,
 )
 from tests.crypto.support import context
@@ -112,11 +112,12 @@ def test_wrapped_key_copied_into_another_regions_keystore_does_not_unwrap(
     us_keys = reopen("us")
     with sqlite3.connect(keys.keystore_path) as src:
         row = src.execute(
-            "SELECT key_id, tenant, version, kek_id, wrapped, created_at FROM data_keys"
+            "SELECT key_id, tenant, version, kek_id, wrapped, created_at, scheme FROM data_keys"
             " WHERE tenant = 'ws_a'"
         ).fetchone()
     with sqlite3.connect(us_keys.keystore_path) as dst:
-        dst.execute("INSERT INTO data_keys VALUES (?, ?, ?, ?, ?, ?)", row)
+        dst.execute("INSERT INTO data_keys (key_id, tenant, version, kek_id, wrapped,"
+                    " created_at, scheme) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
     with pytest.raises(DecryptionError):
         Envelope(us_keys).open(sealed, dataclasses.replace(ctx, region="us"))
 
@@ -135,32 +136,11 @@ def test_another_tenants_key_does_not_open_the_record(
         Envelope(reopen(), cache_ttl_s=0).open(sealed, ctx)
 
 
-class _SwappingProvider(KeyProvider):
+class _SwappingProvider(LocalKeyProvider):
     """Hands out tenant B's raw data key whenever tenant A's is asked for."""
 
-    def __init__(self, inner: LocalKeyProvider) -> None:
-        self.inner, self.region = inner, inner.region
-
-    def create_data_key(self, tenant: str) -> str:
-        return self.inner.create_data_key(tenant)
-
-    def current_data_key(self, tenant: str) -> tuple[str, bytes]:
-        return self.inner.current_data_key(tenant)
-
-    def data_key(self, tenant: str, key_id: str) -> bytes:
-        return self.inner.current_data_key("ws_b")[1]
-
-    def destroy_tenant(self, tenant: str) -> int:
-        return self.inner.destroy_tenant(tenant)
-
-    def rotate_kek(self, new_kek: bytes | None = None) -> int:
-        return self.inner.rotate_kek(new_kek)
-
-    def has_tenant(self, tenant: str) -> bool:
-        return self.inner.has_tenant(tenant)
-
-    def tenants(self) -> list[str]:
-        return self.inner.tenants()
+    def key_by_id(self, tenant: str, key_id: str) -> DataKey:
+        return dataclasses.replace(self.current_key("ws_b"), key_id=key_id)
 
 
 def test_record_does_not_open_under_a_swapped_data_key(
@@ -168,7 +148,7 @@ def test_record_does_not_open_under_a_swapped_data_key(
 ) -> None:
     sealed = envelope.seal(b"secret", ctx)
     with pytest.raises(DecryptionError):
-        Envelope(_SwappingProvider(keys)).open(sealed, ctx)
+        Envelope(_SwappingProvider(keys.region, keys.kek_path)).open(sealed, ctx)
 
 
 def test_unknown_key_id_and_garbage_fail_with_the_one_error(

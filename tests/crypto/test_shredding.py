@@ -16,8 +16,10 @@ from domicile.crypto import (
     KeyNotFound,
     LocalKeyProvider,
     ShredReceipt,
+    TenantErased,
 )
 from domicile.crypto import envelope as envelope_module
+from domicile.crypto import keys as keys_module
 from tests.crypto.support import context, keystore_files, wrapped_key
 
 
@@ -109,15 +111,48 @@ def test_shredding_leaves_no_bytes_in_a_wal_file_either(
     wal_keys.close()
 
 
-def test_a_key_re_created_after_shredding_is_a_new_key(
-    keys: LocalKeyProvider, envelope: Envelope, ctx: Context
+def test_a_shredded_tenant_is_tombstoned_and_never_given_a_key_again(
+    keys: LocalKeyProvider, envelope: Envelope, ctx: Context,
+    reopen: Callable[..., LocalKeyProvider],
 ) -> None:
+    """G9: a process that has not seen the shred (its own connection, nothing cached) asks
+    for the tenant's key, as a per-request-residency tenant's first write does: refused."""
     sealed = envelope.seal(b"old", ctx)
-    old_id = keys.current_data_key("ws_a")[0]
+    other = reopen()
     envelope.destroy_tenant_key("ws_a")
-    assert envelope.create_tenant_key("ws_a") != old_id
+    for provider in (keys, other):
+        with pytest.raises(TenantErased, match="ws_a"):
+            provider.create_data_key("ws_a")
+        with pytest.raises(TenantErased):
+            provider.reserve_seals("ws_a")
+        with pytest.raises(TenantErased):
+            provider.rotate_data_key("ws_a")
+        with pytest.raises(TenantErased):
+            provider.current_key("ws_a")
+        assert provider.erased_at("ws_a") is not None
+    with pytest.raises(TenantErased):
+        Envelope(other).create_tenant_key("ws_a")
+    with pytest.raises(KeyNotFound):  # TenantErased is a KeyNotFound: callers keep working
+        Envelope(other).seal(b"new", ctx)
+    assert not other.has_tenant("ws_a") and other.rotate_data_keys() == 1  # ws_b only
     with pytest.raises(DecryptionError):
         envelope.open(sealed, ctx)
+    with sqlite3.connect(keys.keystore_path) as db:  # recorded with the deletion
+        assert db.execute("SELECT tenant FROM tombstones").fetchall() == [("ws_a",)]
+
+
+def test_a_tombstone_is_written_in_the_deleting_transaction(
+    keys: LocalKeyProvider, envelope: Envelope, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If recording the tombstone fails, the keys are not deleted either (one transaction)."""
+    def clock_fails() -> str:
+        raise OSError("clock unavailable")
+
+    monkeypatch.setattr(keys_module, "_now", clock_fails)  # after the DELETE, in its transaction
+    with pytest.raises(OSError):
+        keys.destroy_tenant("ws_a")
+    monkeypatch.undo()
+    assert keys.has_tenant("ws_a") and keys.erased_at("ws_a") is None
 
 
 def test_shredding_by_another_process_takes_effect_when_the_cache_expires(

@@ -11,25 +11,40 @@ A small, misuse-resistant surface over `cryptography.hazmat`, which no other pac
     token = envelope.seal(b"hello", ctx)
     envelope.open(token, ctx)                              # b"hello"; else DecryptionError
     envelope.seal_stream(chunks, ctx) / open_stream(...)    # large blobs, segmented
-    envelope.destroy_tenant_key("ws_123")                  # -> ShredReceipt
+    envelope.destroy_tenant_key("ws_123")                  # -> ShredReceipt; tombstoned:
+    envelope.create_tenant_key("ws_123")                   # TenantErased (a KeyNotFound)
+    keys.rotate_data_key("ws_123") / keys.rotate_data_keys()   # new current data key(s)
 
-Every way opening can fail raises the one `DecryptionError`.
+Every way opening can fail raises the one `DecryptionError`. Data keys, their versions, seal
+counting, subkeys and tombstones: docs/KEYS.md.
 """
 
 from ._context import Context
-from ._errors import DecryptionError, KeyFileError, KeyNotFound
+from ._errors import DecryptionError, KeyFileError, KeyNotFound, TenantErased
 from .envelope import Envelope, ShredReceipt
-from .keys import KeyProvider, LocalKeyProvider, keystore_path, write_new_kek
+from .keys import (
+    DataKey,
+    KeyProvider,
+    KeyVersion,
+    LocalKeyProvider,
+    SealGrant,
+    keystore_path,
+    write_new_kek,
+)
 
 __all__ = [
     "Context",
+    "DataKey",
     "DecryptionError",
     "Envelope",
     "KeyFileError",
     "KeyNotFound",
     "KeyProvider",
+    "KeyVersion",
     "LocalKeyProvider",
+    "SealGrant",
     "ShredReceipt",
+    "TenantErased",
     "keystore_path",
     "write_new_kek",
 ]

@@ -7,7 +7,7 @@ oracle out of *why* it failed (the pyca Fernet / Tink habit).
 
 from __future__ import annotations
 
-__all__ = ["DecryptionError", "KeyFileError", "KeyNotFound"]
+__all__ = ["DecryptionError", "KeyFileError", "KeyNotFound", "TenantErased"]
 
 
 class DecryptionError(Exception):
@@ -23,3 +23,7 @@ class KeyNotFound(LookupError):
 
 class KeyFileError(ValueError):
     """A key-encryption-key file that cannot be used; the message names the path."""
+
+
+class TenantErased(KeyNotFound):
+    """The tenant's data keys were destroyed (crypto-shredded): none is ever made again."""

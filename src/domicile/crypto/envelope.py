@@ -13,12 +13,24 @@ a destruction by *another* process (another server worker, the CLI) takes effect
 cached entry expires, i.e. within `cache_ttl_s` (default 5 minutes). Until then this process can
 still open the tenant's content and would seal new content under the destroyed key (unreadable
 afterwards). Pass `cache_ttl_s=0` to ask the key provider on every call.
+
+Data key versions and counting: `seal` and the blob sealers use the tenant's current data key
+and count every seal against a block reserved from the key provider (`reserve_seals`), in
+memory; an exhausted block reserves the next one, which rotates the key once it reached its
+limit. When a cached key expires, the provider is asked for the current key id: a rotation by
+another process is picked up then (the rest of the old block is dropped, never used).
+
+Subkeys: a data key of scheme 2 is never used directly: HKDF-SHA256 derives from it one
+AES-256-GCM key for records and one key-derivation key (HMAC-SHA256) for blob keys, under
+distinct labels. A scheme-1 key (made before schemes existed) is used as both, as it was.
+The record and blob formats are the same for both schemes: the key id says which key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -28,14 +40,16 @@ from itertools import chain
 from typing import NamedTuple, Protocol, TypeVar
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from . import _stream
 from ._context import Context
 from ._errors import DecryptionError, KeyNotFound
 from ._nonces import take_nonce
 from ._stream import Chunk
-from .keys import KEY_SIZE, KeyProvider
+from .keys import KEY_SIZE, SCHEME_DIRECT, SCHEME_HKDF, DataKey, KeyProvider
 
 __all__ = ["Envelope", "ShredReceipt"]
 
@@ -43,6 +57,8 @@ RECORD_VERSION = 0x01
 _NONCE = 12
 _monotonic = time.monotonic
 _MAX_CACHED = 10_000  # past this, expired entries are swept on the next miss
+_RECORD_KEY_INFO = b"domicile/dek/record-key/v2"  # HKDF labels of the two subkeys (scheme 2)
+_BLOB_KDK_INFO = b"domicile/dek/blob-kdk/v2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +80,14 @@ class ShredReceipt:
 
 
 class _SealKey(NamedTuple):
-    expires: float
+    expires: float  # after this, ask the provider whether the key is still current
     aead: AESGCM
     record_prefix: bytes  # 0x01 | len | key id
     blob_prefix: bytes  # 0x02 | len | key id
     kdk: hmac.HMAC  # keyed HMAC-SHA256, copied to derive per-blob keys
+    key_id: str
+    taken: itertools.count[int]  # seals taken from the reserved block; shared across renewals
+    granted: int  # the block's size: ticket numbers below it may seal
 
 
 class _OpenKey(NamedTuple):
@@ -99,6 +118,7 @@ class Envelope:
         # cached, so a concurrent lookup cannot put a destroyed key back into the cache.
         self._epoch = 0
         self._cache_lock = threading.Lock()
+        self._refill_lock = threading.Lock()  # one reservation at a time, not one per thread
 
     def __repr__(self) -> str:
         return f"Envelope(region={self._region!r}, keys={self._keys!r})"
@@ -112,7 +132,11 @@ class Envelope:
 
     def seal(self, plaintext: bytes, context: Context) -> bytes:
         """Encrypt one record under the tenant's current data key, bound to `context`."""
-        key = self._sealing_key(context)
+        key = self._sealing.get(context.tenant)
+        # Inlined `_sealing_key`: a ticket from the block, the TTL, the region; else refill.
+        if (key is None or next(key.taken) >= key.granted or key.expires < _monotonic()
+                or context.region != self._region):
+            key = self._refill(context)
         nonce = take_nonce()
         header = key.record_prefix + nonce
         return header + key.aead.encrypt(nonce, plaintext, header + context._aad)
@@ -172,15 +196,64 @@ class Envelope:
         return _stream.open_all(data, header, self._blob_key(header, context))
 
     def _sealing_key(self, context: Context) -> _SealKey:
-        """The tenant's current data key, from the cache while it is fresh."""
+        """The tenant's current data key with one seal taken from its block (see `seal`)."""
+        key = self._sealing.get(context.tenant)
+        if (key is None or next(key.taken) >= key.granted or key.expires < _monotonic()
+                or context.region != self._region):
+            key = self._refill(context)
+        return key
+
+    def _refill(self, context: Context) -> _SealKey:
+        """The slow path of `_sealing_key`: check the region, renew an expired entry if its
+        key is still current, or reserve a new block (which may rotate the key)."""
         if context.region != self._region:
             raise ValueError(
                 f"context is for region {context.region!r}, this envelope seals {self._region!r}"
             )
-        key = self._sealing.get(context.tenant)
-        if key is None or key.expires < _monotonic():
-            key = self._load_sealing(context.tenant)
+        tenant = context.tenant
+        with self._refill_lock:
+            epoch = self._epoch
+            key = self._sealing.get(tenant)
+            if key is not None and key.expires >= _monotonic():
+                if next(key.taken) < key.granted:
+                    return key  # another thread refilled meanwhile
+                key = None
+            elif key is not None:
+                current = self._keys.current_key(tenant)  # KeyNotFound, TenantErased: say so
+                if current.key_id == key.key_id and next(key.taken) < key.granted:
+                    key = key._replace(expires=self._expiry())
+                else:
+                    key = None  # rotated elsewhere or used up: drop the rest of the block
+            if key is None:
+                key = self._reserve(tenant)
+            with self._cache_lock:
+                if self._epoch == epoch:
+                    _remember(self._sealing, tenant, key)
+                    if self._ttl:
+                        _remember(self._opening, (tenant, key.record_prefix[2:]),
+                                  _OpenKey(key.expires, key.aead, key.kdk))
         return key
+
+    def _reserve(self, tenant: str) -> _SealKey:
+        """A new block of seals under the current key, one of them taken."""
+        grant = self._keys.reserve_seals(tenant)
+        key_id = grant.key.key_id
+        encoded = key_id.encode("ascii")
+        if not 0 < len(encoded) <= 255 or grant.seals < 1:
+            raise ValueError("key provider returned a malformed data key")
+        aead, kdk = _prepare(grant.key)
+        taken = itertools.count()
+        next(taken)  # the seal this reservation is for
+        return _SealKey(
+            self._expiry(), aead,
+            bytes((RECORD_VERSION, len(encoded))) + encoded,
+            bytes((_stream.BLOB_VERSION, len(encoded))) + encoded,
+            kdk, key_id, taken, grant.seals,
+        )
+
+    def _expiry(self) -> float:
+        # With no TTL the entry only keeps the block: every seal asks the provider first.
+        return _monotonic() + self._ttl if self._ttl else float("-inf")
 
     def _new_blob(self, context: Context) -> tuple[_stream.BlobHeader, AESGCM]:
         key = self._sealing_key(context)
@@ -233,34 +306,13 @@ class Envelope:
             for cached in [k for k in list(self._opening) if k[0] == tenant]:
                 self._opening.pop(cached, None)
 
-    def _load_sealing(self, tenant: str) -> _SealKey:
-        epoch = self._epoch
-        key_id, dek = self._keys.current_data_key(tenant)  # KeyNotFound: no key, say so
-        encoded = key_id.encode("ascii")
-        if not 0 < len(encoded) <= 255 or len(dek) != KEY_SIZE:
-            raise ValueError("key provider returned a malformed data key")
-        aead, kdk = _prepare(dek)
-        key = _SealKey(
-            _monotonic() + self._ttl, aead,
-            bytes((RECORD_VERSION, len(encoded))) + encoded,
-            bytes((_stream.BLOB_VERSION, len(encoded))) + encoded,
-            kdk,
-        )
-        with self._cache_lock:
-            if self._epoch == epoch and self._ttl:
-                _remember(self._sealing, tenant, key)
-                _remember(self._opening, (tenant, encoded), _OpenKey(key.expires, aead, kdk))
-        return key
-
     def _load_opening(self, tenant: str, key_id: bytes) -> _OpenKey:
         epoch = self._epoch
         try:
-            dek = self._keys.data_key(tenant, key_id.decode("ascii"))
-        except (KeyNotFound, UnicodeDecodeError):
+            data_key = self._keys.key_by_id(tenant, key_id.decode("ascii"))
+            aead, kdk = _prepare(data_key)
+        except (KeyNotFound, UnicodeDecodeError, ValueError):
             raise DecryptionError() from None
-        if len(dek) != KEY_SIZE:
-            raise DecryptionError()
-        aead, kdk = _prepare(dek)
         key = _OpenKey(_monotonic() + self._ttl, aead, kdk)
         with self._cache_lock:
             if self._epoch == epoch and self._ttl:
@@ -285,14 +337,27 @@ def _remember(cache: dict[_K, _V], name: _K, key: _V) -> None:
     cache[name] = key
 
 
-def _prepare(dek: bytes) -> tuple[AESGCM, hmac.HMAC]:
-    """The cached forms of a data key. The raw bytes are not kept (Python cannot wipe them,
-    but nothing here holds on to them)."""
-    return AESGCM(dek), hmac.new(dek, digestmod=hashlib.sha256)
+def _prepare(key: DataKey) -> tuple[AESGCM, hmac.HMAC]:
+    """The cached forms of a data key: the record AEAD and the blob key-derivation key. The raw
+    bytes are not kept (Python cannot wipe them, but nothing here holds on to them)."""
+    dek = key.material
+    if len(dek) != KEY_SIZE:
+        raise ValueError("key provider returned a malformed data key")
+    if key.scheme == SCHEME_HKDF:
+        return AESGCM(_subkey(dek, _RECORD_KEY_INFO)), hmac.new(
+            _subkey(dek, _BLOB_KDK_INFO), digestmod=hashlib.sha256)
+    if key.scheme == SCHEME_DIRECT:
+        return AESGCM(dek), hmac.new(dek, digestmod=hashlib.sha256)
+    raise ValueError(f"data key {key.key_id} has an unknown scheme")
+
+
+def _subkey(dek: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=None, info=info).derive(dek)
 
 
 def _derive(kdk: hmac.HMAC, header: _stream.BlobHeader, context: Context) -> AESGCM:
-    """The blob's own key: HMAC-SHA256(DEK, label | header | context), see `_stream`."""
+    """The blob's own key: HMAC-SHA256(KDK, label | header | context), see `_stream` (the KDK
+    is the data key itself for scheme 1, its HKDF subkey for scheme 2)."""
     mac = kdk.copy()
     mac.update(_stream.BLOB_LABEL)
     mac.update(header.raw)

@@ -5,7 +5,23 @@ The contract (`KeyProvider`) is shaped like a cloud KMS so one can be plugged in
 - a data key is 32 random bytes, generated once per tenant and stored only *wrapped*;
 - wrapping is bound to a context, `{"region", "tenant", "key_id"}` (KMS: the EncryptionContext
   of GenerateDataKey / Decrypt), so a wrapped key moved to another tenant or region is useless;
-- a provider stores per data key: key id, tenant, wrapped bytes, and which KEK wrapped it.
+- a provider stores per data key: key id, tenant, version, wrapped bytes, which KEK wrapped
+  it, its derivation scheme and how many seals have been reserved under it.
+
+Data keys (see docs/KEYS.md):
+- versions: a tenant's highest version is its current (sealing) key; older versions stay
+  readable by key id. `rotate_data_key(tenant)` / `rotate_data_keys()` add a version;
+- counting: `reserve_seals(tenant)` hands out a block of seals (default 65,536) of the current
+  key in ONE UPDATE; an `Envelope` counts the block down in memory. A block never takes a key
+  past `seal_limit` (default 2**30): the reservation that would rotates the tenant first, so no
+  key seals more than `seal_limit` records/blobs in all processes together (the count is an
+  upper bound: a block a process did not use up is lost when it exits);
+- schemes: scheme 1 (keys made before schemes existed) uses the data key itself as the
+  AES-GCM key and the blob-key HMAC key; scheme 2 (every new key) derives the two with HKDF
+  (`Envelope`). The scheme is stored per key, so old ciphertexts still open;
+- tombstones: `destroy_tenant` records (tenant, destroyed_at) in the same transaction that
+  deletes the keys, and no key is ever made for that tenant again (`TenantErased`), whichever
+  process asks.
 
 `LocalKeyProvider` is the embedded implementation: the KEK is a 32-byte file, and the wrapped
 data keys live in a SQLite keystore *beside the key file* (`<kek_path>.keystore.db`), apart
@@ -21,10 +37,16 @@ next settles a crash: kek id committed == `.next` means step 3 is finished; othe
 `.next` file wrapped nothing and is removed. Other processes notice a rotation because a row's
 kek id no longer matches the KEK they hold in memory, and reload the key file.
 
-Shredding and backups: `destroy_tenant` removes the wrapped keys from the keystore file itself
-(secure_delete, no journal left behind). A copy of the keystore taken *before* an erasure still
-holds them, wrapped under the KEK of that time: rotating the KEK after an erasure, and keeping
-no copy of the old key file, makes such copies useless too.
+Shredding and backups: `destroy_tenant` removes the wrapped keys from the keystore file itself:
+secure_delete zeroes freed bytes, the rollback journal is truncated at each commit
+(journal_mode TRUNCATE), and a keystore someone switched to WAL is checkpointed and its -wal
+truncated (or switched back) before `destroy_tenant` returns.
+
+A copy of the keystore taken *before* an erasure still holds them, wrapped under the KEK of
+that time: rotating the KEK after an erasure, and keeping no copy of the old key file, makes
+such copies useless too.
+
+Key files: a KEK file readable or writable by group or others is refused (`chmod 600`).
 """
 
 from __future__ import annotations
@@ -38,16 +60,32 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ._errors import KeyFileError, KeyNotFound
+from ._errors import KeyFileError, KeyNotFound, TenantErased
 
-__all__ = ["KeyProvider", "LocalKeyProvider", "keystore_path", "write_new_kek"]
+__all__ = [
+    "SCHEME_DIRECT",
+    "SCHEME_HKDF",
+    "DataKey",
+    "KeyProvider",
+    "KeyVersion",
+    "LocalKeyProvider",
+    "SealGrant",
+    "keystore_path",
+    "write_new_kek",
+]
+
+SCHEME_DIRECT = 1  # the data key is the record key and the blob key-derivation key (legacy)
+SCHEME_HKDF = 2  # both derived from the data key with HKDF-SHA256, distinct labels
+SEAL_LIMIT = 1 << 30  # seals per data key: far below the 2**32 random-nonce bound
+SEAL_BLOCK = 1 << 16  # seals reserved per keystore write
 
 KEY_SIZE = 32
 _NONCE = 12
@@ -65,9 +103,48 @@ _SCHEMA = (
     kek_id     TEXT NOT NULL,       -- which KEK wrapped it (visible across rotations)
     wrapped    BLOB NOT NULL,       -- nonce(12) || AES-256-GCM(KEK, DEK, wrap context)
     created_at TEXT NOT NULL,
+    scheme     INTEGER NOT NULL DEFAULT 1,  -- 1: DEK used directly; 2: HKDF subkeys
+    seals_reserved INTEGER NOT NULL DEFAULT 0,  -- seals handed out in blocks, upper bound
     UNIQUE (tenant, version)
 )""",
+    """CREATE TABLE IF NOT EXISTS tombstones (
+    tenant       TEXT PRIMARY KEY,  -- erased: no data key is ever made for it again
+    destroyed_at TEXT NOT NULL
+)""",
 )
+# Columns added after keystores existed: (name, definition) for ALTER TABLE on open. Rows that
+# predate them get the defaults, i.e. scheme 1, nothing counted.
+_ADDED_COLUMNS = (
+    ("scheme", "INTEGER NOT NULL DEFAULT 1"),
+    ("seals_reserved", "INTEGER NOT NULL DEFAULT 0"),
+)
+
+
+
+@dataclass(frozen=True, slots=True)
+class DataKey:
+    """One unwrapped data key: its id, 32 raw bytes (never in the repr) and scheme."""
+
+    key_id: str
+    material: bytes = field(repr=False)
+    scheme: int
+
+
+class SealGrant(NamedTuple):
+    """`seals` seals reserved under `key`, the tenant's current data key."""
+
+    key: DataKey
+    seals: int
+
+
+class KeyVersion(NamedTuple):
+    """What is public about one data key (no key material)."""
+
+    key_id: str
+    version: int
+    scheme: int
+    seals_reserved: int
+    created_at: str
 
 
 class KeyProvider(abc.ABC):
@@ -80,16 +157,47 @@ class KeyProvider(abc.ABC):
         """Create the tenant's data key if it has none (idempotent); return the current key id."""
 
     @abc.abstractmethod
-    def current_data_key(self, tenant: str) -> tuple[str, bytes]:
-        """The key id and 32 raw bytes of the tenant's current data key, else `KeyNotFound`."""
+    def current_key(self, tenant: str) -> DataKey:
+        """The tenant's current data key, else `KeyNotFound` (`TenantErased` if erased)."""
 
     @abc.abstractmethod
-    def data_key(self, tenant: str, key_id: str) -> bytes:
-        """The raw bytes of one of the tenant's data keys, else `KeyNotFound`."""
+    def key_by_id(self, tenant: str, key_id: str) -> DataKey:
+        """One of the tenant's data keys, current or older, else `KeyNotFound`."""
+
+    @abc.abstractmethod
+    def reserve_seals(self, tenant: str) -> SealGrant:
+        """Reserve a block of seals under the tenant's current key, rotating it first if the
+        block would take it past its limit. `KeyNotFound`/`TenantErased` if it has no key."""
+
+    @abc.abstractmethod
+    def rotate_data_key(self, tenant: str) -> str:
+        """Make a new current data key for the tenant (older ones stay readable); its id."""
+
+    @abc.abstractmethod
+    def rotate_data_keys(self) -> int:
+        """`rotate_data_key` for every tenant with a key, at once; return how many."""
+
+    @abc.abstractmethod
+    def key_versions(self, tenant: str) -> list[KeyVersion]:
+        """The tenant's data keys, oldest first (ids, versions, schemes, seal counts)."""
+
+    @abc.abstractmethod
+    def erased_at(self, tenant: str) -> str | None:
+        """When the tenant's keys were destroyed (ISO 8601), if they were."""
 
     @abc.abstractmethod
     def destroy_tenant(self, tenant: str) -> int:
-        """Destroy every data key of the tenant (crypto-shredding); return how many."""
+        """Destroy every data key of the tenant (crypto-shredding) and record a tombstone so
+        none is made again; return how many keys."""
+
+    def current_data_key(self, tenant: str) -> tuple[str, bytes]:
+        """The key id and 32 raw bytes of the tenant's current data key, else `KeyNotFound`."""
+        key = self.current_key(tenant)
+        return key.key_id, key.material
+
+    def data_key(self, tenant: str, key_id: str) -> bytes:
+        """The raw bytes of one of the tenant's data keys, else `KeyNotFound`."""
+        return self.key_by_id(tenant, key_id).material
 
     @abc.abstractmethod
     def rotate_kek(self, new_kek: bytes | None = None) -> int:
@@ -128,12 +236,19 @@ def write_new_kek(path: Path) -> None:
 class LocalKeyProvider(KeyProvider):
     """A KEK file plus a SQLite keystore of wrapped data keys beside it."""
 
-    def __init__(self, region: str, kek_path: Path) -> None:
+    def __init__(
+        self, region: str, kek_path: Path, *, seal_limit: int = SEAL_LIMIT,
+        seal_block: int = SEAL_BLOCK,
+    ) -> None:
         if not isinstance(region, str) or not region:
             raise ValueError("region must be a non-empty string")
+        if not 0 < seal_limit <= SEAL_LIMIT or seal_block <= 0:
+            raise ValueError(f"seal_limit must be in 1..{SEAL_LIMIT}, seal_block positive")
         self.region = region
         self.kek_path = Path(kek_path)
         self.keystore_path = keystore_path(self.kek_path)
+        self.seal_limit = seal_limit
+        self.seal_block = min(seal_block, seal_limit)
         self._next_path = self.kek_path.with_name(self.kek_path.name + ".next")
         self._lock = threading.RLock()
         self._pid = os.getpid()
@@ -151,54 +266,94 @@ class LocalKeyProvider(KeyProvider):
 
     def create_data_key(self, tenant: str) -> str:
         _check_tenant(tenant)
-        for _ in range(3):  # a retry only on a (2**-64) key id collision
-            with self._write() as db:
-                if self._committed_kek_id(db) != self._kek_id:
-                    self._settle_kek(db)  # another process rotated the KEK
-                key_id = secrets.token_hex(8)
-                dek = secrets.token_bytes(KEY_SIZE)
-                # INSERT OR IGNORE on (tenant, version 1): racing processes all end up with
-                # whichever key was inserted first.
-                db.execute(
-                    "INSERT OR IGNORE INTO data_keys"
-                    " (key_id, tenant, version, kek_id, wrapped, created_at)"
-                    " VALUES (?, ?, 1, ?, ?, ?)",
-                    (key_id, tenant, self._kek_id, self._wrap(dek, tenant, key_id), _now()),
-                )
-                row = db.execute(
-                    "SELECT key_id FROM data_keys WHERE tenant = ? ORDER BY version DESC LIMIT 1",
-                    (tenant,),
-                ).fetchone()
+        with self._write() as db:
+            self._check_kek(db)
+            row = db.execute(
+                "SELECT key_id FROM data_keys WHERE tenant = ? ORDER BY version DESC LIMIT 1",
+                (tenant,),
+            ).fetchone()
             if row is not None:
                 return str(row[0])
-        raise RuntimeError("could not allocate a unique data key id")  # pragma: no cover
+            self._refuse_erased(db, tenant)  # G9: a shredded tenant stays shredded
+            return self._insert_key(db, tenant, 1)
 
-    def current_data_key(self, tenant: str) -> tuple[str, bytes]:
+    def current_key(self, tenant: str) -> DataKey:
         found = self._unwrap_row(
-            "SELECT key_id, kek_id, wrapped FROM data_keys WHERE tenant = ?"
+            "SELECT key_id, kek_id, wrapped, scheme FROM data_keys WHERE tenant = ?"
             " ORDER BY version DESC LIMIT 1",
             (tenant,), tenant,
         )
         if found is None:
-            raise KeyNotFound(f"tenant {tenant!r} has no data key in region {self.region!r}")
+            raise self._missing(tenant)
         return found
 
-    def data_key(self, tenant: str, key_id: str) -> bytes:
+    def key_by_id(self, tenant: str, key_id: str) -> DataKey:
         found = self._unwrap_row(
-            "SELECT key_id, kek_id, wrapped FROM data_keys WHERE tenant = ? AND key_id = ?",
+            "SELECT key_id, kek_id, wrapped, scheme FROM data_keys"
+            " WHERE tenant = ? AND key_id = ?",
             (tenant, key_id), tenant,
         )
         if found is None:
             raise KeyNotFound(
                 f"tenant {tenant!r} has no data key {key_id!r} in region {self.region!r}"
             )
-        return found[1]
+        return found
+
+    def reserve_seals(self, tenant: str) -> SealGrant:
+        with self._write() as db:
+            self._check_kek(db)
+            row = self._current_row(db, tenant)
+            key_id, version, reserved = str(row[0]), int(row[4]), int(row[5])
+            granted = min(self.seal_block, self.seal_limit - reserved)
+            if granted <= 0:  # the key reached its limit: it never seals again, rotate
+                key_id = self._insert_key(db, tenant, version + 1)
+                row = self._current_row(db, tenant)
+                granted = self.seal_block
+            db.execute(
+                "UPDATE data_keys SET seals_reserved = seals_reserved + ? WHERE key_id = ?",
+                (granted, key_id),
+            )
+            key = self._unwrap_key(row, tenant)
+        return SealGrant(key, granted)
+
+    def rotate_data_key(self, tenant: str) -> str:
+        with self._write() as db:
+            self._check_kek(db)
+            version = int(self._current_row(db, tenant)[4])
+            return self._insert_key(db, tenant, version + 1)
+
+    def rotate_data_keys(self) -> int:
+        with self._write() as db:
+            self._check_kek(db)
+            rows = db.execute(
+                "SELECT tenant, MAX(version) FROM data_keys GROUP BY tenant ORDER BY tenant"
+            ).fetchall()
+            for tenant, version in rows:
+                self._insert_key(db, str(tenant), int(version) + 1)
+        return len(rows)
+
+    def key_versions(self, tenant: str) -> list[KeyVersion]:
+        with self._lock:
+            rows = self._conn().execute(
+                "SELECT key_id, version, scheme, seals_reserved, created_at FROM data_keys"
+                " WHERE tenant = ? ORDER BY version", (tenant,),
+            ).fetchall()
+        return [KeyVersion(str(r[0]), int(r[1]), int(r[2]), int(r[3]), str(r[4])) for r in rows]
+
+    def erased_at(self, tenant: str) -> str | None:
+        row = self._read_one("SELECT destroyed_at FROM tombstones WHERE tenant = ?", (tenant,))
+        return None if row is None else str(row[0])
 
     def destroy_tenant(self, tenant: str) -> int:
+        _check_tenant(tenant)
         with self._write() as db:
             destroyed = db.execute("DELETE FROM data_keys WHERE tenant = ?", (tenant,)).rowcount
+            db.execute(
+                "INSERT OR IGNORE INTO tombstones (tenant, destroyed_at) VALUES (?, ?)",
+                (tenant, _now()),
+            )
         # secure_delete zeroed the rows in the database file and the rollback journal is
-        # unlinked at commit. If the keystore is in WAL mode (someone switched it), old page
+        # truncated at commit. If the keystore is in WAL mode (someone switched it), old page
         # images may still sit in the -wal file: copy the zeroed pages back, truncate it.
         for attempt in range(5):
             with self._lock:
@@ -210,6 +365,54 @@ class LocalKeyProvider(KeyProvider):
             f"the data keys of tenant {tenant!r} are destroyed, but {self.keystore_path}-wal"
             " could not be truncated (readers busy): call destroy_tenant again"
         )
+
+    # -- data key rows (inside a write transaction) -------------------------------------------
+
+    def _check_kek(self, db: sqlite3.Connection) -> None:
+        if self._committed_kek_id(db) != self._kek_id:
+            self._settle_kek(db)  # another process rotated the KEK
+
+    def _insert_key(self, db: sqlite3.Connection, tenant: str, version: int) -> str:
+        key_id = secrets.token_hex(8)  # a 2**-64 collision fails the transaction: retryable
+        dek = secrets.token_bytes(KEY_SIZE)
+        db.execute(
+            "INSERT INTO data_keys"
+            " (key_id, tenant, version, kek_id, wrapped, created_at, scheme, seals_reserved)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+            (key_id, tenant, version, self._kek_id, self._wrap(dek, tenant, key_id), _now(),
+             SCHEME_HKDF),
+        )
+        return key_id
+
+    def _current_row(self, db: sqlite3.Connection, tenant: str) -> tuple[Any, ...]:
+        row: tuple[Any, ...] | None = db.execute(
+            "SELECT key_id, kek_id, wrapped, scheme, version, seals_reserved FROM data_keys"
+            " WHERE tenant = ?"
+            " ORDER BY version DESC LIMIT 1", (tenant,),
+        ).fetchone()
+        if row is None:
+            self._refuse_erased(db, tenant)
+            raise KeyNotFound(f"tenant {tenant!r} has no data key in region {self.region!r}")
+        return row
+
+    def _unwrap_key(self, row: tuple[Any, ...], tenant: str) -> DataKey:
+        """The `DataKey` of a row starting with (key_id, kek_id, wrapped, scheme); the KEK is
+        settled already (inside a write transaction: no reload)."""
+        key_id, row_kek_id, wrapped, scheme = row[:4]
+        dek = self._unwrap(wrapped, row_kek_id, tenant, key_id, reload=False)
+        return DataKey(str(key_id), dek, int(scheme))
+
+    def _refuse_erased(self, db: sqlite3.Connection, tenant: str) -> None:
+        row = db.execute("SELECT destroyed_at FROM tombstones WHERE tenant = ?",
+                         (tenant,)).fetchone()
+        if row is not None:
+            raise _erased(tenant, self.region, str(row[0]))
+
+    def _missing(self, tenant: str) -> KeyNotFound:
+        erased = self.erased_at(tenant)
+        if erased is not None:
+            return _erased(tenant, self.region, erased)
+        return KeyNotFound(f"tenant {tenant!r} has no data key in region {self.region!r}")
 
     def rotate_kek(self, new_kek: bytes | None = None) -> int:
         new = secrets.token_bytes(KEY_SIZE) if new_kek is None else bytes(new_kek)
@@ -262,15 +465,16 @@ class LocalKeyProvider(KeyProvider):
 
     def _unwrap_row(
         self, sql: str, args: tuple[str, ...], tenant: str
-    ) -> tuple[str, bytes] | None:
-        """(key id, data key) of the row `sql` selects as (key_id, kek_id, wrapped)."""
+    ) -> DataKey | None:
+        """The data key of the row `sql` selects as (key_id, kek_id, wrapped, scheme)."""
         for attempt in range(2):
             row = self._read_one(sql, args)
             if row is None:
                 return None
-            key_id, row_kek_id, wrapped = row
+            key_id, row_kek_id, wrapped, scheme = row
             try:
-                return key_id, self._unwrap(wrapped, row_kek_id, tenant, key_id)
+                dek = self._unwrap(wrapped, row_kek_id, tenant, key_id)
+                return DataKey(str(key_id), dek, int(scheme))
             except KeyNotFound:
                 if attempt:
                     raise
@@ -342,12 +546,14 @@ class LocalKeyProvider(KeyProvider):
                 check_same_thread=False,
             )
             # secure_delete: deleted/overwritten key bytes are zeroed in the file, not left
-            # in free space. A rollback journal (not WAL) is unlinked at each commit, so old
-            # page images never linger in a side file.
+            # in free space. TRUNCATE: the rollback journal (holding the old page images of a
+            # transaction) is cut to zero bytes at each commit, never kept with content as
+            # PERSIST would; journal_size_limit 0 holds any other rollback mode to the same.
             db.execute("PRAGMA secure_delete = ON")
+            db.execute("PRAGMA journal_size_limit = 0")
             with contextlib.suppress(sqlite3.OperationalError):
                 # Fails only while others hold a WAL-mode file open; destroy copes with WAL.
-                db.execute("PRAGMA journal_mode = DELETE")
+                db.execute("PRAGMA journal_mode = TRUNCATE")
             db.execute("PRAGMA synchronous = FULL")
             self._db = db
         return self._db
@@ -374,6 +580,10 @@ class LocalKeyProvider(KeyProvider):
         # Statement by statement: executescript() would COMMIT our open transaction.
         for statement in _SCHEMA:
             db.execute(statement)
+        have = {str(r[1]) for r in db.execute("PRAGMA table_info(data_keys)")}
+        for name, definition in _ADDED_COLUMNS:
+            if name not in have:  # a keystore from before this column: its rows get the default
+                db.execute(f"ALTER TABLE data_keys ADD COLUMN {name} {definition}")
         db.execute(
             "INSERT OR IGNORE INTO keystore_meta (name, value) VALUES ('region', ?)",
             (self.region,),
@@ -401,6 +611,13 @@ def _check_tenant(tenant: str) -> None:
         raise ValueError("tenant must be a non-empty string")
 
 
+def _erased(tenant: str, region: str, destroyed_at: str) -> TenantErased:
+    return TenantErased(
+        f"tenant {tenant!r} was erased in region {region!r} at {destroyed_at}:"
+        " no data key is made for it again"
+    )
+
+
 def _wrap_aad(region: str, tenant: str, key_id: str) -> bytes:
     parts = [_WRAP_LABEL]
     for value in (region, tenant, key_id):
@@ -416,11 +633,18 @@ def _wrap_with(kek: AESGCM, dek: bytes, region: str, tenant: str, key_id: str) -
 
 def _read_kek(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as file:
+            loose = os.fstat(file.fileno()).st_mode & 0o077
+            data = file.read(KEY_SIZE + 1)
     except FileNotFoundError:
         raise KeyFileError(f"{path}: key file does not exist") from None
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot read key file ({exc.strerror})") from None
+    if loose:
+        raise KeyFileError(
+            f"{path}: key file is readable or writable by group or others"
+            f" (mode {loose:03o} beyond the owner): run `chmod 600 {path}`"
+        )
     if len(data) != KEY_SIZE:
         raise KeyFileError(
             f"{path}: a key file must hold exactly {KEY_SIZE} bytes, this one holds {len(data)}"
