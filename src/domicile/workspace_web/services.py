@@ -77,7 +77,10 @@ def profile(services: WorkspaceServices, member: MemberGrant) -> dict[str, Any]:
         "workspace": {
             "id": workspace.id, "name": workspace.name, "region": workspace.region,
             "region_name": region.display_name, "retention_days": workspace.retention_days,
-            "statement": (f"Your content is stored in {region.display_name}, encrypted; it "
-                          "is never used for training."),
+            "training_opt_in": member.training_opt_in,
+            "statement": (f"Your content is stored in {region.display_name}, encrypted; "
+                          + ("your organisation has opted in to using what is written from "
+                             "now on for training." if member.training_opt_in
+                             else "it is never used for training.")),
         },
     }
