@@ -116,7 +116,8 @@ def key_id_of(sealed: bytes | memoryview) -> str:
 
 @dataclass(slots=True)
 class ClassHoldings:
-    """One data class of a tenant in a region. `records`: rows; `blobs`: blob files;
+    """One data class of a tenant in a region. `records`: rows; `blobs`: blobs (each a row
+    and its file);
     `bytes`: sealed column bytes plus blob content bytes (None: not content, not counted)."""
 
     data_class: str
@@ -291,7 +292,8 @@ def _holdings(store: RegionalStore, tenant_ids: list[str]) -> dict[str, dict[str
             for row in conn.execute(_header_query(table, tenant_ids)):
                 tenant_id, kind = row[0], row[1]
                 entry = holding(tenant_id, table.data_class_of(kind))
-                entry.records += 1
+                if not table.blob:  # a blob's row is counted as its blob
+                    entry.records += 1
                 for at in range(len(table.sealed)):
                     header, size = row[3 + 2 * at], row[4 + 2 * at]
                     entry.bytes = (entry.bytes or 0) + int(size or 0)
