@@ -145,6 +145,10 @@ class ServerSettings(_Frozen):
     keepalive_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
     # Open connections per region (per worker); past it a new one is answered 503 and closed.
     max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    # The certificate (chain, PEM) and its key every region serves TLS with, relative to
+    # data_dir; both or neither (`--tls-cert/--tls-key` take precedence).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
 
 class WorkspaceSettings(_Frozen):
@@ -288,12 +292,28 @@ def parse_settings(
     if not isinstance(server_raw, Mapping):
         raise ConfigError("server", "must be a table")
     server = _validate(ServerSettings, dict(server_raw), "server")
+    server = _resolve_server_tls(server, data_dir, check_files=check_files)
     workspace_raw = raw.get("workspace", {})
     if not isinstance(workspace_raw, Mapping):
         raise ConfigError("workspace", "must be a table")
     workspace = _validate(WorkspaceSettings, dict(workspace_raw), "workspace")
     return Settings(config_path=config_path.resolve(), data_dir=data_dir, directory=directory,
                     regions=regions, server=server, workspace=workspace)
+
+
+def _resolve_server_tls(server: ServerSettings, data_dir: Path, *,
+                        check_files: bool) -> ServerSettings:
+    if server.tls_cert is None and server.tls_key is None:
+        return server
+    if server.tls_cert is None or server.tls_key is None:
+        missing = "tls_cert" if server.tls_cert is None else "tls_key"
+        raise ConfigError(f"server.{missing}", "tls_cert and tls_key go together")
+    cert, key = data_dir / server.tls_cert, data_dir / server.tls_key
+    if check_files:
+        for field, path, what in (("tls_cert", cert, "certificate"), ("tls_key", key, "key")):
+            if not path.is_file():
+                raise ConfigError(f"server.{field}", f"TLS {what} file {path} does not exist")
+    return server.model_copy(update={"tls_cert": cert, "tls_key": key})
 
 
 def _resolve_region(

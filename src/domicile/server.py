@@ -29,13 +29,22 @@ from typing import Any
 
 import uvicorn
 
-from domicile.config import RegionSettings, Settings
-from domicile.errors import ConfigError, StoreUnavailable
+from domicile.config import RegionSettings, Settings, is_loopback_host
+from domicile.errors import ConfigError, InvalidInput, StoreUnavailable
 from domicile.failures import describe
 from domicile.http_server import protocol_for
 from domicile.site import Site
 
-__all__ = ["TlsFiles", "build_region_app", "prepare_regions", "serve"]
+__all__ = [
+    "TLS12_CIPHERS",
+    "TlsFiles",
+    "build_region_app",
+    "check_plain_http",
+    "prepare_regions",
+    "serve",
+    "tls_context",
+    "tls_files",
+]
 
 log = logging.getLogger("domicile.server")
 
@@ -46,12 +55,55 @@ class TlsFiles:
     key: Path
 
 
+# TLS 1.2 suites: forward secret (ECDHE) and authenticated encryption (AES-GCM, ChaCha20-
+# Poly1305) only. TLS 1.3's suites are all of that kind and are not touched by this string.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
+
+
 def tls_context(tls: TlsFiles) -> ssl.SSLContext:
-    """G6: the server refuses TLS below 1.2."""
+    """G6: the one server context every region serves with: TLS 1.2 or later, strong suites,
+    no compression, no renegotiation. Python's own defaults are not relied upon."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(tls.cert, tls.key)
+    context.set_ciphers(TLS12_CIPHERS)
+    context.options |= (ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+                        | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_SINGLE_ECDH_USE)
+    try:
+        context.load_cert_chain(tls.cert, tls.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise InvalidInput(f"the TLS certificate {tls.cert} and key {tls.key} cannot be "
+                           f"used: {exc.strerror or exc}", param="tls_cert") from None
     return context
+
+
+def tls_files(settings: Settings, cert: Path | None = None,
+              key: Path | None = None) -> TlsFiles | None:
+    """The certificate to serve: `--tls-cert/--tls-key` if given, else `[server]`'s."""
+    if (cert is None) != (key is None):
+        raise InvalidInput("--tls-cert and --tls-key go together", param="tls_cert")
+    if cert is not None and key is not None:
+        return TlsFiles(cert, key)
+    if settings.server.tls_cert is not None and settings.server.tls_key is not None:
+        return TlsFiles(settings.server.tls_cert, settings.server.tls_key)
+    return None
+
+
+def check_plain_http(settings: Settings, regions: Sequence[str], *, tls: TlsFiles | None,
+                     insecure_http: bool) -> None:
+    """G6: plain HTTP only on loopback addresses, unless the operator says `--insecure-http`
+    (TLS ends at a proxy in front, say). Raises `ConfigError` naming the first region that
+    would listen elsewhere without a certificate."""
+    if tls is not None or insecure_http:
+        return
+    for name in regions:
+        region = settings.region(name)
+        if not is_loopback_host(region.host):
+            raise ConfigError(
+                f"regions.{name}.listen",
+                f"region {name} would serve plain HTTP on the non-loopback address "
+                f"{region.listen} (G6); give it a certificate with --tls-cert/--tls-key or "
+                "[server] tls_cert/tls_key in the config, or pass --insecure-http to serve "
+                "without TLS")
 
 
 def build_region_app(site: Site, region: str, *, secure: bool = False) -> Any:
@@ -92,10 +144,12 @@ def _bind(region: RegionSettings) -> socket.socket:
 
 
 def serve(settings: Settings, regions: Sequence[str] = (), *, workers: int = 1,
-          tls: TlsFiles | None = None, log_level: str = "warning") -> None:
+          tls: TlsFiles | None = None, insecure_http: bool = False,
+          log_level: str = "warning") -> None:
     names = list(regions) or list(settings.regions)
     for name in names:
         settings.region(name)
+    check_plain_http(settings, names, tls=tls, insecure_http=insecure_http)
     if tls is not None:
         tls_context(tls)  # fail at start, with the file named, not in a worker
     sockets = {name: _bind(settings.regions[name]) for name in prepare_regions(settings, names)}
@@ -170,6 +224,7 @@ def _run_worker(settings: Settings, sockets: dict[str, socket.socket], tls: TlsF
 async def _serve_regions(settings: Settings, sockets: dict[str, socket.socket],
                          tls: TlsFiles | None, log_level: str) -> None:
     site = Site(settings)
+    context = tls_context(tls) if tls is not None else None
     servers = []
     for name, sock in sockets.items():
         config = uvicorn.Config(
@@ -178,12 +233,12 @@ async def _serve_regions(settings: Settings, sockets: dict[str, socket.socket],
             # The gateway speaks no WebSocket: an upgrade request is plain HTTP to it.
             http=protocol_for(name, settings.server), ws="none", loop="none", lifespan="on",
             server_header=False, date_header=False, proxy_headers=False,
-            ssl_certfile=str(tls.cert) if tls else None,
-            ssl_keyfile=str(tls.key) if tls else None,
         )
         config.load()
-        if config.ssl is not None:
-            config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2  # G6
+        # uvicorn builds its own context from `ssl_*` files (Python's defaults, plus whatever
+        # it sets); the served context is Domicile's, set after `load()`, which would
+        # otherwise reset it. `Server.startup` hands `config.ssl` to `create_server`.
+        config.ssl = context
         servers.append((_RegionServer(config), sock))
     print(
         "serving "

@@ -42,14 +42,27 @@ log = logging.getLogger("domicile.site")
 DEFAULT_SITE_DIR = Path(".domicile")
 CONFIG_NAME = "domicile.toml"
 INIT_REGIONS = (("eu", "European Union"), ("us", "United States"))
+DEV_TLS_DIR = "tls"  # `init --dev-tls` writes its CA, certificate and key here
 
 
-def render_config(port_base: int) -> str:
-    """The config `init` writes: the embedded default, two regions, no outside services."""
+def render_config(port_base: int, *, dev_tls: bool = False) -> str:
+    """The config `init` writes: the embedded default, two regions, no outside services.
+    `dev_tls`: served over TLS with the certificate `init --dev-tls` makes (docs/TLS.md)."""
+    scheme = "https" if dev_tls else "http"
     lines = [
         "# Domicile site configuration. Format: docs/CONFIGURATION.md",
         'data_dir = "."',
         "",
+    ]
+    if dev_tls:
+        lines += [
+            "# A development certificate signed by tls/ca.pem (docs/TLS.md).",
+            "[server]",
+            f'tls_cert = "{DEV_TLS_DIR}/server.pem"',
+            f'tls_key = "{DEV_TLS_DIR}/server.key"',
+            "",
+        ]
+    lines += [
         "[directory]",
         'database_url = "sqlite:///directory.db"',
         'secret_file = "directory.key"',
@@ -61,7 +74,7 @@ def render_config(port_base: int) -> str:
             f"[regions.{name}]",
             f'display_name = "{display}"',
             f'listen = "127.0.0.1:{port}"',
-            f'public_url = "http://127.0.0.1:{port}"',
+            f'public_url = "{scheme}://127.0.0.1:{port}"',
             f'database_url = "sqlite:///{name}/store.db"',
             f'blob_url = "file://{name}/blobs"',
             f'key_provider = {{ kind = "local", path = "{name}/kek.key" }}',
@@ -82,7 +95,7 @@ def render_config(port_base: int) -> str:
 
 
 def init_site(directory: Path = DEFAULT_SITE_DIR, *, port_base: int = 8400,
-              force: bool = False) -> Settings:
+              force: bool = False, dev_tls: bool = False) -> Settings:
     if not 1 <= port_base <= 65534:
         raise InvalidInput("--port-base must be a port from 1 to 65534", param="port_base")
     config_path = directory / CONFIG_NAME
@@ -93,7 +106,11 @@ def init_site(directory: Path = DEFAULT_SITE_DIR, *, port_base: int = 8400,
     fresh = not directory.exists()
     try:
         make_private_dirs(directory)
-        _write_atomically(config_path, render_config(port_base))
+        if dev_tls:  # before the config names them; an existing key is kept
+            from domicile.web.devtls import write_dev_tls
+
+            write_dev_tls(directory / DEV_TLS_DIR)
+        _write_atomically(config_path, render_config(port_base, dev_tls=dev_tls))
         settings = load_settings(config_path, check_files=False)
         for region in settings.regions.values():
             if not region.key_provider.path.exists():  # never overwrite a key

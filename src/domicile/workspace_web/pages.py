@@ -107,7 +107,7 @@ def _page_headers(secure: bool) -> dict[str, str]:
         "cache-control": "no-store",
     }
     if secure:
-        headers["strict-transport-security"] = "max-age=31536000"
+        headers["strict-transport-security"] = "max-age=63072000; includeSubDomains"
     return headers
 
 
