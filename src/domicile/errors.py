@@ -40,6 +40,7 @@ __all__ = [
     "ServerBusy",
     "StorageError",
     "StoreUnavailable",
+    "TenantDataErased",
     "TokenRateLimited",
     "UnsupportedFile",
     "UpstreamError",
@@ -163,6 +164,15 @@ class RegionImmutable(InvalidInput):
     """G1: an attempt to change a tenant's region."""
 
     code = "region_immutable"
+
+
+class TenantDataErased(DomicileError):
+    """G9: a write for a tenant whose data was erased (crypto-shredded) in this region."""
+
+    status = 410
+    code = "tenant_erased"
+    type = "invalid_request_error"
+    exit_code = 2
 
 
 class CrossRegionWrite(DomicileError):

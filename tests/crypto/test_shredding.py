@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -176,3 +177,53 @@ def test_shredding_by_another_process_takes_effect_when_the_cache_expires(
         cached.open(sealed, ctx)
     with pytest.raises(KeyNotFound):
         cached.seal(b"y", ctx)
+
+
+def keystore_bytes(keys: LocalKeyProvider) -> dict[Path, bytes]:
+    return {path: path.read_bytes() for path in keystore_files(keys)}
+
+
+def assert_gone(files: dict[Path, bytes], secrets: list[bytes]) -> None:
+    assert files
+    for path, content in files.items():
+        for secret in secrets:
+            assert secret not in content, path
+            assert secret[12:28] not in content, path  # not even a piece of it
+
+
+@pytest.mark.parametrize("mode", ["rollback", "wal"])
+def test_every_version_of_a_shredded_key_is_gone_from_keystore_journal_and_wal(
+    keys: LocalKeyProvider, mode: str
+) -> None:
+    """Keys written, counted, rotated (several versions, many rewrites of their pages), then
+    shredded: neither the wrapped keys nor the data keys are in the keystore, its rollback
+    journal or its WAL, whichever journal mode someone left it in."""
+    keys.close()
+    provider = LocalKeyProvider("eu", keys.kek_path, seal_limit=8, seal_block=3)
+    reader = sqlite3.connect(keys.keystore_path)  # another process holding the file open
+    if mode == "wal":
+        reader.execute("PRAGMA journal_mode = WAL")  # switched while the provider runs
+    for n in range(30):
+        provider.create_data_key(f"ws_n{n}")  # neighbours on the same pages
+    provider.create_data_key("ws_a")
+    for _ in range(12):
+        provider.reserve_seals("ws_a")  # rewrites the row, and rotates every third time
+    provider.rotate_data_key("ws_a")
+    versions = provider.key_versions("ws_a")
+    assert len(versions) >= 4
+    secrets = [wrapped_key(provider, v.key_id) for v in versions]
+    secrets += [provider.key_by_id("ws_a", v.key_id).material for v in versions]
+    before = b"".join(keystore_bytes(provider).values())
+    assert secrets[0] in before  # the scan can see a wrapped key where it is
+
+    Envelope(provider).destroy_tenant_key("ws_a")
+
+    assert_gone(keystore_bytes(provider), secrets)
+    journal_mode = provider._conn().execute("PRAGMA journal_mode").fetchone()[0]
+    assert journal_mode == ("wal" if mode == "wal" else "truncate")
+    if mode == "rollback":
+        journal = provider.keystore_path.with_name(provider.keystore_path.name + "-journal")
+        assert not journal.exists() or journal.stat().st_size == 0
+    assert provider.tenants() == sorted(f"ws_n{n}" for n in range(30))
+    reader.close()
+    provider.close()

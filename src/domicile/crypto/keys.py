@@ -635,7 +635,7 @@ def _read_kek(path: Path) -> bytes:
     try:
         with open(path, "rb") as file:
             loose = os.fstat(file.fileno()).st_mode & 0o077
-            data = file.read(KEY_SIZE + 1)
+            data = file.read()
     except FileNotFoundError:
         raise KeyFileError(f"{path}: key file does not exist") from None
     except OSError as exc:

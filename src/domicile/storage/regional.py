@@ -18,8 +18,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from domicile.compliance.audit import AuditLog
-from domicile.crypto import Context, Envelope, KeyProvider
-from domicile.errors import CrossRegionWrite, StorageError
+from domicile.crypto import Context, Envelope, KeyProvider, TenantErased
+from domicile.errors import CrossRegionWrite, StorageError, TenantDataErased
 from domicile.failures import describe
 from domicile.storage.faults import is_full
 from domicile.storage.interfaces import (
@@ -84,10 +84,15 @@ class RegionalStore:
     def _sealing_context(self, tenant: TenantRef, kind: str, record_id: str) -> Context:
         """The context to write under. A pinned tenant's data key was made with the tenant
         (by the directory) and is never made again here, so a shredded tenant stays
-        shredded; a per-request-residency tenant gets its key in a region on first write."""
+        shredded; a per-request-residency tenant gets its key in a region on first write,
+        unless the keystore's tombstone says its data there was erased."""
         context = self._context(tenant, kind, record_id)
         if tenant.region == GLOBAL_REGION and tenant.id not in self._keyed_global_tenants:
-            self.envelope.create_tenant_key(tenant.id)  # idempotent
+            try:
+                self.envelope.create_tenant_key(tenant.id)  # idempotent
+            except TenantErased:
+                raise TenantDataErased("this tenant's data was erased in region"
+                                       f" {self.region}: nothing is stored for it") from None
             self._keyed_global_tenants.add(tenant.id)
         return context
 
