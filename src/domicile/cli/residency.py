@@ -86,13 +86,14 @@ def residency_verify(
                f"{result.records_per_second:,.0f} records/s, "
                f"{result.megabytes_per_second:,.1f} MB/s")
     if not result.ok:
+        count = len(result.violations)
+        violations = f"{count} violation{'' if count == 1 else 's'}"
         if not as_json:
             table = Table("region", "table", "row", "tenant", "problem",
-                          title=f"{len(result.violations)} violations", title_justify="left")
+                          title=violations, title_justify="left")
             for v in result.violations:
                 table.add_row(v.region, v.table, v.row or "", v.tenant or "", v.problem)
             stderr_console.print(table)
             stderr_console.print(summary, highlight=False)
-        raise Failure(f"residency verification found {len(result.violations)} violations",
-                      payload)
+        raise Failure(f"residency verification found {violations}", payload)
     emit(as_json, payload, f"residency verified: {summary}; no violations")
