@@ -138,3 +138,45 @@ def test_a_credential_in_a_provider_url_is_refused_without_echoing_it(tmp_path: 
         base_url='"https://user:hunter2secret@llm.example.com/v1"'))
     assert error.field == "regions.eu.providers[2].base_url"
     assert "hunter2secret" not in str(error)
+
+
+# -- [server] tls_cert / tls_key ----------------------------------------------------------
+
+TLS_FIELDS = '[server]\ntls_cert = "tls/server.pem"\ntls_key = "tls/server.key"\n'
+
+
+def with_tls_files(tmp_path: Path, *names: str) -> None:
+    (tmp_path / "tls").mkdir(exist_ok=True)
+    for name in names:
+        (tmp_path / "tls" / name).write_text("pem")
+
+
+def test_tls_files_resolve_against_data_dir(tmp_path: Path) -> None:
+    with_tls_files(tmp_path, "server.pem", "server.key")
+    settings = load_settings(write_site(tmp_path, render_config(8400) + TLS_FIELDS))
+    assert settings.server.tls_cert == tmp_path.resolve() / "tls" / "server.pem"
+    assert settings.server.tls_key == tmp_path.resolve() / "tls" / "server.key"
+    assert load_settings(write_site(tmp_path, render_config(8400))).server.tls_cert is None
+
+
+@pytest.mark.parametrize(("body", "present", "field", "says"), [
+    ('[server]\ntls_cert = "tls/server.pem"\n', ("server.pem",), "server.tls_key",
+     "go together"),
+    ('[server]\ntls_key = "tls/server.key"\n', ("server.key",), "server.tls_cert",
+     "go together"),
+    (TLS_FIELDS, ("server.key",), "server.tls_cert", "server.pem does not exist"),
+    (TLS_FIELDS, ("server.pem",), "server.tls_key", "server.key does not exist"),
+])
+def test_tls_fields_come_together_and_their_files_must_exist(
+        tmp_path: Path, body: str, present: tuple[str, ...], field: str, says: str) -> None:
+    with_tls_files(tmp_path, *present)
+    error = refused(tmp_path, render_config(8400) + body)
+    assert error.field == field and says in error.message
+
+
+def test_dev_tls_config_names_the_files_and_https_urls(tmp_path: Path) -> None:
+    with_tls_files(tmp_path, "server.pem", "server.key")
+    settings = load_settings(write_site(tmp_path, render_config(8400, dev_tls=True)))
+    assert settings.server.tls_key == tmp_path.resolve() / "tls" / "server.key"
+    assert {r.public_url for r in settings.regions.values()} == {
+        "https://127.0.0.1:8400", "https://127.0.0.1:8401"}
