@@ -8,6 +8,9 @@ import typer
 from rich.table import Table
 
 from domicile.cli._common import ConfigOption, JsonOption, command, emit, open_site
+from domicile.compliance.audit import Detail
+from domicile.crypto import KeyNotFound
+from domicile.errors import NotFound
 
 __all__ = ["register"]
 
@@ -40,3 +43,35 @@ def kek_rotate(
     for name, count in rotated.items():
         table.add_row(name, str(count))
     emit(as_json, {"rotated": rotated}, table)
+
+
+@keys_app.command("rotate-data")
+@command
+def data_key_rotate(
+    region: Annotated[str, typer.Option("--region", help="The region whose data keys rotate.")],
+    tenant: Annotated[str | None, typer.Option(
+        "--tenant", help="Only this tenant (a project or workspace id). Default: every tenant.")]
+    = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Give tenants a new current data key: new content is sealed under it, older content
+    stays readable under its own key. Audited in the region's chain (counts, no key material)."""
+    site = open_site(config)
+    store = site.store(site.settings.region(region).name)
+    if tenant is None:
+        rotated = store.keys.rotate_data_keys()
+        details: dict[str, Detail] = {"tenants_rotated": rotated}
+    else:
+        try:
+            store.keys.rotate_data_key(tenant)
+        except KeyNotFound:
+            raise NotFound(f"tenant {tenant} has no data key in region {store.region}") from None
+        rotated = 1
+        details = {"tenant": tenant, "tenants_rotated": rotated}
+    store.audit.append("cli", "data_key.rotate", store.region, details)
+    table = Table(title="Data keys rotated", title_justify="left")
+    table.add_column("region")
+    table.add_column("tenants with a new data key")
+    table.add_row(store.region, str(rotated))
+    emit(as_json, {"region": store.region, **details}, table)
