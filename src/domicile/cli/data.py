@@ -108,8 +108,7 @@ def erase(
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Erase an org, project or workspace for good (crypto-shredding, G9), or one member's
-    content in a workspace."""
+    """Erase an org, project or workspace (crypto-shredding, G9), or a member's content."""
     scope, scope_id = _scope(org=org, project=project, workspace=workspace)
     if member is not None and scope != "workspace":
         raise InvalidInput("--member goes with --workspace", param="member")
