@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from domicile.compliance.export import Exporter
+from domicile.compliance.export import Exporter, safe_name
 from domicile.config import WorkspaceSettings
 from domicile.errors import InvalidInput
 from domicile.site import Site
@@ -153,6 +153,9 @@ def test_an_org_export_holds_every_content_type_decrypted(tenancy: Tenancy,
     assert contents[upload["path"]] == tenancy.file_bytes
     assert upload["data_class"] == "files" and upload["media_type"] == "text/plain"
     assert upload["member"] == tenancy.alice.user_id
+    text = entry(manifest, id=ids["alice_file"], kind="ws-file-text")
+    assert text["path"] == f"{ws}/eu/file-texts/{ids['alice_file']}.txt"
+    assert tenancy.canary in contents[text["path"]].decode()
     # A GPT: instructions, model, knowledge file ids.
     gpt = json.loads(contents[entry(manifest, id=ids["alice_gpt"], data_class="gpts")["path"]])
     assert (gpt["instructions"], gpt["model"], gpt["file_ids"]) == (
@@ -170,6 +173,13 @@ def test_an_org_export_holds_every_content_type_decrypted(tenancy: Tenancy,
     assert summary.entries == len(manifest["entries"])
     assert summary.counts["conversations"] == 2 and summary.counts["gpts"] == 2
     assert summary.regions == ["eu", "us"]
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "..", "a\\b", "\x00\n", ""])
+def test_a_chosen_name_stays_one_path_segment(name: str) -> None:
+    cleaned = safe_name(name)
+    assert cleaned and "/" not in cleaned and "\\" not in cleaned
+    assert not cleaned.startswith(".") and cleaned.isprintable()
 
 
 def test_a_workspace_export_holds_only_that_workspace(tenancy: Tenancy, tmp_path: Path) -> None:

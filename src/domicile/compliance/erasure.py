@@ -327,9 +327,11 @@ def purge_journals(engine: Engine) -> None:
             _checkpoint(driver)
         else:
             driver.autocommit = True  # VACUUM cannot run in a transaction
-            with driver.cursor() as cursor:
-                cursor.execute("VACUUM")
-            driver.autocommit = False
+            try:
+                with driver.cursor() as cursor:
+                    cursor.execute("VACUUM")
+            finally:
+                driver.autocommit = False
     finally:
         raw.close()
 

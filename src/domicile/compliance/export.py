@@ -9,7 +9,7 @@ table the catalog knows is exported. Layout (docs/EXPORT-AND-ERASURE.md):
                                                 branch (parent ids kept)
     <tenant>/<region>/gpts/<id>.json            a GPT: instructions, model, knowledge file ids
     <tenant>/<region>/files/<id>/<name>         a workspace file's original bytes
-    <tenant>/<region>/files/<id>/text.txt       the text extracted from it (when there is one)
+    <tenant>/<region>/file-texts/<id>.txt       the text extracted from it (when there is one)
     <tenant>/<region>/gpt-indexes/<id>.json     a GPT's knowledge index (derived data)
     <tenant>/<region>/responses/<id>.json       a stored response (/v1/responses)
     <tenant>/<region>/api-files/<id>/<name>     a file uploaded through /v1/files
@@ -291,7 +291,7 @@ class Exporter:
                 continue
             base = f"{tenant.id}/{store.region}"
             if kind == "ws-file-text":
-                path = f"{base}/files/{safe_name(blob_id)}/text.txt"
+                path = f"{base}/file-texts/{safe_name(blob_id)}.txt"
             elif kind == "ws-gpt-index":
                 path = f"{base}/gpt-indexes/{safe_name(blob_id)}.json"
             else:
