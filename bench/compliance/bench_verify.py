@@ -121,8 +121,7 @@ def main() -> None:
                 raise SystemExit(f"the bench site does not verify: {result.violations[:3]}")
             runs.append(result)
         site.close()
-    # Rates per part: rows are timed with the blob bytes, so both are lower bounds.
-    summary = {
+        summary = {
         "records": runs[0].records, "blobs": runs[0].blobs, "blob_bytes": runs[0].blob_bytes,
         "seed_seconds": round(seeded, 1),
         "runs": [r.to_json() | {"violations": len(r.violations)} for r in runs],
@@ -139,14 +138,17 @@ def main() -> None:
         f"walked. Python {summary['python']}, {summary['cpus']} CPUs (shared). Seeding took "
         f"{seeded:.0f} s.",
         "",
-        "| run | seconds | records/s (whole run) | MB/s of blobs (whole run) |",
-        "|---|---:|---:|---:|",
+        "| run | seconds | of which blobs | records/s | MB/s of blobs |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name, run in zip(("cold", "warm"), runs, strict=True):
-        lines.append(f"| {name} | {run.seconds:.2f} | {run.records_per_second:,.0f} | "
-                     f"{run.megabytes_per_second:,.0f} |")
-    lines += ["", "Both rates divide the whole run's time (rows and blobs together), so each "
-              "is a lower bound on its own. Targets: 50,000 records/s, 200 MB/s.", ""]
+        lines.append(f"| {name} | {run.seconds:.2f} | {run.blob_seconds:.2f} | "
+                     f"{run.records_per_second:,.0f} | {run.megabytes_per_second:,.0f} |")
+    lines += ["", "records/s: records over the time not spent in blob files (which includes "
+              "reading the directory, the schema check and the audit chain's walk); MB/s: blob "
+              "bytes (10^6) over the time spent reading and opening blob files. Targets: "
+              "50,000 records/s, 200 MB/s. Cold: a fresh process's first run (keys unwrapped, "
+              "files from the page cache as the seeding left them).", ""]
     if not args.no_write:
         write_section("bench-verify", "\n".join(lines))
     print("\n".join(lines))
