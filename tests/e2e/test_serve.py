@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import ssl
 import subprocess
 from pathlib import Path
@@ -11,18 +12,10 @@ import openai
 import pytest
 import trustme
 
-from tests.e2e.harness import DOMICILE, Server, Site, init_site
+from tests.e2e.harness import DOMICILE, Server, Site, free_port_pair, init_site
+from tests.tls_clients import CBC_SUITE, connect, old_client, tls12_client
 
-
-def tls_1_1_client() -> ssl.SSLContext:
-    """A client that offers only TLS 1.0/1.1 (RECIPES.md: it does negotiate where allowed)."""
-    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    old.check_hostname = False
-    old.verify_mode = ssl.CERT_NONE
-    old.set_ciphers("DEFAULT:@SECLEVEL=0")
-    old.minimum_version = ssl.TLSVersion.TLSv1
-    old.maximum_version = ssl.TLSVersion.TLSv1_1
-    return old
+HSTS = "strict-transport-security"
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -53,14 +46,32 @@ def test_serve_only_the_named_region(tmp_path: Path) -> None:
         server.wait_ready(("us",))
         with pytest.raises(httpx.ConnectError):
             httpx.get(site.url("eu") + "/healthz", timeout=2)
+        page = httpx.get(site.url("us") + "/workspace/login")
+        assert page.status_code == 200 and HSTS not in page.headers  # plain HTTP: no HSTS
     finally:
         server.stop()
 
 
-def test_tls_server_refuses_tls_1_1_and_accepts_1_2(tmp_path: Path) -> None:
-    """G6: the real handshake, with a TLS 1.1 client that could succeed against a lax server."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
+def assert_only_strong_tls(port: int, ca_file: Path) -> None:
+    """G6 on a running server: TLS 1.0/1.1 and a CBC suite that Python's (and uvicorn's) own
+    defaults accept are refused, so what is served is Domicile's context; 1.2 with an AEAD
+    suite and 1.3 are spoken. The lax control is tests/test_tls.py. (uvloop's TLS closes a
+    refused handshake without an alert: the client sees EOF, an `SSLError` still.)"""
+    for version in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
+        with pytest.raises(ssl.SSLError):
+            connect(old_client(version), "127.0.0.1", port)
+    with pytest.raises(ssl.SSLError):
+        connect(tls12_client(CBC_SUITE), "127.0.0.1", port)
+    aead = connect(tls12_client("ECDHE-ECDSA-AES128-GCM-SHA256"), "127.0.0.1", port)
+    assert aead.version == "TLSv1.2"
+    verified = connect(ssl.create_default_context(cafile=str(ca_file)), "127.0.0.1", port,
+                       server_hostname="127.0.0.1")
+    assert verified.version == "TLSv1.3"
+
+
+def test_tls_from_flags_refuses_old_versions_and_weak_suites(tmp_path: Path) -> None:
+    ca = trustme.CA(key_type=trustme.KeyType.ECDSA)
+    cert = ca.issue_cert("127.0.0.1", key_type=trustme.KeyType.ECDSA)
     cert.private_key_and_cert_chain_pem.write_to_path(tmp_path / "server.pem")
     site = init_site(tmp_path / "site")
     server = Server(site, tmp_path, "--region", "eu", "--tls-cert", str(tmp_path / "server.pem"),
@@ -70,51 +81,62 @@ def test_tls_server_refuses_tls_1_1_and_accepts_1_2(tmp_path: Path) -> None:
     try:
         trusting = ssl.create_default_context(cafile=str(ca_file))
         server.wait_ready(("eu",), scheme="https", verify=trusting)
-        old = tls_1_1_client()
-        import socket
-        with socket.create_connection(("127.0.0.1", site.port_base)) as raw:
-            with pytest.raises(ssl.SSLError):
-                old.wrap_socket(raw).do_handshake()
-        good = ssl.create_default_context(cafile=str(ca_file))
-        good.minimum_version = ssl.TLSVersion.TLSv1_2
-        with socket.create_connection(("127.0.0.1", site.port_base)) as raw:
-            with good.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-                assert tls.version() in ("TLSv1.2", "TLSv1.3")
+        assert_only_strong_tls(site.port_base, ca_file)
         response = httpx.get(f"https://127.0.0.1:{site.port_base}/healthz", verify=trusting)
         assert response.json()["region"] == "eu"
     finally:
         server.stop()
 
 
-def test_the_tls_1_1_client_does_negotiate_with_a_lax_server(tmp_path: Path) -> None:
-    """Control for the refusal above: the same old client succeeds where TLS 1.1 is allowed."""
-    import socket
-    import threading
+def init_dev_tls_site(root: Path) -> tuple[Site, dict[str, object]]:
+    port_base = free_port_pair()
+    done = subprocess.run([DOMICILE, "init", "--dir", str(root), "--port-base", str(port_base),
+                           "--dev-tls", "--json"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return Site(root, port_base), json.loads(done.stdout)
 
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    lax = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    lax.set_ciphers("DEFAULT:@SECLEVEL=0")
-    lax.minimum_version = ssl.TLSVersion.TLSv1
-    cert.configure_cert(lax)
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
 
-    def accept_one() -> None:
-        conn, _ = listener.accept()
-        try:
-            with lax.wrap_socket(conn, server_side=True) as tls:
-                tls.recv(1)
-        except (ssl.SSLError, OSError):
-            pass
+def test_init_dev_tls_serves_https_from_the_config_with_hsts(tmp_path: Path) -> None:
+    site, made = init_dev_tls_site(tmp_path / "site")
+    ca_file = tmp_path / "site" / "tls" / "ca.pem"
+    assert made["regions"] == {"eu": f"https://127.0.0.1:{site.port_base}",
+                               "us": f"https://127.0.0.1:{site.port_base + 1}"}
+    assert made["tls"] == {"ca": str(ca_file.resolve()),
+                           "cert": str((tmp_path / "site" / "tls" / "server.pem").resolve())}
+    assert (tmp_path / "site" / "tls" / "server.key").stat().st_mode & 0o777 == 0o600
+    server = Server(site, tmp_path)  # no flags: the certificate comes from [server]
+    try:
+        trusting = ssl.create_default_context(cafile=str(ca_file))
+        server.wait_ready(scheme="https", verify=trusting)
+        assert_only_strong_tls(site.port_base + 1, ca_file)
+        page = httpx.get(f"https://localhost:{site.port_base}/workspace/login",
+                         verify=trusting)
+        assert page.status_code == 200
+        assert page.headers[HSTS] == "max-age=63072000; includeSubDomains"
+    finally:
+        server.stop()
 
-    thread = threading.Thread(target=accept_one, daemon=True)
-    thread.start()
-    old = tls_1_1_client()
-    with socket.create_connection(("127.0.0.1", port)) as raw, old.wrap_socket(raw) as tls:
-        assert tls.version() == "TLSv1.1"
-    thread.join(5)
-    listener.close()
+
+def test_serve_refuses_plain_http_off_loopback_unless_told_insecure(tmp_path: Path) -> None:
+    site = init_site(tmp_path / "site")
+    us_listen = f"0.0.0.0:{site.port_base + 1}"
+    config = site.config.read_text()
+    site.config.write_text(config.replace(f'listen = "127.0.0.1:{site.port_base + 1}"',
+                                          f'listen = "{us_listen}"'))
+    done = subprocess.run([DOMICILE, "serve", "--config", str(site.config)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    message = " ".join(done.stderr.split())
+    assert "regions.us.listen" in message and "region us would serve plain HTTP" in message
+    assert us_listen in message
+    for way_out in ("--tls-cert/--tls-key", "[server] tls_cert/tls_key", "--insecure-http"):
+        assert way_out in message
+    assert "Traceback" not in done.stderr
+    server = Server(site, tmp_path, "--insecure-http")
+    try:
+        server.wait_ready()  # 0.0.0.0 answers on 127.0.0.1 too
+    finally:
+        server.stop()
 
 
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nope_{region}"  # nothing listens on port 1
