@@ -39,8 +39,9 @@ kek id no longer matches the KEK they hold in memory, and reload the key file.
 
 Shredding and backups: `destroy_tenant` removes the wrapped keys from the keystore file itself:
 secure_delete zeroes freed bytes, the rollback journal is truncated at each commit
-(journal_mode TRUNCATE), and a keystore someone switched to WAL is checkpointed and its -wal
-truncated (or switched back) before `destroy_tenant` returns.
+(journal_mode TRUNCATE, journal_size_limit 0). A keystore someone switched to WAL is switched
+back when a connection opens it alone; otherwise `destroy_tenant` checkpoints it and truncates
+its -wal before returning.
 
 A copy of the keystore taken *before* an erasure still holds them, wrapped under the KEK of
 that time: rotating the KEK after an erasure, and keeping no copy of the old key file, makes
