@@ -4,6 +4,7 @@ corrupting data behind Domicile's back is named, on SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from domicile.compliance.verification import Verification, Violation, verify_sit
 from domicile.site import Site
 from domicile.storage.catalog import blob_key
 from domicile.storage.models import RecordRow
+from domicile.tenancy.models import Workspace
 from domicile.workspace.files import FILE_BLOB_KIND
 from domicile.workspace.models import MessageRow
 from tests.compliance.residency_site import Populated, populate
@@ -150,3 +152,14 @@ def test_one_region_is_verified_alone(site: Site, populated: Populated) -> None:
         conn.execute(text("ALTER TABLE ws_messages ADD COLUMN note TEXT"))
     assert verify_site(site, ["us"]).ok
     assert not verify_site(site, ["eu"]).ok
+
+
+def test_an_erased_tenants_shredded_content_is_not_a_violation(site: Site,
+                                                              populated: Populated) -> None:
+    with site.directory_engine.begin() as conn:
+        conn.execute(update(Workspace).where(Workspace.id == populated.eu_workspace)
+                     .values(erased_at=datetime.now(UTC)))
+    site.store("eu").envelope.destroy_tenant_key(populated.eu_workspace)
+    result = verify_site(site)
+    assert result.violations == []
+    assert result.blobs == 1  # the project's; the two of the shredded workspace are not opened

@@ -302,6 +302,8 @@ def _check_table(store: RegionalStore, table: Any, tenants: dict[str, _Tenant],
                 verdicts[(tenant_id, row_region)] = verdict
             if verdict[0] is not None:
                 add(Violation(region, table.name, row_id, tenant_id, verdict[0]))
+            if table.blob:
+                listed.add(blob_key(tenant_id, row_kind, row_id))
             if verdict[1]:
                 continue  # crypto-shredded: unreadable by design (G9)
             for at, sealed in sealed_columns:
@@ -318,7 +320,6 @@ def _check_table(store: RegionalStore, table: Any, tenants: dict[str, _Tenant],
                                   f"column {sealed.name!r} is not a ciphertext of this row"))
             if table.blob:
                 key = blob_key(tenant_id, row_kind, row_id)
-                listed.add(key)
                 started = time.perf_counter()
                 _check_blob(store, key, Context(region, tenant_id, row_kind, row_id),
                             int(row[-1]), table.name, result, progress)
