@@ -115,6 +115,12 @@ def files_under(root: Path) -> list[Path]:
     return [path for path in root.rglob("*") if path.is_file()]
 
 
+def free_pages(store: RegionalStore) -> int:
+    """SQLite: pages the store's file keeps unused (VACUUM rebuilds the file without them)."""
+    with store.engine.connect() as conn:
+        return int(conn.exec_driver_sql("PRAGMA freelist_count").scalar() or 0)
+
+
 def holding(root: Path, fragments: list[bytes]) -> list[str]:
     return [str(path) for path in files_under(root)
             for fragment in fragments if fragment in path.read_bytes()]
@@ -245,7 +251,17 @@ def test_a_members_erasure_leaves_the_other_members_content(tenancy: Tenancy) ->
 
 @pytest.fixture
 def sqlite_tenancy(make_site: SiteFactory) -> Tenancy:
-    return fill(make_site("sqlite"))
+    """As `fill`, with a long conversation: its table spans many pages, which its erasure
+    frees (and VACUUM must then drop)."""
+    tenancy = fill(make_site("sqlite"))
+    conversations = Conversations(tenancy.site.store("eu"))
+    long = conversations.create(tenancy.alice, title="long")
+    parent = None
+    for turn in range(60):
+        parent = conversations.add_message(
+            tenancy.alice, long.id, role="user" if turn % 2 == 0 else "assistant",
+            content=f"{tenancy.canary} " * 200, parent_id=parent).id
+    return tenancy
 
 
 def test_no_file_of_the_data_folder_keeps_an_erased_ciphertext(sqlite_tenancy: Tenancy
@@ -264,6 +280,7 @@ def test_no_file_of_the_data_folder_keeps_an_erased_ciphertext(sqlite_tenancy: T
 
     assert holding(data_dir, fragments) == []
     assert scan_for_canary([data_dir], sqlite_tenancy.canary) == []
+    assert [free_pages(site.store(region)) for region in ("eu", "us")] == [0, 0]
 
 
 def test_a_members_erased_ciphertexts_leave_the_files_too(sqlite_tenancy: Tenancy) -> None:
@@ -276,3 +293,4 @@ def test_a_members_erased_ciphertexts_leave_the_files_too(sqlite_tenancy: Tenanc
     assert mine and holding(site.settings.data_dir, mine)
     erasure(site).erase_member(tenancy.workspace_id, tenancy.alice.user_id)
     assert holding(site.settings.data_dir, mine) == []
+    assert free_pages(store) == 0
