@@ -13,10 +13,10 @@ import pytest
 import trustme
 
 from domicile.config import Settings, parse_settings
+from domicile.crypto.devtls import DevTlsFiles, write_dev_tls
 from domicile.errors import ConfigError, InvalidInput
 from domicile.server import TlsFiles, check_plain_http, serve, tls_context, tls_files
 from domicile.site import render_config
-from domicile.web.devtls import DevTlsFiles, write_dev_tls
 from tests.tls_clients import CBC_SUITE, handshake, lax_server, old_client, tls12_client
 
 OLD_VERSIONS = [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1]

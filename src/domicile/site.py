@@ -107,7 +107,7 @@ def init_site(directory: Path = DEFAULT_SITE_DIR, *, port_base: int = 8400,
     try:
         make_private_dirs(directory)
         if dev_tls:  # before the config names them; an existing key is kept
-            from domicile.web.devtls import write_dev_tls
+            from domicile.crypto.devtls import write_dev_tls
 
             write_dev_tls(directory / DEV_TLS_DIR)
         _write_atomically(config_path, render_config(port_base, dev_tls=dev_tls))

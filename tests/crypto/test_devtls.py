@@ -13,8 +13,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from domicile.crypto.devtls import DEV_TLS_HOSTS, DevTlsFiles, write_dev_tls
 from domicile.server import TlsFiles, tls_context
-from domicile.web.devtls import DEV_TLS_HOSTS, DevTlsFiles, write_dev_tls
 from tests.tls_clients import handshake
 
 

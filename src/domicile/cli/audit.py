@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import IO, Annotated, Any
 
 import typer
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.table import Table
 
 from domicile.cli._common import ConfigOption, Failure, JsonOption, command, emit, open_site
@@ -24,6 +23,7 @@ from domicile.compliance.receipts import (
     chain_signer,
     verify_against_receipt,
 )
+from domicile.crypto.signing import VerifyKey
 from domicile.errors import InvalidInput
 from domicile.failures import describe
 from domicile.site import Site
@@ -113,7 +113,7 @@ def audit_verify(
 
 
 def _verify_chain(log: AuditLog, receipt: Receipt | None,
-                  key: Ed25519PublicKey | None) -> AuditProblem | None:
+                  key: VerifyKey | None) -> AuditProblem | None:
     if receipt is None or key is None:
         return log.verify()
     return verify_against_receipt(log, receipt, key)

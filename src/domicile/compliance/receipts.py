@@ -30,14 +30,9 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
-
 from domicile.compliance.audit import GENESIS, AuditLog, AuditProblem
 from domicile.config import Settings
+from domicile.crypto.signing import BadSignature, SigningKey, VerifyKey
 from domicile.errors import ConfigError, DomicileError, InvalidInput
 from domicile.storage.private import make_private_dirs
 from domicile.tenancy.directory import DIRECTORY_CHAIN
@@ -69,7 +64,7 @@ class SigningKeyMissing(DomicileError):
     code = "audit_signing_key_missing"
 
 
-def key_fingerprint(public_key: Ed25519PublicKey) -> str:
+def key_fingerprint(public_key: VerifyKey) -> str:
     """The key id a receipt names: the first 16 bytes of SHA-256 of the raw public key, hex."""
     return sha256(public_key.public_bytes_raw()).digest()[:16].hex()
 
@@ -157,13 +152,13 @@ class Receipt:
         except InvalidInput as exc:
             raise InvalidInput(f"receipt {path}: {exc.message}", param="receipt") from None
 
-    def embedded_public_key(self) -> Ed25519PublicKey:
+    def embedded_public_key(self) -> VerifyKey:
         try:
-            return Ed25519PublicKey.from_public_bytes(bytes.fromhex(self.public_key))
+            return VerifyKey.from_public_bytes(bytes.fromhex(self.public_key))
         except ValueError:
             raise _invalid("public_key is not an Ed25519 public key") from None
 
-    def check_signature(self, public_key: Ed25519PublicKey) -> None:
+    def check_signature(self, public_key: VerifyKey) -> None:
         """InvalidInput unless `public_key` (the chain's own, not the receipt's) signed it."""
         expected = key_fingerprint(public_key)
         if self.key_id != expected or self.public_key != public_key.public_bytes_raw().hex():
@@ -172,7 +167,7 @@ class Receipt:
                 f"key {self.key_id}, the chain's key is {expected}", param="receipt")
         try:
             public_key.verify(bytes.fromhex(self.signature), self.signed_bytes())
-        except InvalidSignature:
+        except BadSignature:
             raise InvalidInput(f"the receipt's signature does not verify under chain "
                                f"{self.chain!r}'s key {expected}: it is forged or altered",
                                param="receipt") from None
@@ -218,7 +213,7 @@ def _text(parsed: Mapping[str, Any], name: str, pattern: re.Pattern[str]) -> str
 class AuditSigner:
     """One chain's signing key: signs receipts of the chain's head."""
 
-    def __init__(self, chain: str, private_key: Ed25519PrivateKey) -> None:
+    def __init__(self, chain: str, private_key: SigningKey) -> None:
         self.chain = chain
         self._key = private_key
         self.public_key = private_key.public_key()
@@ -274,13 +269,13 @@ def chain_signer(settings: Settings, chain: str) -> AuditSigner:
     return AuditSigner.open(chain, signing_key_path(settings, chain), create=True)
 
 
-def chain_public_key(settings: Settings, chain: str) -> Ed25519PublicKey:
+def chain_public_key(settings: Settings, chain: str) -> VerifyKey:
     """`chain`'s own public key, from its key file (never made here): SigningKeyMissing."""
     return AuditSigner.open(chain, signing_key_path(settings, chain), create=False).public_key
 
 
 def verify_against_receipt(log: AuditLog, receipt: Receipt,
-                           public_key: Ed25519PublicKey) -> AuditProblem | None:
+                           public_key: VerifyKey) -> AuditProblem | None:
     """The first bad entry of `log` (None: intact and it still extends the receipt's head).
 
     InvalidInput when the receipt is not one of this chain signed by `public_key` (the
@@ -306,7 +301,7 @@ def verify_against_receipt(log: AuditLog, receipt: Receipt,
     return None
 
 
-def _read_private_key(path: Path) -> Ed25519PrivateKey:
+def _read_private_key(path: Path) -> SigningKey:
     """FileNotFoundError when missing; InvalidInput for a file that is not a private key file."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -332,7 +327,7 @@ def _read_private_key(path: Path) -> Ed25519PrivateKey:
         raise InvalidInput(f"{path}: an audit signing key holds exactly {_KEY_SIZE} bytes, "
                            f"this file holds {'more' if len(data) > _KEY_SIZE else len(data)}",
                            param="audit_signing_key")
-    return Ed25519PrivateKey.from_private_bytes(data)
+    return SigningKey.from_private_bytes(data)
 
 
 def _create_private_key(path: Path) -> None:
@@ -340,7 +335,7 @@ def _create_private_key(path: Path) -> None:
     0600) and linked into place, so no reader ever sees half a key and a key another process
     made first is never replaced (theirs stands)."""
     make_private_dirs(path.parent)
-    raw = Ed25519PrivateKey.generate().private_bytes_raw()
+    raw = SigningKey.generate().private_bytes_raw()
     temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
     flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
              | getattr(os, "O_CLOEXEC", 0))
