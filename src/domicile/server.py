@@ -187,6 +187,7 @@ def prepare_regions(settings: Settings, names: Sequence[str]) -> list[str]:
     site = Site(settings)
     try:
         site.site_secret  # noqa: B018 - a missing secret is the site's error, not a region's
+        site.check_key_files()  # G5: a key others may read is refused, never used
         try:
             site.migrate_directory()
         except Exception as exc:

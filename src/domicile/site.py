@@ -12,6 +12,7 @@ the moment it opens one, and files are created 0600, folders 0700 (`storage.priv
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -23,6 +24,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from domicile.compliance.audit import AuditLog, audit_key
+from domicile.compliance.receipts import signing_key_path
 from domicile.config import Settings, load_settings
 from domicile.crypto import LocalKeyProvider, keystore_path, write_new_kek
 from domicile.errors import ConfigError, InvalidInput
@@ -251,16 +253,46 @@ class Site:
                 log.warning("region %s: removed %d temporary blobs of interrupted uploads",
                             name, swept)
 
+    def key_files(self) -> list[tuple[str, Path]]:
+        """(config field, path) of every key the site keeps: the directory's secret, each
+        region's key-encryption key, the audit chains' signing keys and the TLS key."""
+        settings = self.settings
+        keys = [("directory.secret_file", settings.directory.secret_file)]
+        keys += [(f"regions.{name}.key_provider.path", region.key_provider.path)
+                 for name, region in settings.regions.items()]
+        for chain in (DIRECTORY_CHAIN, *settings.regions):
+            with contextlib.suppress(ConfigError):  # a shared one: `audit head` says so
+                field = keys[0][0] if chain == DIRECTORY_CHAIN else (
+                    f"regions.{chain}.key_provider.path")
+                keys.append((field, signing_key_path(settings, chain)))
+        if settings.server.tls_key is not None:
+            keys.append(("server.tls_key", settings.server.tls_key))
+        return keys
+
+    def check_key_files(self) -> None:
+        """G5: refuse to serve with a key file that group or others may read or write. It is
+        not tightened silently: a key that was readable may have been copied, and only the
+        operator can decide whether it must be replaced."""
+        for field, path in self.key_files():
+            try:
+                mode = path.stat().st_mode
+            except FileNotFoundError:
+                continue  # a signing key made on first use; a missing KEK is refused elsewhere
+            if mode & 0o077:
+                raise ConfigError(field, f"{path} may be read or written by others (mode "
+                                  f"{oct(mode & 0o777)}); a key file must be 0600. Check who "
+                                  f"could have copied it, then `chmod 600 {path}`")
+
     def _private_paths(self) -> tuple[list[Path], list[Path]]:
         """(paths, trees) for `tighten`: the files Domicile keeps (databases with their SQLite
-        companions, the directory's secret, key files and keystores) and the folders it made
-        for them inside the data folder; the blob folders whole. Nothing else: the data
-        folder may be `.` beside a config in a repository or under /etc."""
-        files = [self.settings.directory.secret_file]
+        companions, keystores) and the folders it made for them and for the key files inside
+        the data folder; the blob folders whole. Nothing else: the data folder may be `.`
+        beside a config in a repository or under /etc. Key files are never tightened: a key
+        others could read is refused (`check_key_files`)."""
+        files: list[Path] = []  # not the keys: see `check_key_files`
         databases = [sqlite_path(self.settings.directory.database_url)]
         trees = []
         for region in self.settings.regions.values():
-            files.append(region.key_provider.path)
             databases += (sqlite_path(region.database_url),
                           keystore_path(region.key_provider.path))
             if region.blob_path is not None:
@@ -273,7 +305,8 @@ class Site:
         # hold what is not ours.
         trees = [path for path in map(Path, map(os.path.abspath, trees))
                  if not data_dir.is_relative_to(path)]
-        folders = [folder for path in (*files, *trees)
+        keys = [Path(os.path.abspath(path)) for _field, path in self.key_files()]
+        folders = [folder for path in (*files, *trees, *keys)
                    for folder in folders_between(data_dir, path)]
         return list(dict.fromkeys((*folders, *files))), trees  # once each: eu/ holds several
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from domicile.errors import ConfigError
 from domicile.site import Site
 from domicile.storage.interfaces import TenantRef
 from tests.conftest import SiteFactory
@@ -109,9 +110,9 @@ def test_only_the_sites_own_files_are_tightened(make_site: SiteFactory,
     (foreign / "notes.txt").chmod(0o644)
     foreign_modes = {p: stat.S_IMODE(p.stat().st_mode)
                      for p in (root, script, foreign, foreign / "notes.txt")}
-    own = [root / "eu", root / "eu" / "store.db", root / "eu" / "kek.key",
+    own = [root / "eu", root / "eu" / "store.db",
            root / "eu" / "kek.key.keystore.db", root / "directory.db-wal",
-           root / "directory.key", root / "us" / "blobs"]
+           root / "us" / "blobs"]
     for path in own:
         path.chmod(0o755)
     caplog.set_level(logging.INFO, logger="domicile.site")
@@ -122,3 +123,21 @@ def test_only_the_sites_own_files_are_tightened(make_site: SiteFactory,
     assert _loose(root) == {".": "0o755", "deploy.sh": "0o755", "docs": "0o755",
                             "docs/notes.txt": "0o644"}
     assert f"{len(own)} files and folders were looser" in caplog.records[0].getMessage()
+
+
+@pytest.mark.parametrize("key", ["eu/kek.key", "directory.key", "us/audit-signing.key"])
+def test_a_key_others_may_read_is_refused_not_tightened(make_site: SiteFactory,
+                                                        key: str) -> None:
+    """G5: a key file that was readable may have been copied: serving is refused with the file
+    named, and its mode is left for the operator to see (never tightened silently)."""
+    site = make_site("sqlite")
+    site.check_key_files()  # a fresh site's keys are 0600
+    path = site.settings.data_dir / key
+    if not path.exists():
+        path.write_bytes(b"\0" * 32)
+    path.chmod(0o640)
+    with pytest.raises(ConfigError, match="chmod 600") as refused:
+        site.check_key_files()
+    assert str(path) in str(refused.value)
+    site.open_for_serving()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
