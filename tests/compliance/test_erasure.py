@@ -21,7 +21,8 @@ from sqlalchemy import select
 
 from domicile.compliance.erasure import Erasure
 from domicile.config import WorkspaceSettings
-from domicile.crypto import Context, DecryptionError, Envelope, KeyNotFound, LocalKeyProvider
+from domicile.crypto import Context, DecryptionError, Envelope, LocalKeyProvider
+from domicile.errors import TenantDataErased
 from domicile.site import Site
 from domicile.storage.catalog import CONTENT_TABLES, blob_key, content_table
 from domicile.storage.models import AUDIT_LOG
@@ -199,10 +200,21 @@ def test_an_erased_tenant_takes_no_more_writes_and_erase_again_does_nothing(
     site = tenancy.site
     erasure(site).erase("org", tenancy.org_id)
     store = site.store("eu")
-    with pytest.raises(KeyNotFound):
+    with pytest.raises(TenantDataErased):
         store.put_record(tenancy.alice.tenant, "response", "resp_2", b"{}")
-    with pytest.raises(KeyNotFound):
+    with pytest.raises(TenantDataErased):
         Conversations(store).create(tenancy.alice, title="after")
+    with pytest.raises(TenantDataErased):  # the global project, in a process that knew it
+        store.put_record(tenancy.global_project, "response", "resp_3", b"{}")
+    directory = site.directory  # nothing new under an erased org, project or workspace
+    for create in (lambda: directory.create_api_key(tenancy.project.id),
+                   lambda: directory.create_project(tenancy.org_id, "again", "eu"),
+                   lambda: directory.create_workspace(tenancy.org_id, "again", "eu"),
+                   lambda: directory.add_user(tenancy.workspace_id, "new@example.com", "member",
+                                              "a long password"),
+                   lambda: directory.create_token(tenancy.workspace_id, tenancy.alice.user_id)):
+        with pytest.raises(TenantDataErased, match="was erased"):
+            create()
     again = erasure(site).erase("org", tenancy.org_id)
     assert again.plan.already_erased and again.receipts == () and again.keks_rotated == {}
     assert erasure(site).erase("workspace", tenancy.workspace_id).plan.already_erased

@@ -14,7 +14,12 @@ from sqlalchemy import event, text, update
 from sqlalchemy.exc import DBAPIError
 
 from domicile.crypto import DecryptionError
-from domicile.errors import CrossRegionWrite, StorageError, StoreUnavailable
+from domicile.errors import (
+    CrossRegionWrite,
+    StorageError,
+    StoreUnavailable,
+    TenantDataErased,
+)
 from domicile.site import Site
 from domicile.storage.faults import store_fault
 from domicile.storage.interfaces import TenantRef, UsageRecord
@@ -193,18 +198,19 @@ def test_usage_metadata_round_trip(site: Site) -> None:
 
 def test_a_shredded_tenant_is_never_silently_given_a_new_key(site: Site,
                                                             eu_tenant: TenantRef) -> None:
-    """G9: after crypto-shredding, no process re-creates the tenant's key on its next write."""
-    from domicile.crypto import KeyNotFound
-
+    """G9: after crypto-shredding, no process re-creates the tenant's key on its next write,
+    and every process refuses the write as an erased tenant's (410), not as a missing key."""
     site.store("eu").put_record(eu_tenant, "response", "r", b"before")
     site.store("eu").envelope.destroy_tenant_key(eu_tenant.id)
     other_process = Site(site.settings)  # a server or CLI that never saw this tenant
     try:
         for store in (site.store("eu"), other_process.store("eu")):
-            with pytest.raises(KeyNotFound):
+            with pytest.raises(TenantDataErased):
                 store.put_record(eu_tenant, "response", "r2", b"after")
-            with pytest.raises(KeyNotFound):
+            with pytest.raises(TenantDataErased):
                 store.put_blob(eu_tenant, "file", "f", "f.txt", [b"after"])
+            with pytest.raises(TenantDataErased):
+                store.seal(eu_tenant, "ws-message", "m", b"after")
             with pytest.raises(DecryptionError):
                 store.get_record(eu_tenant, "response", "r")
         assert not other_process.store("eu").keys.has_tenant(eu_tenant.id)

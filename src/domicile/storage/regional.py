@@ -7,6 +7,7 @@ bound to (region, tenant, kind, record id): moved to another row they will not o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
@@ -88,13 +89,20 @@ class RegionalStore:
         unless the keystore's tombstone says its data there was erased."""
         context = self._context(tenant, kind, record_id)
         if tenant.region == GLOBAL_REGION and tenant.id not in self._keyed_global_tenants:
-            try:
+            with self._refusing_erased():
                 self.envelope.create_tenant_key(tenant.id)  # idempotent
-            except TenantErased:
-                raise TenantDataErased("this tenant's data was erased in region"
-                                       f" {self.region}: nothing is stored for it") from None
             self._keyed_global_tenants.add(tenant.id)
         return context
+
+    @contextlib.contextmanager
+    def _refusing_erased(self) -> Iterator[None]:
+        """A write for a tenant whose keys were shredded (here or by another process) is
+        refused as such (410), not as a missing key."""
+        try:
+            yield
+        except TenantErased:
+            raise TenantDataErased("this tenant's data was erased in region"
+                                   f" {self.region}: nothing is stored for it") from None
 
     def rotate_kek(self, *, actor: str = "cli") -> int:
         """Re-wrap every tenant's data key under a new key-encryption key; content untouched."""
@@ -107,7 +115,9 @@ class RegionalStore:
     def seal(self, tenant: TenantRef, kind: str, record_id: str, plaintext: bytes) -> bytes:
         """`plaintext` sealed for a row of `kind` and id `record_id` of `tenant`, in a table of
         the caller's own. The one copy of the residency check and the sealing context."""
-        return self.envelope.seal(plaintext, self._sealing_context(tenant, kind, record_id))
+        context = self._sealing_context(tenant, kind, record_id)
+        with self._refusing_erased():
+            return self.envelope.seal(plaintext, context)
 
     def open(self, tenant: TenantRef, kind: str, record_id: str, sealed: bytes) -> bytes:
         """What `seal` sealed for exactly this (tenant, kind, record id); `DecryptionError`
@@ -117,7 +127,9 @@ class RegionalStore:
     # -- records ----------------------------------------------------------------------------
 
     def put_record(self, tenant: TenantRef, kind: str, record_id: str, plaintext: bytes) -> None:
-        body = self.envelope.seal(plaintext, self._sealing_context(tenant, kind, record_id))
+        context = self._sealing_context(tenant, kind, record_id)
+        with self._refusing_erased():
+            body = self.envelope.seal(plaintext, context)
         now = datetime.now(UTC)
         values = {"tenant_id": tenant.id, "kind": kind, "record_id": record_id,
                   "region": self.region, "created_at": now, "updated_at": now, "body": body,
@@ -177,8 +189,9 @@ class RegionalStore:
                 size += len(chunk)
                 yield chunk
 
-        pending = self.blobs.stage(self._blob_key(tenant.id, kind, blob_id),
-                                   self.envelope.seal_stream(counted(), context))
+        with self._refusing_erased():
+            sealed = self.envelope.seal_stream(counted(), context)
+        pending = self.blobs.stage(self._blob_key(tenant.id, kind, blob_id), sealed)
         return StagedBlob(tenant, kind, blob_id, size, pending)
 
     def commit_blob(self, staged: StagedBlob, filename: str,

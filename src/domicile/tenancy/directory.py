@@ -20,7 +20,7 @@ from sqlalchemy import CursorResult, Engine, Result, func, select, update
 from sqlalchemy.orm import Session
 
 from domicile.compliance.audit import AuditLog, Detail
-from domicile.errors import InvalidInput, NotFound, RegionImmutable
+from domicile.errors import InvalidInput, NotFound, RegionImmutable, TenantDataErased
 from domicile.tenancy.grants import GLOBAL_REGION, ROLES, ApiKeyGrant, MemberGrant, Retention, Role
 from domicile.tenancy.models import ApiKey, Org, Project, User, Workspace, WorkspaceToken
 from domicile.tenancy.secrets import CredentialHasher, new_credential, new_id
@@ -33,6 +33,7 @@ EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 DIRECTORY_CHAIN = "directory"
 MAX_RETENTION_DAYS = 36_500
 T = TypeVar("T")
+_Erasable = TypeVar("_Erasable", Org, Project, Workspace)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +123,7 @@ class Directory:
 
     def set_training_opt_in(self, org_id: str, opt_in: bool, *, actor: str = "cli") -> Org:
         with Session(self._engine, expire_on_commit=False) as session, session.begin():
-            org = self._get(session, Org, org_id, "org")
+            org = self._get_live(session, Org, org_id, "org")
             if org.training_opt_in != opt_in:
                 org.training_opt_in = opt_in
                 org.training_opt_in_since = datetime.now(UTC) if opt_in else None
@@ -163,7 +164,7 @@ class Directory:
             tpm_limit=tpm_limit, created_at=datetime.now(UTC),
         )
         with Session(self._engine, expire_on_commit=False) as session, session.begin():
-            self._get(session, Org, org_id, "org")
+            self._get_live(session, Org, org_id, "org")
             session.add(project)
             session.flush()
             self._audit(session, self._chain(region), actor, "project.create", project.id, {
@@ -180,7 +181,7 @@ class Directory:
         _check_limit(rpm_limit, "rpm_limit")
         _check_limit(tpm_limit, "tpm_limit")
         with Session(self._engine, expire_on_commit=False) as session, session.begin():
-            project = self._get(session, Project, project_id, "project")
+            project = self._get_live(session, Project, project_id, "project")
             project.rpm_limit, project.tpm_limit = rpm_limit, tpm_limit
             session.flush()
             self._audit(session, self._chain(project.region), actor, "project.limits", project.id,
@@ -208,7 +209,7 @@ class Directory:
                        actor: str = "cli") -> CreatedCredential:
         name = _name(name, "name")
         with Session(self._engine, expire_on_commit=False) as session, session.begin():
-            project = self._get(session, Project, project_id, "project")
+            project = self._get_live(session, Project, project_id, "project")
             secret = new_credential("dk", project.region)
             key = ApiKey(id=new_id("key"), project_id=project.id, name=name, hint=secret[:10],
                          digest=self._hasher.digest(secret), created_at=datetime.now(UTC))
@@ -261,7 +262,7 @@ class Directory:
         workspace = Workspace(id=new_id("ws"), org_id=org_id, name=name, region=region,
                               created_at=datetime.now(UTC))
         with Session(self._engine, expire_on_commit=False) as session, session.begin():
-            self._get(session, Org, org_id, "org")
+            self._get_live(session, Org, org_id, "org")
             session.add(workspace)
             session.flush()
             self._audit(session, region, actor, "workspace.create", workspace.id,
@@ -291,7 +292,7 @@ class Directory:
         if len(password) < 8:
             raise InvalidInput("the password must have at least 8 characters", param="password")
         with Session(self._engine, expire_on_commit=False) as session, session.begin():
-            workspace = self._get(session, Workspace, workspace_id, "workspace")
+            workspace = self._get_live(session, Workspace, workspace_id, "workspace")
             taken = session.scalar(select(User.id).where(
                 User.workspace_id == workspace_id, User.email == email))
             if taken:
@@ -315,7 +316,7 @@ class Directory:
         if expires_at is not None and _utc(expires_at) <= datetime.now(UTC):
             raise InvalidInput("the token's expiry must be in the future", param="expires_at")
         with Session(self._engine, expire_on_commit=False) as session, session.begin():
-            workspace = self._get(session, Workspace, workspace_id, "workspace")
+            workspace = self._get_live(session, Workspace, workspace_id, "workspace")
             user = self._live_user(session, workspace.id, user_id)
             secret = new_credential("dw", workspace.region)
             token = WorkspaceToken(id=new_id("tok"), workspace_id=workspace.id, user_id=user.id,
@@ -600,6 +601,16 @@ class Directory:
         # A region's chain commits first in its own store; if it fails, nothing is created.
         connection = session.connection() if chain == DIRECTORY_CHAIN else None
         self._audit_for(chain).append(actor, action, target, details, connection=connection)
+
+    @classmethod
+    def _get_live(cls, session: Session, model: type[_Erasable], ident: str,
+                  what: str) -> _Erasable:
+        """`_get`, refusing an erased org, project or workspace: nothing new under it (G9)."""
+        found = cls._get(session, model, ident, what)
+        if found.erased_at is not None:
+            raise TenantDataErased(f"{what} {ident} was erased; nothing can be added to it",
+                                   param=what)
+        return found
 
     @staticmethod
     def _get(session: Session, model: type[T], ident: str, what: str) -> T:
