@@ -166,6 +166,22 @@ def test_admin_page_is_403_for_a_plain_member(served: Served) -> None:
     assert "owners and admins" in answer.text
 
 
+def test_admin_page_shows_the_workspaces_residency(served: Served) -> None:
+    """Issue 8: the residency report's part for this workspace, on its admin page: where it
+    is stored, what it holds (the GPT made above), under which keys, and who may process it."""
+    with signed_in(served.base, served.owner) as client:
+        answer = client.get("/workspace/admin")
+    assert answer.status_code == 200
+    page = answer.text
+    summary = page[page.index('id="residency-summary"'):]
+    assert "European Union" in summary.split("</p>")[0]
+    data = page[page.index('id="residency-data"'):page.index('id="residency-providers"')]
+    assert re.search(r"<th scope=\"row\">gpts</th><td>1</td>", data)
+    assert re.search(r'id="residency-keys">[0-9a-f]{16}', page)
+    providers = page[page.index('id="residency-providers"'):].split("</table>")[0]
+    assert "eu-dev" in providers and "us-dev" not in providers
+
+
 def test_every_page_has_the_security_headers_and_no_inline_script(served: Served) -> None:
     with signed_in(served.base, served.owner) as client:
         answers = [client.get(path) for path in

@@ -211,8 +211,10 @@ class ResidencyReport:
 # -- building it ----------------------------------------------------------------------------
 
 def build_report(site: ReportSite, org_id: str, *,
-                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> ResidencyReport:
-    """The residency report of `org_id` (NotFound for an unknown org)."""
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 only: Collection[str] | None = None) -> ResidencyReport:
+    """The residency report of `org_id` (NotFound for an unknown org); with `only`, of those
+    of its projects and workspaces only (a workspace's admin page shows its own)."""
     with site.directory_engine.connect() as conn:
         org = conn.execute(select(Org.id, Org.name, Org.training_opt_in)
                            .where(Org.id == org_id)).first()
@@ -236,6 +238,8 @@ def build_report(site: ReportSite, org_id: str, *,
                      else f"{w.retention_days} days")
         tenants.append(TenantResidency("workspace", w.id, w.name, w.region, retention,
                                        _utc(w.created_at), w.erased_at is not None, []))
+    if only is not None:
+        tenants = [tenant for tenant in tenants if tenant.id in only]
     ids = [tenant.id for tenant in tenants]
     found: dict[tuple[str, str], dict[str, ClassHoldings]] = {}
     for region in settings.regions:
@@ -261,6 +265,16 @@ def build_report(site: ReportSite, org_id: str, *,
                       for p in config.providers),
                 tuple(eligible)))
     return ResidencyReport(org.id, org.name, bool(org.training_opt_in), now(), tuple(tenants))
+
+
+def workspace_residency(site: ReportSite, workspace_id: str) -> TenantResidency:
+    """One workspace's part of its org's report (NotFound for an unknown workspace)."""
+    with site.directory_engine.connect() as conn:
+        org_id = conn.scalar(select(Workspace.org_id).where(Workspace.id == workspace_id))
+    if org_id is None:
+        raise NotFound(f"no workspace {workspace_id}", param="workspace")
+    (tenant,) = build_report(site, org_id, only={workspace_id}).tenants
+    return tenant
 
 
 def _empty_classes() -> dict[str, ClassHoldings]:

@@ -233,7 +233,9 @@ class WorkspacePages:
                                        "page.", **context)
         users = await asyncio.to_thread(self.services.directory.list_members,
                                         member.workspace_id)
-        return self.render("admin.html", page="admin", users=users, roles=ROLES, **context)
+        residency = await asyncio.to_thread(self.services.residency, member.workspace_id)
+        return self.render("admin.html", page="admin", users=users, roles=ROLES,
+                           residency=residency, **context)
 
     def _models(self) -> list[dict[str, Any]]:
         return [model for model in self.services.chat.chat_models()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from domicile.compliance.residency import TenantResidency, workspace_residency
 from domicile.config import Settings
 from domicile.inference.embeddings import Embedder
 from domicile.inference.routing import ModelRouter
@@ -43,6 +46,8 @@ class WorkspaceServices:
     chat: ChatService
     retention: RetentionSweeper
     library: Library
+    # The workspace's part of the residency report (blocking): its admin page shows it.
+    residency: Callable[[str], TenantResidency]
 
 
 def build_workspace_services(site: Site, region: str, router: ModelRouter) -> WorkspaceServices:
@@ -62,7 +67,8 @@ def build_workspace_services(site: Site, region: str, router: ModelRouter) -> Wo
     retention = RetentionSweeper(region, site.directory, store, conversations, files, gpts)
     return WorkspaceServices(settings, region, site.directory, store, accounts, sessions,
                              conversations, files, gpts, knowledge, chat, retention,
-                             Library(files, gpts, knowledge))
+                             Library(files, gpts, knowledge),
+                             functools.partial(workspace_residency, site))
 
 
 def profile(services: WorkspaceServices, member: MemberGrant) -> dict[str, Any]:
