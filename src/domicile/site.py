@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -31,7 +30,13 @@ from domicile.errors import ConfigError, InvalidInput
 from domicile.failures import describe
 from domicile.storage.blobs import FileBlobStore
 from domicile.storage.db import make_engine, migrate, sqlite_path
-from domicile.storage.private import folders_between, make_private_dirs, restrict_umask, tighten
+from domicile.storage.private import (
+    folders_between,
+    make_private_dirs,
+    restrict_umask,
+    tighten,
+    written_whole,
+)
 from domicile.storage.regional import RegionalStore, claim_region
 from domicile.tenancy import models as directory_models
 from domicile.tenancy.directory import DIRECTORY_CHAIN, Directory
@@ -131,16 +136,8 @@ def init_site(directory: Path = DEFAULT_SITE_DIR, *, port_base: int = 8400,
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with written_whole(path) as out:
+        out.write(text)
 
 
 class Site:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -27,6 +25,7 @@ from domicile.crypto.signing import VerifyKey
 from domicile.errors import InvalidInput
 from domicile.failures import describe
 from domicile.site import Site
+from domicile.storage.private import written_whole
 from domicile.tenancy.directory import DIRECTORY_CHAIN
 
 __all__ = ["register"]
@@ -211,16 +210,8 @@ def _replaced_whole(path: Path) -> Iterator[IO[str]]:
     """A text file written beside `path` (0600) and moved over it only once complete:
     nothing is half-written."""
     try:
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with written_whole(path) as sink:
+            yield sink
     except OSError as exc:
         raise InvalidInput(f"--out {path}: cannot write there ({exc.strerror or 'error'})",
                            param="out") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as sink:
-            yield sink
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

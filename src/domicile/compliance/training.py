@@ -18,8 +18,6 @@ set from the credential that wrote it). The export:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ from domicile.errors import InvalidInput
 from domicile.site import Site
 from domicile.storage.interfaces import TenantRef
 from domicile.storage.models import RecordRow
+from domicile.storage.private import written_whole
 from domicile.tenancy.directory import DIRECTORY_CHAIN
 from domicile.tenancy.grants import GLOBAL_REGION
 from domicile.tenancy.models import Org, Project, Workspace
@@ -87,9 +86,8 @@ class TrainingExport:
         if out.exists():
             raise InvalidInput(f"{out} exists; choose another --out.", param="out")
         result = TrainingExportResult(org_id, out)
-        fd, temp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as sink:
+            with written_whole(out, replace=False) as sink:
                 for workspace in workspaces:
                     tenant = TenantRef(workspace.id, workspace.region, org_id)
                     for example in self._conversations(tenant, result):
@@ -101,12 +99,8 @@ class TrainingExport:
                         tenant = TenantRef(project.id, project.region, org_id)
                         for example in self._responses(region, tenant, result):
                             sink.write(json.dumps({"messages": example}) + "\n")
-                sink.flush()
-                os.fsync(sink.fileno())
-            os.replace(temp, out)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        except FileExistsError:
+            raise InvalidInput(f"{out} exists; choose another --out.", param="out") from None
         details = {"examples": result.examples, "conversations": result.conversations,
                    "stored_responses": result.stored_responses}
         for region in sorted(result.regions):

@@ -13,11 +13,14 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import IO
 
 __all__ = ["FILE_MODE", "FOLDER_MODE", "PRIVATE_UMASK", "create_private_file",
-           "folders_between", "make_private_dirs", "restrict_umask", "tighten"]
+           "folders_between", "make_private_dirs", "restrict_umask", "tighten",
+           "written_whole"]
 
 FILE_MODE = 0o600
 FOLDER_MODE = 0o700
@@ -98,3 +101,23 @@ def _tighten_one(path: Path, counts: list[int]) -> None:
         counts[1] += 1
     else:
         counts[0] += 1
+
+
+@contextlib.contextmanager
+def written_whole(path: Path, *, replace: bool = True) -> Iterator[IO[str]]:
+    """A text file written beside `path` (0600), synced, and put in place only once the block
+    ends without an error: nothing is ever half-written. `replace=False` never overwrites a
+    file (`FileExistsError`, even one made while this one was written)."""
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as sink:
+            yield sink
+            sink.flush()
+            os.fsync(sink.fileno())
+        if replace:
+            os.replace(temp, path)
+        else:
+            os.link(temp, path)  # atomic, and refuses an existing file
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
