@@ -172,6 +172,8 @@ class Erasure:
         places = [(tenant, region) for tenant in plan.ownership.tenants
                   for region in tenant_regions(tenant, self._regions)]
         holds = {(h.tenant, h.region): h for h in plan.holdings}
+        # 0. Credentials: no request of theirs is taken from here on (servers' caches: 1 s).
+        self._directory.revoke_credentials(scope, scope_id, actor=actor)
         # 1. Keys first: from here on nothing of theirs opens, whatever fails later.
         receipts = tuple(self._store_for(region).envelope.destroy_tenant_key(tenant.id)
                          for tenant, region in places)
@@ -196,17 +198,27 @@ class Erasure:
             "data_keys_destroyed": sum(r.keys_destroyed for r in receipts),
             "rows_deleted": sum(rows.values()), "blob_files_deleted": blob_files,
             "receipts": "\n".join(statements)}
-        # 4. The directory (and its chain, in the same transaction).
-        mark = self._directory.mark_erased(scope, scope_id, details=counts, actor=actor)
-        # 5. Each region's chain: what was erased there.
+        # 4. Each region's chain: what was erased there.
         for region in regions:
             here = [r for r in receipts if r.region == region]
             self._store_for(region).audit.append(actor, "erase", scope_id, {
                 "scope": scope, "tenants": len({t.id for t, r in places if r == region}),
                 "data_keys_destroyed": sum(r.keys_destroyed for r in here),
                 "receipts": "\n".join(r.statement for r in here if r.keys_destroyed)})
-        # 6. Backups: the KEK that wrapped the shredded keys in any earlier copy goes.
+        # 5. Backups: the KEK that wrapped the shredded keys in any earlier copy goes.
         rotated = {region: self._store_for(region).rotate_kek(actor=actor) for region in regions}
+        # 6. What a request already under way wrote after step 2 (sealed under a key that is
+        # gone, but not left behind either).
+        for tenant, region in places:
+            if region in regions:
+                deleted, files = self._delete_tenant(self._store_for(region), tenant)
+                rows.update(deleted)
+                blob_files += files
+        # 7. The directory, last (and its chain, in the same transaction): until it is marked,
+        # running the erasure again does every step again, so a crash leaves nothing undone.
+        counts["rows_deleted"] = sum(rows.values())
+        counts["blob_files_deleted"] = blob_files
+        mark = self._directory.mark_erased(scope, scope_id, details=counts, actor=actor)
         return ErasureReport(plan, receipts, dict(rows), blob_files, mark, rotated)
 
     # -- one member's content -------------------------------------------------------------------

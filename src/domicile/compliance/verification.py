@@ -304,8 +304,11 @@ def _check_table(store: RegionalStore, table: Any, tenants: dict[str, _Tenant],
                 add(Violation(region, table.name, row_id, tenant_id, verdict[0]))
             if table.blob:
                 listed.add(blob_key(tenant_id, row_kind, row_id))
-            if verdict[1]:
-                continue  # crypto-shredded: unreadable by design (G9)
+            if verdict[1]:  # crypto-shredded: unreadable by design, and it should be gone
+                add(Violation(region, table.name, row_id, tenant_id,
+                              "a row of an erased tenant survived its erasure (G9): run "
+                              "`domicile erase` for it again"))
+                continue
             for at, sealed in sealed_columns:
                 kind = sealed.kind or table.context_kind(sealed, row_kind)
                 try:

@@ -520,6 +520,32 @@ class Directory:
                     for w in workspaces]
         return Ownership(scope, scope_id, org_id, erased_at, tuple(tenants))
 
+    def revoke_credentials(self, scope: ErasureScope, scope_id: str, *,
+                           actor: str = "cli") -> tuple[int, int]:
+        """An erasure's first step: the tenants' API keys and tokens stop working (within a
+        second at every server), so nothing new is written while their content goes. The
+        tenants are marked erased only at the end (`mark_erased`): an erasure interrupted
+        before then is run again whole. Returns (keys, tokens) revoked."""
+        ownership = self.owned_tenants(scope, scope_id)
+        project_ids = [t.id for t in ownership.tenants if t.kind == "project"]
+        workspace_ids = [t.id for t in ownership.tenants if t.kind == "workspace"]
+        now = datetime.now(UTC)
+        keys = tokens = 0
+        with Session(self._engine, expire_on_commit=False) as session, session.begin():
+            if project_ids:
+                keys = _changed(session.execute(
+                    update(ApiKey).where(ApiKey.project_id.in_(project_ids),
+                                         ApiKey.revoked_at.is_(None))
+                    .values(revoked_at=now)))
+            if workspace_ids:
+                tokens = _changed(session.execute(
+                    update(WorkspaceToken).where(WorkspaceToken.workspace_id.in_(workspace_ids),
+                                                 WorkspaceToken.revoked_at.is_(None))
+                    .values(revoked_at=now)))
+            self._audit(session, DIRECTORY_CHAIN, actor, "erase.begin", scope_id, {
+                "scope": scope, "api_keys_revoked": keys, "tokens_revoked": tokens})
+        return keys, tokens
+
     def mark_erased(self, scope: ErasureScope, scope_id: str, *,
                     details: Mapping[str, Detail], actor: str = "cli") -> ErasureMark:
         """The directory's part of an erasure, in one transaction with its audit entry: the
