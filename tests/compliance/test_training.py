@@ -98,3 +98,28 @@ def test_withdrawn_consent_stops_the_export_and_zero_retention_is_never_read(
     with pytest.raises(TrainingNotConsented):
         TrainingExport(site).export(org.id, tmp_path / "again.jsonl")
     assert not (tmp_path / "again.jsonl").exists()
+
+
+def test_a_response_continued_from_one_written_without_consent_exports_only_its_own_turns(
+        site: Site, tmp_path: Path) -> None:
+    """A stored response carries the conversation of the one it continues
+    (`previous_response_id`): written before the opt-in, that part must not leave."""
+    org = site.directory.create_org("Acme")
+    project = site.directory.create_project(org.id, "kept", "eu", retention="regional")
+    store = site.store("eu")
+    first = [{"role": "user", "content": "private question"},
+             {"role": "assistant", "content": "private answer"}]
+    store.put_record(TenantRef(project.id, "eu", org.id), "response", "resp_1", json.dumps(
+        {"response": {"id": "resp_1", "previous_response_id": None},
+         "conversation": first}).encode())
+    site.directory.set_training_opt_in(org.id, True)
+    second = [*first, {"role": "user", "content": "new question"},
+              {"role": "assistant", "content": "new answer"}]
+    store.put_record(TenantRef(project.id, "eu", org.id, training_consent=True), "response",
+                     "resp_2", json.dumps({"response": {"id": "resp_2",
+                                                        "previous_response_id": "resp_1"},
+                                           "conversation": second}).encode())
+    out = tmp_path / "train.jsonl"
+    TrainingExport(site).export(org.id, out)
+    assert _lines(out) == [{"messages": [{"role": "user", "content": "new question"},
+                                         {"role": "assistant", "content": "new answer"}]}]

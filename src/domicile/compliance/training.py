@@ -152,15 +152,49 @@ class TrainingExport:
                 select(RecordRow.record_id, RecordRow.body, RecordRow.training_consent)
                 .where(RecordRow.tenant_id == tenant.id, RecordRow.kind == RESPONSE_KIND)
                 .order_by(RecordRow.created_at)).all()
-        for record_id, body, consented in rows:
-            if not consented:
+        records = {record_id: (body, bool(consented)) for record_id, body, consented in rows}
+        opened: dict[str, dict[str, Any]] = {}
+
+        def record(record_id: str) -> dict[str, Any]:
+            if record_id not in opened:
+                loaded = json.loads(store.open(tenant, RESPONSE_KIND, record_id,
+                                               records[record_id][0]))
+                opened[record_id] = loaded if isinstance(loaded, dict) else {}
+            return opened[record_id]
+
+        def consented_from(record_id: str) -> int | None:
+            """Where the part written with consent starts in the record's conversation: a
+            response continued from another (`previous_response_id`) carries that one's
+            conversation, which must not be exported if it was written without consent.
+            None: its history cannot be traced, so nothing of it is exported."""
+            seen = {record_id}
+            current = record_id
+            while True:
+                response = record(current).get("response")
+                previous = response.get("previous_response_id") if isinstance(
+                    response, dict) else None
+                if previous is None:
+                    return 0
+                if previous not in records or previous in seen:
+                    return None
+                if not records[previous][1]:
+                    conversation = record(previous).get("conversation")
+                    return len(conversation) if isinstance(conversation, list) else None
+                seen.add(previous)
+                current = previous
+
+        for record_id, (_body, consented) in records.items():
+            start = consented_from(record_id) if consented else None
+            if start is None:
                 result.rows_without_consent_skipped += 1
                 continue
-            record = json.loads(store.open(tenant, RESPONSE_KIND, record_id, body))
+            conversation = record(record_id).get("conversation", [])
             messages = [{"role": m["role"], "content": m["content"]}
-                        for m in record.get("conversation", [])
+                        for m in conversation[start:]
                         if isinstance(m, dict) and m.get("role") in (
                             "system", "user", "assistant")]
+            while messages and messages[0]["role"] == "assistant":
+                messages.pop(0)
             if _is_example(messages):
                 result.examples += 1
                 result.stored_responses += 1
