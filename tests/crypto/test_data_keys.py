@@ -111,6 +111,22 @@ def test_a_keystore_from_before_schemes_still_opens_its_content(tmp_path: Path) 
     keys.close()
 
 
+def test_a_key_of_the_legacy_scheme_never_seals_again(tmp_path: Path) -> None:
+    """A key made before seals were counted has an unknown history and no subkeys: the first
+    seal after the upgrade rotates to a new (HKDF) key; the old one still opens."""
+    shutil.copytree(LEGACY, tmp_path / "old")
+    kek = tmp_path / "old" / "kek.key"
+    kek.chmod(0o600)
+    keys = LocalKeyProvider("eu", kek)
+    ctx = Context("eu", "ws_old", "message", "msg_1")
+    record = (tmp_path / "old" / "record.bin").read_bytes()
+    sealed = Envelope(keys, segment_size=SMALL_SEGMENT).seal(b"after the upgrade", ctx)
+    assert key_id_of(sealed) != key_id_of(record)
+    assert [v.scheme for v in keys.key_versions("ws_old")] == [1, 2]
+    assert Envelope(keys).open(record, ctx) == b"sealed before data key schemes"
+    keys.close()
+
+
 # -- counting and rotation -------------------------------------------------------------------
 
 

@@ -306,7 +306,9 @@ class LocalKeyProvider(KeyProvider):
             row = self._current_row(db, tenant)
             key_id, version, reserved = str(row[0]), int(row[4]), int(row[5])
             granted = min(self.seal_block, self.seal_limit - reserved)
-            if granted <= 0:  # the key reached its limit: it never seals again, rotate
+            # A key that reached its limit never seals again; nor does a key of the legacy
+            # scheme (made before seals were counted and subkeys derived): rotate.
+            if granted <= 0 or int(row[3]) == SCHEME_DIRECT:
                 key_id = self._insert_key(db, tenant, version + 1)
                 row = self._current_row(db, tenant)
                 granted = self.seal_block
