@@ -181,6 +181,7 @@ HOSTILE: dict[str, Edit] = {
     "genesis hash at seq 5": _set("hash", "0" * 64),
     "naive at": lambda fields: {**fields, "at": fields["at"][:-6]},
     "at as number": _set("at", 1700000000),
+    "at in month 13": lambda fields: {**fields, "at": "2026-13" + fields["at"][7:]},
     "key id of another key": _set("key_id", "ab" * 16),
     "signature short": lambda fields: {**fields, "signature": fields["signature"][:-2]},
     "public key null": _set("public_key", None),

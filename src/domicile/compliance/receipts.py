@@ -123,10 +123,14 @@ class Receipt:
         seq = _integer(parsed, "seq")
         if not 0 <= seq <= _MAX_SEQ:
             raise _invalid("seq is out of range")
+        try:
+            at = datetime.fromisoformat(_text(parsed, "at", _AT))
+        except ValueError:  # the pattern's shape, but no such moment (month 13, say)
+            raise _invalid("at is not a date and time") from None
         receipt = cls(
             chain=_text(parsed, "chain", _CHAIN), seq=seq,
             hash=_text(parsed, "hash", _HEX64),
-            at=datetime.fromisoformat(_text(parsed, "at", _AT)),
+            at=at,
             key_id=_text(parsed, "key_id", _HEX32),
             public_key=_text(parsed, "public_key", _HEX64),
             signature=_text(parsed, "signature", _HEX128),
