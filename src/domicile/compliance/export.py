@@ -172,12 +172,17 @@ class Exporter:
                 handle.flush()
                 os.fsync(handle.fileno())
             summary = self._summary(written, ownership, out, places)
-            self._audit(summary, written, actor)
             try:
                 os.link(temp, out)  # never replaces: a file made meanwhile is kept
             except FileExistsError:
                 raise InvalidInput(f"{out} already exists; an export never overwrites a file",
                                    param="out") from None
+            # Audited once the export exists; if this fails, the file goes with the error.
+            try:
+                self._audit(summary, written, actor)
+            except BaseException:
+                out.unlink(missing_ok=True)
+                raise
         finally:
             temp.unlink(missing_ok=True)
         return summary
@@ -232,7 +237,8 @@ class Exporter:
                 row = conn.execute(select(conversations).where(
                     conversations.c.id == conversation_id)).first()
                 rows = conn.execute(select(messages).where(
-                    messages.c.conversation_id == conversation_id)
+                    messages.c.conversation_id == conversation_id,
+                    messages.c.workspace_id == tenant.id)
                     .order_by(messages.c.seq, messages.c.id)).all()
             if row is None:  # deleted meanwhile
                 written.step()
