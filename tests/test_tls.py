@@ -188,3 +188,18 @@ def test_flags_take_precedence_over_the_config_and_go_together(tmp_path: Path) -
     plain = parse_settings(tomllib.loads(render_config(8400)),
                            config_path=tmp_path / "domicile.toml", check_files=False)
     assert tls_files(plain) is None
+
+
+def test_serve_refuses_a_tls_key_others_may_read_before_binding(tmp_path: Path,
+                                                                 ec_files: TlsFiles) -> None:
+    """The key given by flag is checked like the site's own (`check_key_files`)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = settings_listening(tmp_path, f"127.0.0.1:{port}", "127.0.0.1:8401")
+    ec_files.key.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600") as refused:
+        serve(settings, ["eu"], tls=ec_files)
+    assert refused.value.field == "--tls-key"
+    with socket.socket() as again:  # nothing was bound
+        again.bind(("127.0.0.1", port))

@@ -33,7 +33,7 @@ from domicile.config import RegionSettings, Settings, is_loopback_host
 from domicile.errors import ConfigError, InvalidInput, StoreUnavailable
 from domicile.failures import describe
 from domicile.http_server import protocol_for
-from domicile.site import Site
+from domicile.site import Site, check_key_file
 
 __all__ = [
     "TLS12_CIPHERS",
@@ -151,6 +151,7 @@ def serve(settings: Settings, regions: Sequence[str] = (), *, workers: int = 1,
         settings.region(name)
     check_plain_http(settings, names, tls=tls, insecure_http=insecure_http)
     if tls is not None:
+        check_key_file("--tls-key", tls.key)  # G5/G6: a key others may read is refused
         tls_context(tls)  # fail at start, with the file named, not in a worker
     sockets = {name: _bind(settings.regions[name]) for name in prepare_regions(settings, names)}
     if workers <= 1:

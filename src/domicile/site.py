@@ -42,7 +42,7 @@ from domicile.tenancy import models as directory_models
 from domicile.tenancy.directory import DIRECTORY_CHAIN, Directory
 from domicile.tenancy.secrets import CredentialHasher, load_site_secret, write_site_secret
 
-__all__ = ["DEFAULT_SITE_DIR", "Site", "init_site", "render_config"]
+__all__ = ["DEFAULT_SITE_DIR", "Site", "check_key_file", "init_site", "render_config"]
 
 log = logging.getLogger("domicile.site")
 
@@ -138,6 +138,19 @@ def init_site(directory: Path = DEFAULT_SITE_DIR, *, port_base: int = 8400,
 def _write_atomically(path: Path, text: str) -> None:
     with written_whole(path) as out:
         out.write(text)
+
+
+def check_key_file(field: str, path: Path) -> None:
+    """ConfigError (naming `field`) if group or others may read or write the key at `path`;
+    a missing file is left to whoever needs it (a signing key is made on first use)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return
+    if mode & 0o077:
+        raise ConfigError(field, f"{path} may be read or written by others (mode "
+                          f"{oct(mode & 0o777)}); a key file must be 0600. Check who "
+                          f"could have copied it, then `chmod 600 {path}`")
 
 
 class Site:
@@ -271,14 +284,7 @@ class Site:
         not tightened silently: a key that was readable may have been copied, and only the
         operator can decide whether it must be replaced."""
         for field, path in self.key_files():
-            try:
-                mode = path.stat().st_mode
-            except FileNotFoundError:
-                continue  # a signing key made on first use; a missing KEK is refused elsewhere
-            if mode & 0o077:
-                raise ConfigError(field, f"{path} may be read or written by others (mode "
-                                  f"{oct(mode & 0o777)}); a key file must be 0600. Check who "
-                                  f"could have copied it, then `chmod 600 {path}`")
+            check_key_file(field, path)
 
     def _private_paths(self) -> tuple[list[Path], list[Path]]:
         """(paths, trees) for `tighten`: the files Domicile keeps (databases with their SQLite
