@@ -115,3 +115,19 @@ def refuse_second_row(table: str, message: str) -> None:
             f"CREATE TRIGGER {name} BEFORE INSERT ON {table} "
             f"FOR EACH ROW EXECUTE FUNCTION {name}()"
         )
+
+
+def refuse_truncate(table: str, message: str) -> None:
+    """PostgreSQL's TRUNCATE skips row triggers: refuse it on `table` too. (SQLite has no
+    TRUNCATE; its DELETE without WHERE fires the row triggers.)"""
+    if op.get_bind().dialect.name != "postgresql":
+        return
+    name = f"{table}_refuse_truncate"
+    op.execute(
+        f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"RAISE EXCEPTION '{message}'; END $$"
+    )
+    op.execute(
+        f"CREATE TRIGGER {name} BEFORE TRUNCATE ON {table} "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION {name}()"
+    )

@@ -10,7 +10,7 @@ triggers.
 import sqlalchemy as sa
 from alembic import op
 
-from domicile.storage.migrations.audit_ddl import refuse_changes
+from domicile.storage.migrations.audit_ddl import refuse_changes, refuse_truncate
 
 revision = "0003_trust"
 down_revision = "0002_workspace_accounts"
@@ -23,6 +23,8 @@ def upgrade() -> None:
         op.add_column(table, sa.Column("erased_at", sa.DateTime(timezone=True)))
         refuse_changes(table, "DELETE", "tenants are never deleted: their ids are never "
                        "reused (G1)")
+        refuse_truncate(table, "tenants are never deleted: their ids are never reused (G1)")
+    refuse_truncate("audit_log", "audit log entries are append-only")
 
 
 def downgrade() -> None:

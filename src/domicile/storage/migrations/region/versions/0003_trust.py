@@ -1,7 +1,8 @@
 """The trust center's holes in a regional store closed (G1, G7).
 
-- G1: a store's identity can be neither deleted nor joined by a second row, and on SQLite a
-  row cannot be moved to another region by an UPDATE (PostgreSQL's trigger already covers it).
+- G1: a store's identity can be neither deleted (nor truncated) nor joined by a second row,
+  and on SQLite a row cannot be moved to another region by an UPDATE (PostgreSQL's trigger
+  already covers it). The audit log cannot be truncated either.
 - G7: every content row keeps the org's training consent at the moment it was written
   (`training_consent`), so a training export takes only what was written while opted in.
 
@@ -15,6 +16,7 @@ from domicile.storage.migrations.audit_ddl import (
     refuse_changes,
     refuse_foreign_region_update,
     refuse_second_row,
+    refuse_truncate,
 )
 
 revision = "0003_trust"
@@ -28,6 +30,8 @@ CONTENT_TABLES = ("records", "blobs", "ws_conversations", "ws_messages", "ws_fil
 def upgrade() -> None:
     refuse_changes("store_identity", "DELETE", "the region of a store is immutable (G1)")
     refuse_second_row("store_identity", "a store belongs to one region only (G1)")
+    refuse_truncate("store_identity", "the region of a store is immutable (G1)")
+    refuse_truncate("audit_log", "audit log entries are append-only")
     for table in REGION_TABLES:
         refuse_foreign_region_update(table)
     for table in CONTENT_TABLES:
