@@ -6,7 +6,15 @@ import json
 import stat
 from pathlib import Path
 
+import pytest
+
 from tests.cli.conftest import Cli
+
+
+@pytest.fixture
+def cli(cli_process: Cli) -> Cli:
+    """Here the real command, each call its own process, as scripts run it."""
+    return cli_process
 
 
 def test_init_writes_a_site_with_private_keys(cli: Cli, tmp_path: Path) -> None:
