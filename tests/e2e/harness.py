@@ -142,7 +142,7 @@ class Server:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=20)
+                self.process.wait(timeout=60)  # a busy CI machine: never SIGKILL a flush
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()

@@ -26,6 +26,7 @@ key is the workspace's, and the other members' content stays readable.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from collections import Counter
@@ -173,7 +174,8 @@ class Erasure:
                   for region in tenant_regions(tenant, self._regions)]
         holds = {(h.tenant, h.region): h for h in plan.holdings}
         # 0. Credentials: no request of theirs is taken from here on (servers' caches: 1 s).
-        self._directory.revoke_credentials(scope, scope_id, actor=actor)
+        keys_revoked, tokens_revoked = self._directory.revoke_credentials(
+            scope, scope_id, actor=actor)
         # 1. Keys first: from here on nothing of theirs opens, whatever fails later.
         receipts = tuple(self._store_for(region).envelope.destroy_tenant_key(tenant.id)
                          for tenant, region in places)
@@ -219,6 +221,8 @@ class Erasure:
         counts["rows_deleted"] = sum(rows.values())
         counts["blob_files_deleted"] = blob_files
         mark = self._directory.mark_erased(scope, scope_id, details=counts, actor=actor)
+        mark = dataclasses.replace(mark, api_keys_revoked=mark.api_keys_revoked + keys_revoked,
+                                   tokens_revoked=mark.tokens_revoked + tokens_revoked)
         return ErasureReport(plan, receipts, dict(rows), blob_files, mark, rotated)
 
     # -- one member's content -------------------------------------------------------------------
