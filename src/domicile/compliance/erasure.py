@@ -185,12 +185,7 @@ class Erasure:
                           if tenant.region == region or not holds[(tenant.id, region)].empty})
         # 2. Rows and blobs.
         rows: Counter[str] = Counter()
-        blob_files = 0
-        for tenant, region in places:
-            if region in regions:
-                deleted, files = self._delete_tenant(self._store_for(region), tenant)
-                rows.update(deleted)
-                blob_files += files
+        blob_files = self._delete_tenants(places, regions, rows)
         # 3. Journals and free pages.
         for region in regions:
             purge_journals(self._store_for(region).engine)
@@ -211,11 +206,7 @@ class Erasure:
         rotated = {region: self._store_for(region).rotate_kek(actor=actor) for region in regions}
         # 6. What a request already under way wrote after step 2 (sealed under a key that is
         # gone, but not left behind either).
-        for tenant, region in places:
-            if region in regions:
-                deleted, files = self._delete_tenant(self._store_for(region), tenant)
-                rows.update(deleted)
-                blob_files += files
+        blob_files += self._delete_tenants(places, regions, rows)
         # 7. The directory, last (and its chain, in the same transaction): until it is marked,
         # running the erasure again does every step again, so a crash leaves nothing undone.
         counts["rows_deleted"] = sum(rows.values())
@@ -224,6 +215,18 @@ class Erasure:
         mark = dataclasses.replace(mark, api_keys_revoked=mark.api_keys_revoked + keys_revoked,
                                    tokens_revoked=mark.tokens_revoked + tokens_revoked)
         return ErasureReport(plan, receipts, dict(rows), blob_files, mark, rotated)
+
+    def _delete_tenants(self, places: Sequence[tuple[OwnedTenant, str]], regions: Sequence[str],
+                        rows: Counter[str]) -> int:
+        """Delete the tenants' rows and blobs in `regions`; count rows into `rows`, return the
+        blob files deleted."""
+        blob_files = 0
+        for tenant, region in places:
+            if region in regions:
+                deleted, files = self._delete_tenant(self._store_for(region), tenant)
+                rows.update(deleted)
+                blob_files += files
+        return blob_files
 
     # -- one member's content -------------------------------------------------------------------
 

@@ -520,28 +520,22 @@ class Directory:
                     for w in workspaces]
         return Ownership(scope, scope_id, org_id, erased_at, tuple(tenants))
 
+    def _owned_ids(self, scope: ErasureScope, scope_id: str) -> tuple[list[str], list[str]]:
+        """(project ids, workspace ids) of what `scope_id` owns."""
+        tenants = self.owned_tenants(scope, scope_id).tenants
+        return ([t.id for t in tenants if t.kind == "project"],
+                [t.id for t in tenants if t.kind == "workspace"])
+
     def revoke_credentials(self, scope: ErasureScope, scope_id: str, *,
                            actor: str = "cli") -> tuple[int, int]:
         """An erasure's first step: the tenants' API keys and tokens stop working (within a
         second at every server), so nothing new is written while their content goes. The
         tenants are marked erased only at the end (`mark_erased`): an erasure interrupted
         before then is run again whole. Returns (keys, tokens) revoked."""
-        ownership = self.owned_tenants(scope, scope_id)
-        project_ids = [t.id for t in ownership.tenants if t.kind == "project"]
-        workspace_ids = [t.id for t in ownership.tenants if t.kind == "workspace"]
-        now = datetime.now(UTC)
-        keys = tokens = 0
+        project_ids, workspace_ids = self._owned_ids(scope, scope_id)
         with Session(self._engine, expire_on_commit=False) as session, session.begin():
-            if project_ids:
-                keys = _changed(session.execute(
-                    update(ApiKey).where(ApiKey.project_id.in_(project_ids),
-                                         ApiKey.revoked_at.is_(None))
-                    .values(revoked_at=now)))
-            if workspace_ids:
-                tokens = _changed(session.execute(
-                    update(WorkspaceToken).where(WorkspaceToken.workspace_id.in_(workspace_ids),
-                                                 WorkspaceToken.revoked_at.is_(None))
-                    .values(revoked_at=now)))
+            keys, tokens = _revoke_credentials(session, project_ids, workspace_ids,
+                                               datetime.now(UTC))
             self._audit(session, DIRECTORY_CHAIN, actor, "erase.begin", scope_id, {
                 "scope": scope, "api_keys_revoked": keys, "tokens_revoked": tokens})
         return keys, tokens
@@ -552,9 +546,7 @@ class Directory:
         tenants are marked erased (their rows stay: ids are never reused), their API keys and
         tokens revoked, their members removed, the members' emails and password hashes
         blanked. `details`: what the stores' part did (counts, receipt statements)."""
-        ownership = self.owned_tenants(scope, scope_id)
-        project_ids = [t.id for t in ownership.tenants if t.kind == "project"]
-        workspace_ids = [t.id for t in ownership.tenants if t.kind == "workspace"]
+        project_ids, workspace_ids = self._owned_ids(scope, scope_id)
         now = datetime.now(UTC)
         with Session(self._engine, expire_on_commit=False) as session, session.begin():
             if scope == "org":
@@ -566,17 +558,10 @@ class Directory:
                     marked += _changed(session.execute(
                         update(model).where(model.id.in_(ids), model.erased_at.is_(None))
                         .values(erased_at=now)))
-            keys = tokens = members = 0
-            if project_ids:
-                keys = _changed(session.execute(
-                    update(ApiKey).where(ApiKey.project_id.in_(project_ids),
-                                         ApiKey.revoked_at.is_(None))
-                    .values(revoked_at=now)))
+            # Again: credentials made while the content went (revoke_credentials ran first).
+            keys, tokens = _revoke_credentials(session, project_ids, workspace_ids, now)
+            members = 0
             if workspace_ids:
-                tokens = _changed(session.execute(
-                    update(WorkspaceToken).where(WorkspaceToken.workspace_id.in_(workspace_ids),
-                                                 WorkspaceToken.revoked_at.is_(None))
-                    .values(revoked_at=now)))
                 users = list(session.scalars(select(User).where(
                     User.workspace_id.in_(workspace_ids))))
                 for user in users:
@@ -661,6 +646,23 @@ def _utc(at: datetime) -> datetime:
 def _check_limit(value: int | None, field: str) -> None:
     if value is not None and value < 1:
         raise InvalidInput(f"{field} must be a positive number", param=field)
+
+
+def _revoke_credentials(session: Session, project_ids: list[str], workspace_ids: list[str],
+                        now: datetime) -> tuple[int, int]:
+    """Revoke the live API keys of `project_ids` and tokens of `workspace_ids`: (keys, tokens)."""
+    keys = tokens = 0
+    if project_ids:
+        keys = _changed(session.execute(
+            update(ApiKey).where(ApiKey.project_id.in_(project_ids),
+                                 ApiKey.revoked_at.is_(None))
+            .values(revoked_at=now)))
+    if workspace_ids:
+        tokens = _changed(session.execute(
+            update(WorkspaceToken).where(WorkspaceToken.workspace_id.in_(workspace_ids),
+                                         WorkspaceToken.revoked_at.is_(None))
+            .values(revoked_at=now)))
+    return keys, tokens
 
 
 def _changed(result: Result[Any]) -> int:
