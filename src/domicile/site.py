@@ -271,9 +271,9 @@ class Site:
         keys += [(f"regions.{name}.key_provider.path", region.key_provider.path)
                  for name, region in settings.regions.items()]
         for chain in (DIRECTORY_CHAIN, *settings.regions):
+            field = ("directory.secret_file" if chain == DIRECTORY_CHAIN
+                     else f"regions.{chain}.key_provider.path")
             with contextlib.suppress(ConfigError):  # a shared one: `audit head` says so
-                field = keys[0][0] if chain == DIRECTORY_CHAIN else (
-                    f"regions.{chain}.key_provider.path")
                 keys.append((field, signing_key_path(settings, chain)))
         if settings.server.tls_key is not None:
             keys.append(("server.tls_key", settings.server.tls_key))

@@ -175,3 +175,30 @@ def test_training_consent_changes_are_audited(site: Site) -> None:
     trail = [(e.action, e.details.get("training_opt_in")) for e in site.directory_audit.entries()]
     assert trail == [("org.create", False), ("org.training_opt_in", True),
                      ("org.training_opt_in", False)]
+
+
+def test_every_grant_carries_the_orgs_consent_as_it_is_now(site: Site) -> None:
+    """G7: content rows take `training_consent` from the grant of the credential that wrote
+    them (gateway key, workspace token, signed-in member), so each must say what the org says
+    at the time, and change when it does."""
+    directory = site.directory
+    org = directory.create_org("Acme")
+    project = directory.create_project(org.id, "app", "eu", retention="regional")
+    key = directory.create_api_key(project.id).secret
+    workspace = directory.create_workspace(org.id, "ws", "eu")
+    user = directory.add_user(workspace.id, "a@example.com", "member", "a long password")
+    token = directory.create_token(workspace.id, user.id).secret
+
+    def consents() -> list[bool]:
+        grants = [directory.authenticate_api_key(key), directory.authenticate_token(token),
+                  directory.member_grant(user.id)]
+        assert all(grant is not None for grant in grants)
+        return [grant.training_opt_in for grant in grants if grant is not None]
+
+    assert consents() == [False, False, False]
+    directory.set_training_opt_in(org.id, True)
+    assert consents() == [True, True, True]
+    grant = directory.member_grant(user.id)
+    assert grant is not None and grant.tenant.training_consent
+    directory.set_training_opt_in(org.id, False)
+    assert consents() == [False, False, False]

@@ -50,11 +50,14 @@ class TrainingNotConsented(InvalidInput):
 class TrainingExportResult:
     org_id: str
     out: Path
-    examples: int = 0
     conversations: int = 0
     stored_responses: int = 0
     rows_without_consent_skipped: int = 0
     regions: set[str] = field(default_factory=set)
+
+    @property
+    def examples(self) -> int:
+        return self.conversations + self.stored_responses
 
     def to_json(self) -> dict[str, Any]:
         return {"org_id": self.org_id, "out": str(self.out), "examples": self.examples,
@@ -139,7 +142,6 @@ class TrainingExport:
             while messages and messages[0]["role"] != "user":
                 messages.pop(0)
             if _is_example(messages):
-                result.examples += 1
                 result.conversations += 1
                 result.regions.add(tenant.region)
                 yield messages
@@ -196,7 +198,6 @@ class TrainingExport:
             while messages and messages[0]["role"] == "assistant":
                 messages.pop(0)
             if _is_example(messages):
-                result.examples += 1
                 result.stored_responses += 1
                 result.regions.add(region)
                 yield messages
