@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
@@ -41,6 +40,7 @@ from domicile.storage.interfaces import ContentStore, UsageSink
 from domicile.tenancy.grants import ApiKeyGrant, KeyAuthenticator
 
 from .auth import Doorkeeper, KeyCache
+from .batches import BatchesEndpoint
 from .files import FilesEndpoint
 from .http import (
     UNKNOWN_ROUTE,
@@ -56,16 +56,16 @@ from .http import (
     parse_json_object,
 )
 from .ratelimit import InMemoryRateLimiter, RateLimiter
-from .residency import content_store_for, residency_answer, tenant_of
+from .residency import content_store_for, residency_answer
 from .responses import ResponsesEndpoint
+from .routes import Endpoint, Route, RouteTable
+from .uploads import UploadsEndpoint
 
-__all__ = ["UNKNOWN_ROUTE", "ASGIApp", "GatewayApp", "create_gateway_app", "route_template"]
+__all__ = ["UNKNOWN_ROUTE", "ASGIApp", "GatewayApp", "create_gateway_app"]
 
 log = logging.getLogger("domicile.gateway")
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-Handler = Callable[[Exchange, ApiKeyGrant], Awaitable[None]]
-IdHandler = Callable[[str, Exchange, ApiKeyGrant], Awaitable[None]]
 
 
 class _MountedLifespan:
@@ -144,33 +144,25 @@ class GatewayApp:
         self._fallback = fallback_app
         self._mounted = _MountedLifespan(fallback_app) if fallback_app is not None else None
         self._responses = ResponsesEndpoint(self.router, content_store)
-        self._files = FilesEndpoint()
+        self._files = FilesEndpoint(content_store, region)
+        self._uploads = UploadsEndpoint(content_store, region)
+        self._batches = BatchesEndpoint(content_store, region, lambda: self.routes)
+        self._endpoints: tuple[Endpoint, ...] = (
+            self._responses, self._files, self._uploads, self._batches)
         self._region_header = region.encode()
         self._health = dump_json({"status": "ok", "region": region})
         self._models = dump_json({"object": "list", "data": [
             {"id": model, "object": "model", "created": 0, "owned_by": provider.name}
             for model, provider in self.router.models()
         ]})
-        self._routes: dict[tuple[str, str], Handler] = {
-            ("GET", "/v1/models"): self._list_models,
-            ("POST", "/v1/chat/completions"): self._chat,
-            ("POST", "/v1/embeddings"): self._embeddings,
-            ("POST", "/v1/images/generations"): self._images,
-            ("POST", "/v1/responses"): self._responses.create,
-            ("GET", "/v1/residency"): self._residency,
-            ("POST", "/v1/files"): self._files_upload,
-            ("GET", "/v1/files"): self._files_list,
-        }
-        # Routes with an id in the path, by (method, template): see `route_template`.
-        self._id_routes: dict[tuple[str, str], IdHandler] = {
-            ("GET", "/v1/files/{file_id}"): self._file_action(self._files.retrieve),
-            ("DELETE", "/v1/files/{file_id}"): self._file_action(self._files.delete),
-            ("GET", "/v1/files/{file_id}/content"): self._file_action(self._files.content),
-            ("GET", "/v1/responses/{response_id}"): self._response_action(
-                self._responses.retrieve),
-            ("DELETE", "/v1/responses/{response_id}"): self._response_action(
-                self._responses.delete),
-        }
+        self.routes = RouteTable([
+            Route("GET", "/v1/models", self._list_models, "listModels"),
+            Route("POST", "/v1/chat/completions", self._chat, "createChatCompletion"),
+            Route("POST", "/v1/embeddings", self._embeddings, "createEmbedding"),
+            Route("POST", "/v1/images/generations", self._images, "createImage"),
+            Route("GET", "/v1/residency", self._residency, "getResidency"),
+            *(route for endpoint in self._endpoints for route in endpoint.routes()),
+        ])
         self._starting: asyncio.Future[None] | None = None
         self._started = False
 
@@ -223,6 +215,8 @@ class GatewayApp:
     async def _start(self, lifespan_scope: Scope | None) -> None:
         await asyncio.gather(*(provider.start() for provider in self.providers))
         await self.usage.start()
+        for endpoint in self._endpoints:
+            await endpoint.start()
         if self._mounted is not None:
             await self._mounted.startup(lifespan_scope or {
                 "type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}})
@@ -232,6 +226,8 @@ class GatewayApp:
         """Flush usage, close provider pools."""
         if self._mounted is not None:
             await self._mounted.shutdown()
+        for endpoint in reversed(self._endpoints):
+            await endpoint.aclose()
         await self.usage.aclose()
         await asyncio.gather(*(provider.aclose() for provider in self.providers),
                              return_exceptions=True)
@@ -252,9 +248,9 @@ class GatewayApp:
                 NotFound(f"Invalid URL ({scope['method']} {path})"))
             return
         call = Exchange(scope, receive, send, self._region_header)
-        handler = self._routes.get((scope["method"], path))
+        route = self.routes.exact(scope["method"], path)
         # Usage keeps a route's template, never the path itself: a path is client text (G4).
-        call.endpoint = path if handler is not None else route_template(path)
+        call.endpoint = path if route is not None else self.routes.template_of(path)
         try:
             if not self._started:
                 await self.startup()
@@ -262,7 +258,9 @@ class GatewayApp:
             call.grant = grant
             if grant.rpm_limit is not None or grant.tpm_limit is not None:
                 call.extra_headers = await self._limiter.acquire(grant)
-            await (handler or self._dynamic(call, grant))(call, grant)
+            if route is None:
+                route = self._match(call, grant)
+            await route.handler(call, grant)
         except DomicileError as exc:
             await call.fail(exc, list(exc.headers))
         except ClientDisconnected:
@@ -309,16 +307,15 @@ class GatewayApp:
 
         return tagged
 
-    def _dynamic(self, call: Exchange, grant: ApiKeyGrant) -> Handler:
-        """Routes with an id in the path, found by the template `route_template` already
-        gave the call; anything else under /v1 is a 404."""
+    def _match(self, call: Exchange, grant: ApiKeyGrant) -> Route:
+        """The route of a path with ids (or none: 404, 405). Under a resource whose every
+        route keeps content, a zero-retention key is refused first, whatever the path (G4)."""
         method, path = call.scope["method"], call.scope["path"]
-        if path == "/v1/files" or path.startswith("/v1/files/"):
-            content_store_for(grant, self._store, "/v1/files")  # G4 for every files path
-        action = self._id_routes.get((method, call.endpoint))
-        if action is not None:
-            return functools.partial(action, path.split("/")[3])  # /v1/<things>/<id>[/...]
-        raise NotFound(f"Invalid URL ({method} {path})")
+        feature = self.routes.retained_feature(path)
+        if feature is not None:
+            content_store_for(grant, self._store, feature)
+        route, call.params = self.routes.match(method, path)
+        return route
 
     # -- endpoints --------------------------------------------------------------------------
 
@@ -464,45 +461,6 @@ class GatewayApp:
             counted = scanner if stripper is None else stripper
             call.prompt_tokens = counted.prompt_tokens
             call.completion_tokens = counted.completion_tokens
-
-    # -- content-keeping endpoints (regional retention only) -------------------------------
-
-    async def _files_upload(self, call: Exchange, grant: ApiKeyGrant) -> None:
-        store = content_store_for(grant, self._store, "/v1/files")
-        await self._files.upload(call, store, tenant_of(grant, self.region))
-
-    async def _files_list(self, call: Exchange, grant: ApiKeyGrant) -> None:
-        store = content_store_for(grant, self._store, "/v1/files")
-        await self._files.list(call, store, tenant_of(grant, self.region))
-
-    def _file_action(self, action: Callable[..., Awaitable[None]]) -> IdHandler:
-        async def handle(file_id: str, call: Exchange, grant: ApiKeyGrant) -> None:
-            store = content_store_for(grant, self._store, "/v1/files")
-            await action(call, store, tenant_of(grant, self.region), file_id)
-
-        return handle
-
-    @staticmethod
-    def _response_action(action: Callable[[Exchange, ApiKeyGrant, str], Awaitable[None]]
-                         ) -> IdHandler:
-        async def handle(response_id: str, call: Exchange, grant: ApiKeyGrant) -> None:
-            await action(call, grant, response_id)
-
-        return handle
-
-
-def route_template(path: str) -> str:
-    """The template of a route with an id in its path, as usage metadata keeps it; any other
-    path is "(unknown)" (a path is client text, never kept)."""
-    if path.startswith("/v1/files/"):
-        rest = path[len("/v1/files/"):].partition("/")[2]
-        if not rest:
-            return "/v1/files/{file_id}"
-        if rest == "content":
-            return "/v1/files/{file_id}/content"
-    elif path.startswith("/v1/responses/") and "/" not in path[len("/v1/responses/"):]:
-        return "/v1/responses/{response_id}"
-    return UNKNOWN_ROUTE
 
 
 def _is_api(path: str) -> bool:

@@ -21,9 +21,12 @@ from urllib.parse import parse_qs
 from domicile.errors import BodyTooLarge, InvalidInput, NotFound
 from domicile.inference.providers.shapes import new_id
 from domicile.storage.interfaces import ContentStore, StagedBlob, StoredBlob, TenantRef
+from domicile.tenancy.grants import ApiKeyGrant
 from domicile.web.multipart import MultipartReader, boundary_of
 
 from .http import Exchange, header
+from .residency import content_store_for, tenant_of
+from .routes import Route
 
 __all__ = ["FilesEndpoint", "valid_file_id"]
 
@@ -64,13 +67,39 @@ def _purpose(raw: bytes) -> str:
     return purpose
 
 
-class FilesEndpoint:
-    """The handlers; the caller has already passed `content_store_for` (G4)."""
+FEATURE = "/v1/files"
 
-    def __init__(self, *, max_upload: int = MAX_UPLOAD) -> None:
+
+class FilesEndpoint:
+    """The `/v1/files` routes of one region's gateway; every one keeps content (G4)."""
+
+    def __init__(self, store: ContentStore | None, region: str, *,
+                 max_upload: int = MAX_UPLOAD) -> None:
+        self._store = store
+        self._region = region
         self.max_upload = max_upload
 
-    async def upload(self, call: Exchange, store: ContentStore, tenant: TenantRef) -> None:
+    async def start(self) -> None:
+        """Nothing runs beside these requests."""
+
+    async def aclose(self) -> None:
+        """Nothing to stop."""
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("POST", "/v1/files", self.upload, "createFile", FEATURE),
+            Route("GET", "/v1/files", self.list, "listFiles", FEATURE),
+            Route("GET", "/v1/files/{file_id}", self.retrieve, "retrieveFile", FEATURE),
+            Route("DELETE", "/v1/files/{file_id}", self.delete, "deleteFile", FEATURE),
+            Route("GET", "/v1/files/{file_id}/content", self.content, "downloadFile",
+                  FEATURE),
+        ]
+
+    def _scope(self, grant: ApiKeyGrant) -> tuple[ContentStore, TenantRef]:
+        return content_store_for(grant, self._store, FEATURE), tenant_of(grant, self._region)
+
+    async def upload(self, call: Exchange, grant: ApiKeyGrant) -> None:
+        store, tenant = self._scope(grant)
         boundary = boundary_of(header(call.scope, b"content-type"))
         declared = header(call.scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_upload:
@@ -124,7 +153,8 @@ class FilesEndpoint:
             if aclose is not None:
                 await aclose()
 
-    async def list(self, call: Exchange, store: ContentStore, tenant: TenantRef) -> None:
+    async def list(self, call: Exchange, grant: ApiKeyGrant) -> None:
+        store, tenant = self._scope(grant)
         query = parse_qs(call.scope.get("query_string", b"").decode("latin-1"))
         purpose = query.get("purpose", [None])[0]
         blobs = await asyncio.to_thread(store.list_blobs, tenant, KIND)
@@ -144,12 +174,14 @@ class FilesEndpoint:
             raise NotFound(f"No such File object: {file_id}", param="id")
         return blob
 
-    async def retrieve(self, call: Exchange, store: ContentStore, tenant: TenantRef,
-                       file_id: str) -> None:
+    async def retrieve(self, call: Exchange, grant: ApiKeyGrant) -> None:
+        store, tenant = self._scope(grant)
+        file_id = call.params[0]
         await call.respond_json(_file_object(await self._blob(store, tenant, file_id)))
 
-    async def content(self, call: Exchange, store: ContentStore, tenant: TenantRef,
-                      file_id: str) -> None:
+    async def content(self, call: Exchange, grant: ApiKeyGrant) -> None:
+        store, tenant = self._scope(grant)
+        file_id = call.params[0]
         await self._blob(store, tenant, file_id)
         try:
             chunks = await asyncio.to_thread(store.open_blob, tenant, KIND, file_id)
@@ -160,8 +192,9 @@ class FilesEndpoint:
             await call.stream(chunk)
         await call.end_stream()
 
-    async def delete(self, call: Exchange, store: ContentStore, tenant: TenantRef,
-                     file_id: str) -> None:
+    async def delete(self, call: Exchange, grant: ApiKeyGrant) -> None:
+        store, tenant = self._scope(grant)
+        file_id = call.params[0]
         deleted = valid_file_id(file_id) and await asyncio.to_thread(
             store.delete_blob, tenant, KIND, file_id)
         if not deleted:

@@ -72,9 +72,9 @@ class Exchange:
     """One request and its answer: what handlers need to reply, and what usage records."""
 
     __slots__ = (
-        "completion_tokens", "endpoint", "extra_headers", "grant", "model", "prompt_tokens",
-        "provider", "receive", "region_header", "request_id", "response_started", "scope",
-        "send", "started", "status",
+        "completion_tokens", "endpoint", "extra_headers", "grant", "model", "params",
+        "prompt_tokens", "provider", "receive", "region_header", "request_id",
+        "response_started", "scope", "send", "started", "status",
     )
 
     def __init__(self, scope: Scope, receive: Receive, send: Send, region_header: bytes) -> None:
@@ -86,6 +86,7 @@ class Exchange:
         self.request_id = f"req_{random.getrandbits(96):024x}"
         self.started = time.perf_counter()
         self.endpoint = UNKNOWN_ROUTE  # the route's template, once known: never the raw path
+        self.params: tuple[str, ...] = ()  # the path's parameters, in the template's order
         self.grant: ApiKeyGrant | None = None
         self.model = ""
         self.provider: str | None = None

@@ -30,6 +30,7 @@ from domicile.tenancy.grants import ApiKeyGrant
 
 from .http import Exchange, dump_json, model_of, parse_json_object
 from .residency import content_store_for, tenant_of
+from .routes import Route
 
 __all__ = ["ResponsesEndpoint", "to_chat_request"]
 
@@ -193,6 +194,19 @@ class ResponsesEndpoint:
         self._router = router
         self._store = store
 
+    async def start(self) -> None:
+        """Nothing runs beside these requests."""
+
+    async def aclose(self) -> None:
+        """Nothing to stop."""
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("POST", "/v1/responses", self.create, "createResponse"),
+            Route("GET", "/v1/responses/{response_id}", self.retrieve, "getResponse"),
+            Route("DELETE", "/v1/responses/{response_id}", self.delete, "deleteResponse"),
+        ]
+
     def _stored(self, grant: ApiKeyGrant, feature: str) -> tuple[ContentStore, TenantRef]:
         return (content_store_for(grant, self._store, feature),
                 tenant_of(grant, self._router.region))
@@ -255,12 +269,14 @@ class ResponsesEndpoint:
         record: dict[str, Any] = json.loads(raw)
         return record
 
-    async def retrieve(self, call: Exchange, grant: ApiKeyGrant, response_id: str) -> None:
+    async def retrieve(self, call: Exchange, grant: ApiKeyGrant) -> None:
+        response_id = call.params[0]
         store, tenant = self._stored(grant, "Reading a stored response")
         record = await self._load(store, tenant, response_id, "response_id")
         await call.respond_json(record["response"])
 
-    async def delete(self, call: Exchange, grant: ApiKeyGrant, response_id: str) -> None:
+    async def delete(self, call: Exchange, grant: ApiKeyGrant) -> None:
+        response_id = call.params[0]
         store, tenant = self._stored(grant, "Deleting a stored response")
         deleted = bool(_RESPONSE_ID.match(response_id)) and await asyncio.to_thread(
             store.delete_record, tenant, KIND, response_id)
