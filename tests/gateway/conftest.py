@@ -70,8 +70,9 @@ class Stack:
         return self.eu.app  # type: ignore[no-any-return]
 
     def client(self, key: str = EU_ZERO_KEY, served: ServedApp | None = None) -> openai.OpenAI:
+        # Strict: every answer must validate against the SDK's own types (exact shapes).
         return openai.OpenAI(base_url=(served or self.eu).url + "/v1", api_key=key,
-                             max_retries=0, timeout=20)
+                             max_retries=0, timeout=20, _strict_response_validation=True)
 
     def http(self) -> httpx.Client:
         client = httpx.Client(base_url=self.eu.url, timeout=20)
