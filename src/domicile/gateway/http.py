@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections.abc import Awaitable
 from typing import TypeVar
@@ -65,6 +66,8 @@ EVENT_STREAM = b"text/event-stream"
 # What usage metadata keeps as the endpoint of a path no route serves (a path is client text).
 UNKNOWN_ROUTE = "(unknown)"
 _NO_HEADERS: Headers = []
+# OpenAI's rule for `X-Client-Request-Id`: ASCII, at most 512 characters.
+_CLIENT_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,512}")
 T = TypeVar("T")
 
 
@@ -103,7 +106,14 @@ class Exchange:
             (b"x-domicile-provider",
              self.provider.encode() if self.provider is not None else b"none"),
             (b"x-request-id", self.request_id.encode()),
+            # As OpenAI's: the time until the answer began (a stream's first byte).
+            (b"openai-processing-ms",
+             b"%d" % int((time.perf_counter() - self.started) * 1000)),
         ]
+        client_id = header(self.scope, b"x-client-request-id")
+        if client_id is not None and _CLIENT_REQUEST_ID.fullmatch(client_id):
+            # Echoed to the client that chose it, never logged nor kept: it is client text.
+            headers.append((b"x-client-request-id", client_id))
         if length is not None:
             headers.append((b"content-length", b"%d" % length))
         if self.extra_headers:
