@@ -71,15 +71,10 @@ def test_zero_retention_chat_store_true_is_refused(stack: Stack) -> None:
     assert stack.upstreams["eu-a"].received == []
 
 
-def test_streaming_responses_are_refused_clearly(stack: Stack) -> None:
-    with pytest.raises(openai.BadRequestError, match="use /v1/chat/completions"):
-        stack.client().responses.create(model="dev-echo", input="x", stream=True)
-
-
-def test_tools_are_refused_clearly(stack: Stack) -> None:
-    with pytest.raises(openai.BadRequestError, match="Tools are not supported"):
-        stack.client().responses.create(model="dev-echo", input="x", tools=[
-            {"type": "function", "name": "f", "parameters": {}, "strict": False}])
+def test_tools_other_than_functions_are_refused_clearly(stack: Stack) -> None:
+    with pytest.raises(openai.BadRequestError, match="function tools only"):
+        stack.client().responses.create(model="dev-echo", input="x",
+                                        tools=[{"type": "web_search"}])
 
 
 def test_regional_responses_are_stored_and_continue(stack: Stack) -> None:
@@ -134,16 +129,19 @@ def test_responses_fail_closed_like_chat(stack: Stack) -> None:
 
 
 def test_to_chat_request_maps_images_and_refuses_unknown_items() -> None:
-    chat, conversation, has_image = to_chat_request({"model": "m", "input": [
+    request = to_chat_request({"model": "m", "input": [
         {"role": "user", "content": [
             {"type": "input_text", "text": "look"},
             {"type": "input_image", "image_url": "data:image/png;base64,AA", "detail": "low"}]},
     ], "text": {"format": {"type": "json_object"}}}, history=[])
-    assert has_image
+    chat, conversation = request.chat, request.conversation
+    assert request.has_image
     assert chat["messages"][0]["content"][1] == {
         "type": "image_url", "image_url": {"url": "data:image/png;base64,AA", "detail": "low"}}
     assert chat["response_format"] == {"type": "json_object"}
     assert conversation == chat["messages"]
+    with pytest.raises(InvalidInput):
+        to_chat_request({"model": "m", "input": [{"type": "file_search_call"}]}, [])
     with pytest.raises(InvalidInput):
         to_chat_request({"model": "m", "input": [{"type": "function_call_output"}]}, [])
     with pytest.raises(InvalidInput):

@@ -1,263 +1,411 @@
 """The Responses API (`/v1/responses`), served on top of chat completions.
 
-`input` (a string or a list of messages) and `instructions` become chat messages, the chat
-answer becomes a Response object (`resp_…`, one assistant message with `output_text`,
-`usage` in input/output tokens). Any in-region chat provider can therefore serve it, with
-the same routing and failover as `/v1/chat/completions`.
+A Responses request becomes one chat request (`responses_shapes.to_chat_request`: input
+items, instructions, function tools, `tool_choice`), so any in-region chat provider serves it
+with the same routing and failover as `/v1/chat/completions`. The answer becomes a Response
+object (`resp_…`): an assistant message and/or `function_call` items. With `stream: true`
+the provider's chat stream is translated event by event (`responses_stream`), never
+buffered; a stream that breaks off upstream ends with `response.failed`, and a client that
+leaves closes the upstream request.
 
 Retention decides what is kept (G4):
-- zero: stateless. `store: true`, `background: true`, `previous_response_id` and reading a
-  stored response are refused with `zero_retention`; an absent `store` means "do not store".
-- regional: `store` true or absent keeps the response and its conversation in the region's
-  encrypted store; `GET /v1/responses/{id}` reads it back and `previous_response_id`
-  continues it.
-Streaming and tools are not offered here (400 with a pointer to chat completions).
+- zero: stateless. `store: true`, `background: true`, `previous_response_id` and every read
+  of a stored response (`GET`, `input_items`, `cancel`, `DELETE`) are refused with
+  `zero_retention`; an absent `store` means "do not store".
+- regional: `store` true or absent keeps the response, its input items and its conversation
+  (record kind "response") in the region's encrypted store; `GET /v1/responses/{id}` reads
+  it back, `previous_response_id` continues it (tool calls and their outputs included).
+
+Background (`background: true`, regional only): the response is stored `queued` and the
+request answers at once; a task of this process runs it in the region (at most
+`MAX_RUNNING` at a time, `MAX_WAITING` waiting, else 503 `server_busy`), polled with GET,
+stopped with `POST /v1/responses/{id}/cancel` (status `cancelled`). Each queued or running
+record names its owner (this process's boot id) and a lease the owner renews every
+`LEASE_S / 3` s. A process that stops ends its runs as `failed`; one that dies cannot, so a
+read that finds a run whose owner's lease has lapsed (or, in the owner itself, a run with no
+task) marks it `failed` with an error saying so: nothing stays `queued` forever, and a run
+still alive on another replica is never taken for dead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import re
 import time
+from collections.abc import Sequence
 from typing import Any
+from urllib.parse import parse_qs
 
-from domicile.errors import InvalidInput, NotFound, UpstreamError, ZeroRetentionViolation
+from domicile.errors import (
+    DomicileError,
+    InvalidInput,
+    NotFound,
+    ServerBusy,
+    UpstreamError,
+    ZeroRetentionViolation,
+)
+from domicile.inference.chat import open_chat_stream
+from domicile.inference.providers import Provider, ProviderResponse, UpstreamRejected
+from domicile.inference.providers.base import ProviderUnavailable
 from domicile.inference.providers.shapes import new_id
 from domicile.inference.routing import ModelRouter
 from domicile.storage.interfaces import ContentStore, TenantRef
 from domicile.tenancy.grants import ApiKeyGrant
 
-from .http import Exchange, dump_json, model_of, parse_json_object
+from .http import Exchange, dump_json, mark_retrieved, model_of, parse_json_object
 from .residency import content_store_for, tenant_of
+from .responses_shapes import ChatRequest, ResponseDraft, output_from_chat, to_chat_request
+from .responses_shapes import usage_object as _usage
+from .responses_stream import ResponseEventStream
 from .routes import Route
 
-__all__ = ["ResponsesEndpoint", "to_chat_request"]
+__all__ = ["LEASE_S", "MAX_RUNNING", "MAX_WAITING", "ResponsesEndpoint", "to_chat_request"]
+
+log = logging.getLogger("domicile.gateway")
 
 KIND = "response"
 _RESPONSE_ID = re.compile(r"^resp_[A-Za-z0-9]{1,64}$")
-_TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
-_ROLES = frozenset({"user", "assistant", "system", "developer"})
-# Responses parameter -> chat completions parameter, where they mean the same.
-_PASSED_ON = (("temperature", "temperature"), ("top_p", "top_p"),
-              ("max_output_tokens", "max_tokens"), ("user", "user"))
+MAX_RUNNING = 8  # background responses running at once in one process
+MAX_WAITING = 256  # and waiting for a slot
+LEASE_S = 60.0  # how long a run's owner may stay silent before a reader takes it for dead
+_UNFINISHED = frozenset({"queued", "in_progress"})
+_ORPHANED = ("The server that was running this background response stopped before it "
+             "finished; nothing more will come of it. Create the response again.")
+_STOPPED = ("The server stopped before this background response finished; create the "
+            "response again.")
+_MAX_ITEMS_PAGE = 100
 
 
-def _content(content: object, role: str) -> tuple[str | list[dict[str, Any]], bool]:
-    """A Responses message content as chat content, and whether it holds an image."""
-    if isinstance(content, str):
-        return content, False
-    if not isinstance(content, list):
-        raise InvalidInput("A message's `content` must be a string or a list of parts.",
-                           param="input")
-    parts: list[dict[str, Any]] = []
-    has_image = False
-    for part in content:
-        if not isinstance(part, dict):
-            raise InvalidInput("Each content part must be an object.", param="input")
-        kind = part.get("type")
-        if kind in _TEXT_PARTS and isinstance(part.get("text"), str):
-            parts.append({"type": "text", "text": part["text"]})
-        elif kind == "input_image" and isinstance(part.get("image_url"), str):
-            image: dict[str, Any] = {"url": part["image_url"]}
-            if part.get("detail"):
-                image["detail"] = part["detail"]
-            parts.append({"type": "image_url", "image_url": image})
-            has_image = True
-        else:
-            raise InvalidInput(f"Content parts of type `{kind}` are not supported here; use "
-                               "input_text, output_text or input_image with an image_url.",
-                               param="input")
-    if not has_image:  # plain text: the form every chat upstream takes, for every role
-        return "".join(part["text"] for part in parts), False
-    if role != "user":
-        raise InvalidInput("Only user messages may hold images.", param="input")
-    return parts, True
-
-
-def _input_messages(value: object) -> tuple[list[dict[str, Any]], bool]:
-    if isinstance(value, str):
-        return [{"role": "user", "content": value}], False
-    if not isinstance(value, list) or not value:
-        raise InvalidInput("`input` must be a string or a non-empty list of messages.",
-                           param="input")
-    messages: list[dict[str, Any]] = []
-    has_image = False
-    for item in value:
-        if not isinstance(item, dict):
-            raise InvalidInput("Each `input` item must be an object.", param="input")
-        kind = item.get("type", "message")
-        role = item.get("role")
-        if kind != "message" or role not in _ROLES:
-            raise InvalidInput(
-                f"Input items of type `{kind}` are not supported by this gateway's Responses "
-                "API; it takes messages with a role of user, assistant, system or developer.",
-                param="input")
-        content, image = _content(item.get("content"), role)
-        has_image = has_image or image
-        messages.append({"role": "system" if role == "developer" else role,
-                         "content": content})
-    return messages, has_image
-
-
-def _response_format(text: object) -> dict[str, Any] | None:
-    fmt = text.get("format") if isinstance(text, dict) else None
-    if not isinstance(fmt, dict) or fmt.get("type") in (None, "text"):
-        return None
-    if fmt["type"] == "json_object":
-        return {"type": "json_object"}
-    if fmt["type"] == "json_schema":
-        schema = {key: fmt[key] for key in ("name", "schema", "strict", "description")
-                  if key in fmt}
-        return {"type": "json_schema", "json_schema": schema}
-    raise InvalidInput(f"text.format type `{fmt['type']}` is not supported.", param="text")
-
-
-def to_chat_request(parsed: dict[str, Any], history: list[dict[str, Any]]
-                    ) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
-    """(the chat request, the conversation to keep, whether it holds an image).
-
-    `instructions` lead the chat messages but are not part of the kept conversation: as in
-    OpenAI's API, a continued response does not inherit the previous one's instructions.
-    """
-    if parsed.get("tools"):
-        raise InvalidInput("Tools are not supported on /v1/responses by this gateway; use "
-                           "/v1/chat/completions.", param="tools")
-    new, has_image = _input_messages(parsed.get("input"))
-    conversation = [*history, *new]
-    messages = list(conversation)
-    instructions = parsed.get("instructions")
-    if isinstance(instructions, str) and instructions:
-        messages.insert(0, {"role": "system", "content": instructions})
-    chat: dict[str, Any] = {"model": parsed["model"], "messages": messages}
-    for source, target in _PASSED_ON:
-        if parsed.get(source) is not None:
-            chat[target] = parsed[source]
-    response_format = _response_format(parsed.get("text"))
-    if response_format is not None:
-        chat["response_format"] = response_format
-    return chat, conversation, has_image
-
-
-def _response_object(parsed: dict[str, Any], chat_answer: dict[str, Any], *, stored: bool
-                     ) -> tuple[dict[str, Any], str]:
-    choices = chat_answer.get("choices") or [{}]
-    message = choices[0].get("message") or {}
-    text = message.get("content") or ""
-    if not isinstance(text, str):
-        text = ""
-    usage = chat_answer.get("usage") or {}
-    prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
-    truncated = choices[0].get("finish_reason") == "length"
-    response = {
-        "id": new_id("resp_"),
-        "object": "response",
-        "created_at": int(time.time()),
-        "status": "incomplete" if truncated else "completed",
-        "error": None,
-        "incomplete_details": {"reason": "max_output_tokens"} if truncated else None,
-        "instructions": parsed.get("instructions"),
-        "max_output_tokens": parsed.get("max_output_tokens"),
-        "model": chat_answer.get("model") or parsed["model"],
-        "output": [{
-            "type": "message",
-            "id": new_id("msg_"),
-            "status": "incomplete" if truncated else "completed",
-            "role": "assistant",
-            "content": [{"type": "output_text", "text": text, "annotations": []}],
-        }],
-        "parallel_tool_calls": True,
-        "previous_response_id": parsed.get("previous_response_id"),
-        "reasoning": {"effort": None, "summary": None},
-        "store": stored,
-        "temperature": parsed.get("temperature"),
-        "text": parsed.get("text") or {"format": {"type": "text"}},
-        "tool_choice": "auto",
-        "tools": [],
-        "top_p": parsed.get("top_p"),
-        "truncation": "disabled",
-        "usage": {
-            "input_tokens": prompt,
-            "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens": completion,
-            "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": prompt + completion,
-        },
-        "user": parsed.get("user"),
-        "metadata": parsed.get("metadata") or {},
-    }
-    return response, text
+def _record(response: dict[str, Any], items: list[dict[str, Any]],
+            conversation: list[dict[str, Any]], run: dict[str, Any] | None = None
+            ) -> dict[str, Any]:
+    """A stored response's record: the Response object, this request's input items, the chat
+    conversation so far (for `previous_response_id`) and, while a background run is
+    unfinished, who runs it."""
+    record = {"response": response, "input_items": items, "conversation": conversation}
+    if run is not None:
+        record["run"] = run
+    return record
 
 
 class ResponsesEndpoint:
     def __init__(self, router: ModelRouter, store: ContentStore | None) -> None:
         self._router = router
         self._store = store
+        self._boot = new_id("boot_")  # this process's runs; another's are judged by lease
+        self._slots = asyncio.Semaphore(MAX_RUNNING)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._running: dict[str, tuple[ContentStore, TenantRef]] = {}
+        self._writing = asyncio.Lock()  # one read-modify-write of a run's record at a time
+        self._renewer: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def start(self) -> None:
-        """Nothing runs beside these requests."""
+        """Start renewing the leases of this process's background runs."""
+        self._closing = False
+        if self._renewer is None:
+            self._renewer = asyncio.create_task(self._renew(), name="domicile-responses-lease")
 
     async def aclose(self) -> None:
-        """Nothing to stop."""
+        """Stop the background runs (each marks its response `failed`), then the renewer."""
+        self._closing = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            self._renewer = None
 
     def routes(self) -> list[Route]:
         return [
             Route("POST", "/v1/responses", self.create, "createResponse"),
             Route("GET", "/v1/responses/{response_id}", self.retrieve, "getResponse"),
             Route("DELETE", "/v1/responses/{response_id}", self.delete, "deleteResponse"),
+            Route("POST", "/v1/responses/{response_id}/cancel", self.cancel,
+                  "cancelResponse"),
+            Route("GET", "/v1/responses/{response_id}/input_items", self.input_items,
+                  "listInputItems"),
         ]
 
     def _stored(self, grant: ApiKeyGrant, feature: str) -> tuple[ContentStore, TenantRef]:
         return (content_store_for(grant, self._store, feature),
                 tenant_of(grant, self._router.region))
 
+    # -- create ------------------------------------------------------------------------------
+
     async def create(self, call: Exchange, grant: ApiKeyGrant) -> None:
         parsed = parse_json_object(await call.read_body())
         call.model = model_of(parsed)
         zero = grant.retention == "zero"
-        if parsed.get("background") is True:
-            if zero:
-                raise ZeroRetentionViolation(
-                    "Background responses are kept until read, and this project has zero "
-                    "data retention.", param="background")
-            raise InvalidInput("Background responses are not supported by this gateway.",
-                               param="background")
+        background = parsed.get("background") is True
+        streaming = parsed.get("stream") is True
+        if background and zero:
+            raise ZeroRetentionViolation(
+                "Background responses are kept until read, and this project has zero "
+                "data retention.", param="background")
         if parsed.get("store") is True and zero:
             raise ZeroRetentionViolation(
                 "`store: true` keeps the response, and this project has zero data retention. "
                 "Send `store: false` (or omit it).", param="store")
-        if parsed.get("stream") is True:
-            raise InvalidInput("Streaming is not supported on /v1/responses by this gateway; "
-                               "use /v1/chat/completions with `stream: true`.", param="stream")
+        if background and parsed.get("store") is False:
+            raise InvalidInput("A background response is kept until read: it needs `store` "
+                               "true (or absent).", param="store")
+        if background and streaming:
+            raise InvalidInput("Streaming a background response is not supported by this "
+                               "gateway: create it, then poll it with GET.", param="stream")
         keep = parsed.get("store") is not False and not zero
         previous = parsed.get("previous_response_id")
         history: list[dict[str, Any]] = []
         if previous is not None:
             store, tenant = self._stored(grant, "`previous_response_id`")
-            history = (await self._load(store, tenant, previous, "previous_response_id")
-                       )["conversation"]
-        chat, conversation, has_image = to_chat_request(parsed, history)
-        providers = self._router.route(call.model, "vision" if has_image else "chat")
-        chat_body = dump_json(chat)
-        provider, answer = await self._router.first_available(
-            call.model, providers, lambda p: p.chat(chat_body, chat))
+            earlier = await self._load(store, tenant, previous, "previous_response_id")
+            if earlier["response"]["status"] in _UNFINISHED:
+                raise InvalidInput(f"Response '{previous}' has not finished yet.",
+                                   param="previous_response_id")
+            history = earlier["conversation"]
+        request = to_chat_request(parsed, history)
+        providers = self._router.route(call.model, "vision" if request.has_image else "chat")
+        draft = ResponseDraft(parsed, stored=keep, background=background)
+        if background:
+            await self._enqueue(call, grant, draft, request, providers)
+        elif streaming:
+            await self._stream(call, grant, draft, request, providers, keep)
+        else:
+            await self._answer(call, grant, draft, request, providers, keep)
+
+    async def _ask(self, model: str, providers: Sequence[Provider], request: ChatRequest
+                   ) -> tuple[Provider, ProviderResponse]:
+        body = dump_json(request.chat)
+        return await self._router.first_available(
+            model, providers, lambda p: p.chat(body, request.chat))
+
+    @staticmethod
+    def _finished(draft: ResponseDraft, provider: str, answer: ProviderResponse
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the Response, the assistant message to keep) of a provider's 200 answer."""
+        try:
+            chat_answer = json.loads(answer.body)
+            choice = (chat_answer.get("choices") or [{}])[0]
+            message = choice.get("message") or {}
+        except (ValueError, AttributeError, IndexError):
+            raise UpstreamError(f"Provider {provider} answered with invalid JSON.") from None
+        if isinstance(chat_answer.get("model"), str) and chat_answer["model"]:
+            draft.model = chat_answer["model"]
+        output, incomplete, assistant = output_from_chat(message, choice.get("finish_reason"))
+        status = "incomplete" if incomplete else "completed"
+        response = draft.snapshot(status, output, incomplete=incomplete,
+                                  usage=_usage(answer.prompt_tokens, answer.completion_tokens))
+        return response, assistant
+
+    async def _answer(self, call: Exchange, grant: ApiKeyGrant, draft: ResponseDraft,
+                      request: ChatRequest, providers: Sequence[Provider], keep: bool) -> None:
+        provider, answer = await self._ask(call.model, providers, request)
         call.provider = provider.name
         call.prompt_tokens, call.completion_tokens = answer.prompt_tokens, answer.completion_tokens
         if answer.status != 200:  # the upstream's own error, already in OpenAI's shape
             await call.respond(answer.status, answer.body, answer.content_type)
             return
-        try:
-            chat_answer = json.loads(answer.body)
-        except ValueError:
-            raise UpstreamError(f"Provider {provider.name} answered with invalid JSON.") from None
-        response, text = _response_object(parsed, chat_answer, stored=keep)
+        response, assistant = self._finished(draft, provider.name, answer)
         if keep:
-            store, tenant = self._stored(grant, "Storing a response")
-            record = {"response": response,
-                      "conversation": [*conversation, {"role": "assistant", "content": text}]}
-            await asyncio.to_thread(store.put_record, tenant, KIND, response["id"],
-                                    dump_json(record))
+            await self._keep(grant, response, request, assistant)
         await call.respond_json(response)
+
+    async def _keep(self, grant: ApiKeyGrant, response: dict[str, Any], request: ChatRequest,
+                    assistant: dict[str, Any]) -> None:
+        store, tenant = self._stored(grant, "Storing a response")
+        record = _record(response, request.items, [*request.conversation, assistant])
+        await asyncio.to_thread(store.put_record, tenant, KIND, response["id"],
+                                dump_json(record))
+
+    # -- stream ------------------------------------------------------------------------------
+
+    async def _stream(self, call: Exchange, grant: ApiKeyGrant, draft: ResponseDraft,
+                      request: ChatRequest, providers: Sequence[Provider], keep: bool) -> None:
+        # The gateway builds this chat request itself, so it asks for the usage chunk
+        # directly (what `request_usage` splices into a client's own bytes on /chat).
+        chat = {**request.chat, "stream": True, "stream_options": {"include_usage": True}}
+        try:
+            opened = await open_chat_stream(self._router, call.model, providers,
+                                            dump_json(chat), chat)
+        except UpstreamRejected as rejected:  # a 4xx before any event: an HTTP error
+            call.provider = rejected.provider
+            answer = rejected.response
+            if answer.headers:
+                call.extra_headers = answer.client_headers(call.extra_headers)
+            await call.respond(answer.status, answer.body, answer.content_type)
+            return
+        call.provider = opened.provider.name
+        events = ResponseEventStream(draft)
+        chunks = opened.chunks
+
+        async def pump() -> None:
+            await call.start_stream()
+            await call.stream(events.opening() + events.feed(opened.first))
+            try:
+                async for chunk in chunks:
+                    if out := events.feed(chunk):
+                        await call.stream(out)
+            except ProviderUnavailable as broken:
+                call.status = 502
+                ending = events.fail(f"The stream from provider {broken.provider} broke off "
+                                     f"({broken.reason}); the answer is incomplete.")
+            except Exception:
+                # Not the upstream's doing: still a parseable end; the caller logs the type.
+                call.status = 500
+                await call.stream(events.fail(
+                    "The server had an error while streaming this response (request id "
+                    f"{call.request_id}); the answer is incomplete."))
+                await call.end_stream()
+                raise
+            else:
+                ending = events.finish()
+            if keep and events.response is not None:  # kept before the client hears the end
+                await self._keep(grant, events.response, request, events.assistant())
+            await call.stream(ending)
+            await call.end_stream()
+
+        try:
+            await call.unless_disconnected(pump())
+        finally:
+            # Whatever ended it (the end, a break, the client leaving): the upstream request
+            # is closed and its connection slot freed.
+            await chunks.aclose()
+            call.prompt_tokens = events.prompt_tokens
+            call.completion_tokens = events.completion_tokens
+
+    # -- background --------------------------------------------------------------------------
+
+    def _lease(self) -> dict[str, Any]:
+        return {"owner": self._boot, "lease_until": time.time() + LEASE_S}
+
+    async def _enqueue(self, call: Exchange, grant: ApiKeyGrant, draft: ResponseDraft,
+                       request: ChatRequest, providers: Sequence[Provider]) -> None:
+        if len(self._tasks) >= MAX_RUNNING + MAX_WAITING:
+            raise ServerBusy("Too many background responses are waiting in this region; "
+                             "retry later.", headers=((b"retry-after", b"5"),))
+        store, tenant = self._stored(grant, "A background response")
+        queued = draft.snapshot("queued")
+        record = _record(queued, request.items, request.conversation, self._lease())
+        await asyncio.to_thread(store.put_record, tenant, KIND, draft.id, dump_json(record))
+        task = asyncio.create_task(self._run(store, tenant, draft, request, call.model,
+                                             providers), name="domicile-background-response")
+        task.add_done_callback(mark_retrieved)
+        self._tasks[draft.id] = task
+        self._running[draft.id] = (store, tenant)
+        await call.respond_json(queued)
+
+    async def _update(self, store: ContentStore, tenant: TenantRef, response_id: str,
+                      response: dict[str, Any], *, conversation: list[dict[str, Any]] | None
+                      = None, running: bool = False, only_if: frozenset[str] = _UNFINISHED
+                      ) -> bool:
+        """Rewrite a run's record with `response`, unless its status has left `only_if`
+        meanwhile (cancelled, or failed by a reader); False then."""
+        async with self._writing:
+            raw = await asyncio.to_thread(store.get_record, tenant, KIND, response_id)
+            if raw is None:
+                return False
+            record = json.loads(raw)
+            if record["response"]["status"] not in only_if:
+                return False
+            record["response"] = response
+            if conversation is not None:
+                record["conversation"] = conversation
+            if running:
+                record["run"] = self._lease()
+            else:
+                record.pop("run", None)
+            await asyncio.to_thread(store.put_record, tenant, KIND, response_id,
+                                    dump_json(record))
+            return True
+
+    async def _run(self, store: ContentStore, tenant: TenantRef, draft: ResponseDraft,
+                   request: ChatRequest, model: str, providers: Sequence[Provider]) -> None:
+        try:
+            async with self._slots:
+                if not await self._update(store, tenant, draft.id,
+                                          draft.snapshot("in_progress"), running=True,
+                                          only_if=frozenset({"queued"})):
+                    return  # cancelled while it waited
+                await self._run_once(store, tenant, draft, request, model, providers)
+        except asyncio.CancelledError:
+            if self._closing:  # the server stops: say so rather than leave it running
+                with contextlib.suppress(Exception):
+                    await self._update(store, tenant, draft.id,
+                                       draft.snapshot("failed", error=_STOPPED))
+        except Exception as exc:
+            log.error("background response failed with %s", type(exc).__name__)
+            with contextlib.suppress(Exception):
+                await self._update(store, tenant, draft.id, draft.snapshot(
+                    "failed", error="The server had an error while running this response."))
+        finally:
+            self._tasks.pop(draft.id, None)
+            self._running.pop(draft.id, None)
+
+    async def _run_once(self, store: ContentStore, tenant: TenantRef, draft: ResponseDraft,
+                        request: ChatRequest, model: str, providers: Sequence[Provider]
+                        ) -> None:
+        try:
+            provider, answer = await self._ask(model, providers, request)
+            if answer.status != 200:
+                raise UpstreamError(f"The provider {provider.name} refused the request "
+                                    f"(HTTP {answer.status}).")
+            response, assistant = self._finished(draft, provider.name, answer)
+        except DomicileError as exc:  # no provider, region busy, an upstream refusal
+            await self._update(store, tenant, draft.id,
+                               draft.snapshot("failed", error=exc.message))
+            return
+        await self._update(store, tenant, draft.id, response,
+                           conversation=[*request.conversation, assistant])
+
+    async def _renew(self) -> None:
+        """Every `LEASE_S / 3` s: this process's unfinished runs are still alive."""
+        while True:
+            await asyncio.sleep(LEASE_S / 3)
+            for response_id, (store, tenant) in list(self._running.items()):
+                try:
+                    async with self._writing:
+                        raw = await asyncio.to_thread(store.get_record, tenant, KIND,
+                                                      response_id)
+                        if raw is None:
+                            continue
+                        record = json.loads(raw)
+                        if record["response"]["status"] not in _UNFINISHED:
+                            continue
+                        record["run"] = self._lease()
+                        await asyncio.to_thread(store.put_record, tenant, KIND, response_id,
+                                                dump_json(record))
+                except Exception as exc:  # the store may be down for a moment: next round
+                    log.warning("renewing a background lease failed (%s)", type(exc).__name__)
+
+    def _abandoned(self, response_id: str, record: dict[str, Any]) -> bool:
+        """Is this unfinished run's owner gone (see the module's docstring)?"""
+        run = record.get("run") or {}
+        if run.get("owner") == self._boot:
+            return response_id not in self._tasks
+        lease = run.get("lease_until")
+        return not isinstance(lease, (int, float)) or lease < time.time()
+
+    async def _settled(self, store: ContentStore, tenant: TenantRef, response_id: str,
+                       record: dict[str, Any]) -> dict[str, Any]:
+        """The record, with an abandoned run marked `failed` (and kept so)."""
+        response = record["response"]
+        if response["status"] not in _UNFINISHED or not self._abandoned(response_id, record):
+            return record
+        failed = {**response, "status": "failed",
+                  "error": {"code": "server_error", "message": _ORPHANED}}
+        if await self._update(store, tenant, response_id, failed):
+            record = {**record, "response": failed}
+            record.pop("run", None)
+        return record
+
+    # -- stored responses --------------------------------------------------------------------
 
     async def _load(self, store: ContentStore, tenant: TenantRef, response_id: object,
                     param: str) -> dict[str, Any]:
@@ -267,6 +415,8 @@ class ResponsesEndpoint:
         if raw is None:
             raise NotFound(f"Response with id '{response_id}' not found.", param=param)
         record: dict[str, Any] = json.loads(raw)
+        if isinstance(response_id, str):
+            record = await self._settled(store, tenant, response_id, record)
         return record
 
     async def retrieve(self, call: Exchange, grant: ApiKeyGrant) -> None:
@@ -275,11 +425,78 @@ class ResponsesEndpoint:
         record = await self._load(store, tenant, response_id, "response_id")
         await call.respond_json(record["response"])
 
+    async def cancel(self, call: Exchange, grant: ApiKeyGrant) -> None:
+        response_id = call.params[0]
+        store, tenant = self._stored(grant, "Cancelling a stored response")
+        record = await self._load(store, tenant, response_id, "response_id")
+        response = record["response"]
+        if not response.get("background"):
+            raise InvalidInput("Only background responses can be cancelled.",
+                               param="response_id")
+        if response["status"] in _UNFINISHED:
+            cancelled = {**response, "status": "cancelled"}
+            if await self._update(store, tenant, response_id, cancelled):
+                response = cancelled
+                task = self._tasks.get(response_id)
+                if task is not None:
+                    task.cancel()
+            else:  # it finished meanwhile
+                response = (await self._load(store, tenant, response_id,
+                                             "response_id"))["response"]
+        if response["status"] not in ("cancelled",):
+            raise InvalidInput(f"Response '{response_id}' is {response['status']}: only a "
+                               "queued or running response can be cancelled.",
+                               param="response_id")
+        await call.respond_json(response)
+
+    async def input_items(self, call: Exchange, grant: ApiKeyGrant) -> None:
+        response_id = call.params[0]
+        store, tenant = self._stored(grant, "Listing a stored response's input items")
+        limit, after, order = _page_params(call.scope.get("query_string", b""))
+        record = await self._load(store, tenant, response_id, "response_id")
+        items: list[dict[str, Any]] = list(record.get("input_items") or ())
+        if order == "desc":
+            items.reverse()
+        if after is not None:
+            ids = [item.get("id") for item in items]
+            if after not in ids:
+                raise NotFound(f"Input item '{after}' not found in response "
+                               f"'{response_id}'.", param="after")
+            items = items[ids.index(after) + 1:]
+        page = items[:limit]
+        await call.respond_json({
+            "object": "list", "data": page, "has_more": len(items) > limit,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+        })
+
     async def delete(self, call: Exchange, grant: ApiKeyGrant) -> None:
         response_id = call.params[0]
         store, tenant = self._stored(grant, "Deleting a stored response")
+        task = self._tasks.get(response_id)
         deleted = bool(_RESPONSE_ID.match(response_id)) and await asyncio.to_thread(
             store.delete_record, tenant, KIND, response_id)
         if not deleted:
             raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
+        if task is not None:  # a run whose response is gone has nothing left to write
+            task.cancel()
         await call.respond_json({"id": response_id, "object": "response", "deleted": True})
+
+
+def _page_params(query: bytes) -> tuple[int, str | None, str]:
+    """`limit` (1-100, default 20), `after` and `order` (`asc`/`desc`, default `desc`) of an
+    input_items list, as OpenAI takes them."""
+    try:
+        params = parse_qs(query.decode("latin-1"), keep_blank_values=True)
+    except ValueError:
+        params = {}
+    limit_text = (params.get("limit") or ["20"])[-1]
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= _MAX_ITEMS_PAGE:
+        raise InvalidInput(f"`limit` must be an integer from 1 to {_MAX_ITEMS_PAGE}.",
+                           param="limit")
+    order = (params.get("order") or ["desc"])[-1]
+    if order not in ("asc", "desc"):
+        raise InvalidInput("`order` must be `asc` or `desc`.", param="order")
+    afters = params.get("after")
+    after = afters[-1] if afters and afters[-1] else None
+    return int(limit_text), after, order
