@@ -6,7 +6,8 @@ lets go (to fill a connection pool), answer 200 with a body that is not JSON, an
 with `retry-after` and `x-ratelimit-*`, stream slowly (held at a gate after the first
 chunk), stream without end until the client goes away (and note that it did), or, after the
 first chunk (and the gate), go silent, reset the connection, or close it without ending the
-chunked body (optionally half-way through an event). Streams follow OpenAI: with
+chunked body (optionally half-way through an event), or call functions (`tool_calls`)
+instead of answering in text. Streams follow OpenAI: with
 `stream_options.include_usage`, every chunk says `"usage": null` and a last chunk with empty
 `choices` carries the usage. `tls` serves HTTPS with a certificate the test gives it.
 """
@@ -60,6 +61,11 @@ class Behaviour:
     # What a chat answer repeats: the last message's content, or the system message's (so a
     # test can see what a caller put in the system prompt, e.g. retrieved passages).
     echo: str = "last"
+    # Function calls the model makes, as (name, arguments JSON), when the request offers
+    # `tools` and its last message is not a tool's output (which is echoed like any other).
+    # Streamed as OpenAI does: the call's id and name first, its arguments in two pieces.
+    tool_calls: list[tuple[str, str]] = field(default_factory=list)
+    finish: str = "stop"  # the finish_reason of a text answer (e.g. "length")
 
 
 @dataclass
@@ -142,14 +148,24 @@ class FakeUpstream:
         said = parsed["messages"][-1] if self.behaviour.echo == "last" else next(
             (m for m in parsed["messages"] if m.get("role") == "system"), {"content": ""})
         text = f"{self.name} says: " + str(said.get("content"))
-        if parsed.get("stream"):
-            return await self._stream(request, parsed, text)
         b = self.behaviour
+        calling = bool(b.tool_calls and parsed.get("tools")
+                       and parsed["messages"][-1].get("role") != "tool")
+        if parsed.get("stream"):
+            if calling:
+                return await self._stream_calls(request, parsed)
+            return await self._stream(request, parsed, text)
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if calling:
+            message = {"role": "assistant", "content": None, "tool_calls": [
+                {"id": f"call_{i}", "type": "function",
+                 "function": {"name": name, "arguments": arguments}}
+                for i, (name, arguments) in enumerate(b.tool_calls)]}
         return web.json_response({
             "id": "chatcmpl-fake", "object": "chat.completion", "created": CREATED,
             "model": parsed["model"], "system_fingerprint": None,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "logprobs": None, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": message, "logprobs": None,
+                         "finish_reason": "tool_calls" if calling else b.finish}],
             "usage": {"prompt_tokens": b.prompt_tokens, "completion_tokens": b.completion_tokens,
                       "total_tokens": b.prompt_tokens + b.completion_tokens},
         })
@@ -192,7 +208,7 @@ class FakeUpstream:
                 return response
             for word in words[1:]:
                 await self._send(response, chunk({"content": " " + word}))
-            await self._send(response, chunk({}, "stop"))
+            await self._send(response, chunk({}, b.finish))
             if with_usage:
                 await self._send(response, self._chunk(model, None, usage={
                     "prompt_tokens": b.prompt_tokens, "completion_tokens": b.completion_tokens,
@@ -202,6 +218,34 @@ class FakeUpstream:
         except (ConnectionResetError, asyncio.CancelledError):
             self.stream_cancelled.set()
             raise
+        return response
+
+    async def _stream_calls(self, request: web.Request,
+                            parsed: dict[str, Any]) -> web.StreamResponse:
+        """A streamed answer of `Behaviour.tool_calls`, with usage when asked."""
+        b = self.behaviour
+        model = parsed["model"]
+        with_usage = bool((parsed.get("stream_options") or {}).get("include_usage"))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await self._send(response, self._chunk(model, {"role": "assistant", "content": None},
+                                               null_usage=with_usage))
+        for i, (name, arguments) in enumerate(b.tool_calls):
+            half = len(arguments) // 2
+            pieces = [{"index": i, "id": f"call_{i}", "type": "function",
+                       "function": {"name": name, "arguments": ""}},
+                      {"index": i, "function": {"arguments": arguments[:half]}},
+                      {"index": i, "function": {"arguments": arguments[half:]}}]
+            for piece in pieces:
+                await self._send(response, self._chunk(model, {"tool_calls": [piece]},
+                                                       null_usage=with_usage))
+        await self._send(response, self._chunk(model, {}, "tool_calls", null_usage=with_usage))
+        if with_usage:
+            await self._send(response, self._chunk(model, None, usage={
+                "prompt_tokens": b.prompt_tokens, "completion_tokens": b.completion_tokens,
+                "total_tokens": b.prompt_tokens + b.completion_tokens}))
+        await self._send(response, b"data: [DONE]" + b.event_end)
+        await response.write_eof()
         return response
 
     async def _break_off(self, request: web.Request, response: web.StreamResponse,
