@@ -241,6 +241,12 @@ class GatewayApp:
                 await Exchange(scope, receive, send, self._region_header).respond(
                     200, self._health)
                 return
+            if path == "/openapi.json":  # public, like /healthz; built once per route table
+                from .openapi import serve_document
+
+                await serve_document(Exchange(scope, receive, send, self._region_header),
+                                     self.routes, workspace=self._fallback is not None)
+                return
             if self._fallback is not None:
                 await self._fallback(scope, receive, self._tagged(send))
                 return
