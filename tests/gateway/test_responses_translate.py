@@ -76,6 +76,9 @@ def test_a_text_stream_becomes_openais_event_sequence() -> None:
     assert final.usage is not None and final.usage.total_tokens == 8
     assert (events.prompt_tokens, events.completion_tokens) == (5, 3)
     assert found[0]["response"]["status"] == "in_progress"
+    # OpenAI's schema requires these, though the SDK would take them missing
+    assert found[-1]["response"]["output"][0]["content"][0]["logprobs"] == []
+    assert all(e["logprobs"] == [] for e in found if e["type"].startswith("response.output_text"))
 
 
 def test_each_delta_goes_out_with_the_chunk_that_carried_it() -> None:
