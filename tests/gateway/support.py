@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -93,6 +94,7 @@ class MemoryContentStore:
 
     region: str
     records: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
+    written: dict[tuple[str, str, str], float] = field(default_factory=dict)  # monotonic
     blobs: dict[tuple[str, str, str], tuple[StoredBlob, bytes]] = field(default_factory=dict)
     chunk_counts: list[int] = field(default_factory=list)
     staged: int = 0  # staged blobs neither committed nor discarded
@@ -105,6 +107,7 @@ class MemoryContentStore:
     def put_record(self, tenant: TenantRef, kind: str, record_id: str, plaintext: bytes) -> None:
         self._check(tenant)
         self.records[(tenant.id, kind, record_id)] = plaintext
+        self.written[(tenant.id, kind, record_id)] = time.monotonic()
 
     def get_record(self, tenant: TenantRef, kind: str, record_id: str) -> bytes | None:
         self._check(tenant)
@@ -115,6 +118,20 @@ class MemoryContentStore:
 
     def list_records(self, tenant: TenantRef, kind: str) -> list[str]:
         return [r for (t, k, r) in self.records if t == tenant.id and k == kind]
+
+    def records_of_kind(self, kind: str) -> list[tuple[str, str]]:
+        return [(t, r) for (t, k, r) in self.records if k == kind]
+
+    def claim_record(self, tenant: TenantRef, kind: str, record_id: str, plaintext: bytes,
+                     *, stale_after: float) -> bool:
+        self._check(tenant)
+        key = (tenant.id, kind, record_id)
+        now = time.monotonic()
+        if key in self.records and now - self.written.get(key, now) <= stale_after:
+            return False
+        self.records[key] = plaintext
+        self.written[key] = now
+        return True
 
     def stage_blob(self, tenant: TenantRef, kind: str, blob_id: str,
                    chunks: Iterable[bytes]) -> StagedBlob:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import inspect
 
+from domicile.gateway import batch_jobs
 from domicile.gateway import files as gateway_files
 from domicile.gateway import responses as gateway_responses
 from domicile.site import Site
@@ -31,7 +32,7 @@ def test_the_services_kinds_are_the_catalogs() -> None:
     assert kinds[("ws_messages", "body")] == conversations.MESSAGE_KIND
     assert kinds[("ws_files", "meta")] == files.FILE_META_KIND
     assert kinds[("ws_gpts", "body")] == gpts.GPT_KIND
-    assert set(catalog.RECORD_KINDS) == {gateway_responses.KIND}
+    assert set(catalog.RECORD_KINDS) == {gateway_responses.KIND, *batch_jobs.KINDS}
     assert set(catalog.BLOB_KINDS) == {gateway_files.KIND, files.FILE_BLOB_KIND,
                                        files.FILE_TEXT_BLOB_KIND, knowledge.INDEX_BLOB_KIND}
     records = catalog.content_table("blobs")

@@ -146,7 +146,8 @@ class GatewayApp:
         self._responses = ResponsesEndpoint(self.router, content_store)
         self._files = FilesEndpoint(content_store, region)
         self._uploads = UploadsEndpoint(content_store, region)
-        self._batches = BatchesEndpoint(content_store, region, lambda: self.routes)
+        self._batches = BatchesEndpoint(content_store, region, lambda: self.routes,
+                                        usage=self.usage, offers=self.router.offers)
         self._endpoints: tuple[Endpoint, ...] = (
             self._responses, self._files, self._uploads, self._batches)
         self._region_header = region.encode()

@@ -1,29 +1,181 @@
 """`/v1/batches`: JSONL files of requests run in the region (regional retention only).
-Being built."""
+
+The routes are thin: create checks what OpenAI checks at once (the endpoint, the window,
+the metadata, an input file of purpose `batch` in this project) and keeps the batch; the
+input file's lines are validated by the worker (a bad file fails the batch with `errors`,
+never a 500). The rules are in `batch_jobs`, the running in `batch_worker`; docs/BATCH.md
+says what is kept, where, and how a restart resumes.
+
+Every route keeps content: a zero-retention project is refused with 400 `zero_retention`
+(G4), whatever the path.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import json
+import re
+import time
 from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs
 
-from domicile.storage.interfaces import ContentStore
+from domicile.errors import Conflict, InvalidInput, NotFound
+from domicile.inference.providers.shapes import new_id
+from domicile.inference.usage import UsageRecorder
+from domicile.storage.interfaces import ContentStore, TenantRef
+from domicile.tenancy.grants import ApiKeyGrant
 
+from . import batch_jobs as jobs
+from .batch_jobs import BatchRecord
+from .batch_worker import BatchWorker
+from .files import KIND as FILE_KIND
+from .files import valid_file_id
+from .http import Exchange, parse_json_object
+from .residency import content_store_for, tenant_of
 from .routes import Route, RouteTable
 
-__all__ = ["BatchesEndpoint"]
+__all__ = ["FEATURE", "BatchesEndpoint"]
+
+FEATURE = "/v1/batches"
+_BATCH_ID = re.compile(r"^batch_[A-Za-z0-9]{1,64}$")
+_CANCELLABLE = frozenset({"validating", "in_progress"})
 
 
 class BatchesEndpoint:
+    """The `/v1/batches` routes and the worker that runs the batches (`start`/`aclose` with
+    the gateway). Without a content store there is no worker: the routes answer 503."""
+
     def __init__(self, store: ContentStore | None, region: str,
-                 routes: Callable[[], RouteTable]) -> None:
+                 routes: Callable[[], RouteTable], *, usage: UsageRecorder | None = None,
+                 offers: Callable[[str], bool] | None = None, **worker: Any) -> None:
         self._store = store
         self._region = region
-        self._routes = routes
+        self.worker = None if store is None else BatchWorker(
+            store, region, routes, usage=usage, offers=offers, **worker)
 
     def routes(self) -> list[Route]:
-        return []
+        return [
+            Route("POST", "/v1/batches", self.create, "createBatch", FEATURE),
+            Route("GET", "/v1/batches", self.list, "listBatches", FEATURE),
+            Route("GET", "/v1/batches/{batch_id}", self.retrieve, "retrieveBatch", FEATURE),
+            Route("POST", "/v1/batches/{batch_id}/cancel", self.cancel, "cancelBatch",
+                  FEATURE),
+        ]
 
     async def start(self) -> None:
-        """Nothing runs beside these requests yet."""
+        if self.worker is not None:
+            await self.worker.start()
 
     async def aclose(self) -> None:
-        """Nothing to stop yet."""
+        if self.worker is not None:
+            await self.worker.aclose()
+
+    def _scope(self, grant: ApiKeyGrant) -> tuple[ContentStore, TenantRef]:
+        store = content_store_for(grant, self._store, FEATURE)
+        # G7: batch records are never marked as consented to training (see batch_worker).
+        return store, dataclasses.replace(tenant_of(grant, self._region),
+                                          training_consent=False)
+
+    async def create(self, call: Exchange, grant: ApiKeyGrant) -> None:
+        store, tenant = self._scope(grant)
+        parsed = parse_json_object(await call.read_body())
+        endpoint = parsed.get("endpoint")
+        if endpoint not in jobs.ENDPOINTS:
+            raise InvalidInput(f"`endpoint` must be one of {', '.join(jobs.ENDPOINTS)}.",
+                               param="endpoint")
+        if parsed.get("completion_window") != jobs.COMPLETION_WINDOW:
+            raise InvalidInput("`completion_window` must be \"24h\".",
+                               param="completion_window")
+        metadata = jobs.check_metadata(parsed.get("metadata"))
+        input_file_id = parsed.get("input_file_id")
+        if not isinstance(input_file_id, str):
+            raise InvalidInput("`input_file_id` must be a file id.", param="input_file_id")
+        blob = None
+        if valid_file_id(input_file_id):
+            blob = await asyncio.to_thread(store.get_blob, tenant, FILE_KIND, input_file_id)
+        if blob is None:
+            raise NotFound(f"No such File object: {input_file_id}", param="input_file_id")
+        if blob.meta.get("purpose") != "batch":
+            raise InvalidInput("The input file must be uploaded with purpose \"batch\".",
+                               param="input_file_id")
+        if blob.size > jobs.MAX_INPUT_BYTES:
+            raise InvalidInput(f"The input file is larger than {jobs.MAX_INPUT_BYTES:,} "
+                               "bytes.", param="input_file_id")
+        batch_id = new_id("batch_")
+        record = BatchRecord(jobs.batch_object(batch_id, input_file_id, str(endpoint),
+                                               metadata), grant)
+
+        def keep() -> None:
+            # Marked active first: an active mark without its batch is dropped by the worker,
+            # a batch without its mark would never run.
+            store.put_record(tenant, jobs.ACTIVE_KIND, batch_id, b"{}")
+            store.put_record(tenant, jobs.KIND, batch_id, record.dump())
+
+        await asyncio.to_thread(keep)
+        if self.worker is not None:
+            self.worker.submit(tenant.id, batch_id)
+        await call.respond_json(record.batch)
+
+    async def _load(self, store: ContentStore, tenant: TenantRef,
+                    batch_id: str) -> dict[str, Any]:
+        """The batch as shown: a cancel asked for but not yet seen by the worker shows as
+        `cancelling` at once."""
+        def load() -> dict[str, Any] | None:
+            raw = store.get_record(tenant, jobs.KIND, batch_id)
+            if raw is None:
+                return None
+            batch: dict[str, Any] = BatchRecord.load(raw).batch
+            if batch["status"] in _CANCELLABLE:
+                asked = store.get_record(tenant, jobs.CANCEL_KIND, batch_id)
+                if asked is not None:
+                    batch["status"] = "cancelling"
+                    batch["cancelling_at"] = json.loads(asked)["at"]
+            return batch
+
+        batch = await asyncio.to_thread(load) if _BATCH_ID.match(batch_id) else None
+        if batch is None:
+            raise NotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
+        return batch
+
+    async def retrieve(self, call: Exchange, grant: ApiKeyGrant) -> None:
+        store, tenant = self._scope(grant)
+        await call.respond_json(await self._load(store, tenant, call.params[0]))
+
+    async def list(self, call: Exchange, grant: ApiKeyGrant) -> None:
+        store, tenant = self._scope(grant)
+        query = parse_qs(call.scope.get("query_string", b"").decode("latin-1"))
+        raw_limit = query.get("limit", ["20"])[0]
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
+            raise InvalidInput("`limit` must be an integer from 1 to 100.", param="limit")
+        limit = int(raw_limit)
+        after = query.get("after", [None])[0]
+        ids = list(reversed(await asyncio.to_thread(store.list_records, tenant, jobs.KIND)))
+        if after is not None:
+            ids = ids[ids.index(after) + 1:] if after in ids else []
+        data = [await self._load(store, tenant, batch_id) for batch_id in ids[:limit]]
+        await call.respond_json({
+            "object": "list", "data": data, "has_more": len(ids) > limit,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        })
+
+    async def cancel(self, call: Exchange, grant: ApiKeyGrant) -> None:
+        store, tenant = self._scope(grant)
+        batch_id = call.params[0]
+        batch = await self._load(store, tenant, batch_id)
+        if batch["status"] in ("cancelling", "cancelled"):
+            await call.respond_json(batch)
+            return
+        if batch["status"] not in _CANCELLABLE:
+            raise Conflict(f"Cannot cancel a batch with status '{batch['status']}'.",
+                           param="batch_id")
+        now = int(time.time())
+        # The worker alone writes the batch record; a cancel is a record of its own, seen by
+        # whichever process runs the batch.
+        await asyncio.to_thread(store.put_record, tenant, jobs.CANCEL_KIND, batch_id,
+                                json.dumps({"at": now}).encode())
+        if self.worker is not None:
+            self.worker.cancel(batch_id)
+        await call.respond_json({**batch, "status": "cancelling", "cancelling_at": now})

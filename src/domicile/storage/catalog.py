@@ -40,7 +40,16 @@ BLOB_META_SUFFIX = ":blob-meta"  # storage.regional.BLOB_META_KIND
 # Record and blob kinds written by the services, and the data class each belongs to. Kept here
 # (not imported from the services) so that foundations do not depend on services; the
 # services' constants are checked against this table by a test.
-RECORD_KINDS: Mapping[str, str] = {"response": "stored responses"}
+RECORD_KINDS: Mapping[str, str] = {
+    "response": "stored responses",
+    # The Batch API's (gateway.batch_jobs): a batch, its lines' results as they complete, and
+    # its markers while it runs. Model answers kept for a project, like stored responses.
+    "batch": "stored responses",
+    "batch-part": "stored responses",
+    "batch-active": "stored responses",
+    "batch-lease": "stored responses",
+    "batch-cancel": "stored responses",
+}
 BLOB_KINDS: Mapping[str, str] = {
     "file": "files",  # the gateway's /v1/files
     "ws-file": "files",  # a workspace file's bytes

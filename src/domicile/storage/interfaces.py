@@ -123,6 +123,16 @@ class ContentStore(Protocol):
     def get_record(self, tenant: TenantRef, kind: str, record_id: str) -> bytes | None: ...
     def delete_record(self, tenant: TenantRef, kind: str, record_id: str) -> bool: ...
     def list_records(self, tenant: TenantRef, kind: str) -> list[str]: ...
+    def records_of_kind(self, kind: str) -> list[tuple[str, str]]:
+        """(tenant id, record id) of every record of `kind` in this store, every tenant's,
+        oldest first: ids only, never content. For work that must find its records again
+        after a restart (the batch worker's unfinished batches)."""
+        ...
+    def claim_record(self, tenant: TenantRef, kind: str, record_id: str, plaintext: bytes,
+                     *, stale_after: float) -> bool:
+        """Write the record if there is none, or if the one there was last written more than
+        `stale_after` seconds ago; True if written. Atomic across processes: a lease."""
+        ...
     def put_blob(
         self, tenant: TenantRef, kind: str, blob_id: str, filename: str,
         chunks: Iterable[bytes], meta: dict[str, str] | None = None,

@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, select
@@ -170,6 +170,35 @@ class RegionalStore:
                 select(RecordRow.record_id)
                 .where(RecordRow.tenant_id == tenant.id, RecordRow.kind == kind)
                 .order_by(RecordRow.created_at)))
+
+    def records_of_kind(self, kind: str) -> list[tuple[str, str]]:
+        with self.engine.connect() as conn:
+            return [(tenant, record) for tenant, record in conn.execute(
+                select(RecordRow.tenant_id, RecordRow.record_id)
+                .where(RecordRow.kind == kind, RecordRow.region == self.region)
+                .order_by(RecordRow.created_at))]
+
+    def claim_record(self, tenant: TenantRef, kind: str, record_id: str, plaintext: bytes,
+                     *, stale_after: float) -> bool:
+        context = self._sealing_context(tenant, kind, record_id)
+        with self._refusing_erased():
+            body = self.envelope.seal(plaintext, context)
+        now = datetime.now(UTC)
+        values = {"tenant_id": tenant.id, "kind": kind, "record_id": record_id,
+                  "region": self.region, "created_at": now, "updated_at": now, "body": body,
+                  "training_consent": tenant.training_consent}
+        is_sqlite = self.engine.dialect.name == "sqlite"
+        insert_row = (sqlite.insert if is_sqlite else postgresql.insert)(RecordRow).values(
+            **values)
+        # One statement: a row written since the cutoff is left alone. A row comes back only
+        # if one was written (PostgreSQL's rowcount counts the conflict as a row).
+        statement = insert_row.on_conflict_do_update(
+            index_elements=[c.name for c in RecordRow.__table__.primary_key],
+            set_={name: insert_row.excluded[name] for name in ("body", "updated_at")},
+            where=RecordRow.updated_at < now - timedelta(seconds=stale_after),
+        ).returning(RecordRow.record_id)
+        with self.engine.begin() as conn:
+            return conn.execute(statement).first() is not None
 
     # -- blobs ------------------------------------------------------------------------------
 

@@ -1,0 +1,497 @@
+"""/v1/batches: refused under zero retention (G4); under regional retention a JSONL file of
+requests runs in the region through the gateway's own endpoints (routing, failover, usage,
+shapes), its results in output and error files; a bad file fails the batch with OpenAI's
+`errors`; a cancel stops it with every line accounted for; a worker stopped half-way and
+started again finishes with every line exactly once.
+
+The SDK client validates every Batch object strictly. Most tests run against the session's
+stack (in-memory store, loopback upstreams); the worker's restart runs against the stack's
+routes with a handler the test holds; the store's two additions run on real stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai.types import Batch
+from openai.types.chat import ChatCompletion
+
+from domicile.gateway.batch_jobs import (
+    ACTIVE_KIND,
+    KIND,
+    LEASE_KIND,
+    PART_KIND,
+    BatchRecord,
+    parse_input,
+)
+from domicile.gateway.batch_worker import BatchWorker, run_line
+from domicile.gateway.http import Exchange
+from domicile.gateway.routes import Route, RouteTable
+from domicile.site import Site
+from domicile.storage.interfaces import TenantRef
+from domicile.tenancy.grants import ApiKeyGrant
+from tests.gateway.conftest import EU_REGIONAL_KEY, EU_ZERO_KEY, Stack
+from tests.gateway.support import MemoryContentStore, grant
+
+REGIONAL = grant("key_eu_regional", retention="regional")
+TENANT = TenantRef(REGIONAL.project_id, "eu", REGIONAL.org_id)
+DEADLINE_S = 30.0
+
+
+def chat_line(custom_id: str, model: str = "solo-model", content: str = "hello",
+              **extra: Any) -> dict[str, Any]:
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": model, "messages": [{"role": "user", "content": content}]},
+            **extra}
+
+
+def jsonl(lines: list[Any]) -> bytes:
+    return b"".join((line if isinstance(line, bytes) else json.dumps(line).encode()) + b"\n"
+                    for line in lines)
+
+
+def upload(client: openai.OpenAI, lines: list[Any], purpose: str = "batch") -> str:
+    return client.files.create(file=("batch.jsonl", jsonl(lines)),
+                               purpose=purpose).id  # type: ignore[arg-type]
+
+
+def wait_for(client: openai.OpenAI, batch_id: str,
+             done: Callable[[Batch], bool] = lambda b: b.status in (
+                 "completed", "failed", "cancelled", "expired")) -> Batch:
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        if done(batch):
+            return batch
+        assert time.monotonic() < deadline, f"batch still {batch.status}"
+        time.sleep(0.02)
+
+
+def file_lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    if file_id is None:
+        return []
+    return [json.loads(line) for line in client.files.content(file_id).text.splitlines()]
+
+
+@pytest.fixture
+def regional(stack: Stack) -> Iterator[openai.OpenAI]:
+    client = stack.client(EU_REGIONAL_KEY)
+    yield client
+    # No batch of this test may still run when the next one clears the store.
+    worker = stack.eu_app._batches.worker
+    assert worker is not None
+    deadline = time.monotonic() + DEADLINE_S
+    while worker._jobs and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+# -- G4 -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("POST", "/v1/batches"), ("GET", "/v1/batches"), ("GET", "/v1/batches/batch_abc"),
+    ("POST", "/v1/batches/batch_abc/cancel"), ("DELETE", "/v1/batches/batch_abc"),
+])
+def test_zero_retention_refuses_every_batches_path(stack: Stack, method: str, path: str
+                                                  ) -> None:
+    response = stack.http().request(method, path, json={"input_file_id": "file-abc"},
+                                    headers={"Authorization": f"Bearer {EU_ZERO_KEY}"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "zero_retention"
+    assert stack.store.records == {}
+
+
+def test_the_sdk_sees_zero_retention_as_a_bad_request(stack: Stack) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        stack.client(EU_ZERO_KEY).batches.create(
+            input_file_id="file-abc", endpoint="/v1/chat/completions", completion_window="24h")
+    assert caught.value.code == "zero_retention"  # type: ignore[attr-defined]
+
+
+# -- the SDK's round trip -----------------------------------------------------------------------
+
+
+def test_a_batch_runs_in_the_region_and_its_output_file_holds_every_line(
+        stack: Stack, regional: openai.OpenAI) -> None:
+    ids = [f"req-{i}" for i in range(25)]
+    file_id = upload(regional, [chat_line(i, content=f"line {i}") for i in ids])
+    created = regional.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
+                                      completion_window="24h", metadata={"run": "nightly"})
+    assert created.status == "validating" and created.input_file_id == file_id
+    assert created.metadata == {"run": "nightly"}
+
+    done = wait_for(regional, created.id)
+    assert done.status == "completed", done.errors
+    assert done.request_counts is not None
+    assert (done.request_counts.total, done.request_counts.completed,
+            done.request_counts.failed) == (25, 25, 0)
+    assert done.error_file_id is None and done.output_file_id is not None
+    assert done.in_progress_at and done.finalizing_at and done.completed_at
+    assert done.model == "solo-model"
+    assert done.usage is not None and done.usage.input_tokens == 25 * 11
+    output = regional.files.retrieve(done.output_file_id)
+    assert output.purpose == "batch_output"
+    lines = file_lines(regional, done.output_file_id)
+    assert sorted(line["custom_id"] for line in lines) == sorted(ids)
+    for line in lines:
+        assert line["response"]["status_code"] == 200 and line["error"] is None
+        completion = ChatCompletion.model_validate(line["response"]["body"])
+        assert completion.choices[0].message.content == (
+            f"eu-solo says: line {line['custom_id']}")
+    # Through the endpoint itself: its usage metadata, its provider, no content kept.
+    stack.loop.run(stack.eu_app.usage.flush())
+    usage = [r for r in stack.sink.records if r.endpoint == "/v1/chat/completions"]
+    assert len(usage) == 25 and {r.provider for r in usage} == {"eu-solo"}
+    assert {r.project_id for r in usage} == {REGIONAL.project_id}
+    assert len(stack.upstreams["eu-solo"].received) == 25
+    # Ended: its record and files stay, its parts and markers go.
+    kinds = {kind for (_, kind, _) in stack.store.records}
+    assert kinds == {KIND}
+
+
+def test_batches_are_listed_newest_first_with_pagination(
+        stack: Stack, regional: openai.OpenAI) -> None:
+    file_id = upload(regional, [chat_line("a")])
+    made = [regional.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
+                                    completion_window="24h").id for _ in range(3)]
+    for batch_id in made:
+        wait_for(regional, batch_id)
+    first = regional.batches.list(limit=2)
+    assert [b.id for b in first.data] == made[::-1][:2] and first.has_more
+    rest = regional.batches.list(limit=2, after=first.data[-1].id)
+    assert [b.id for b in rest.data] == [made[0]] and not rest.has_more
+    assert [b.id for b in regional.batches.list()] == made[::-1]
+    assert regional.batches.retrieve(made[1]).id == made[1]
+    with pytest.raises(openai.NotFoundError):
+        regional.batches.retrieve("batch_unknown0000")
+    with pytest.raises(openai.BadRequestError):
+        regional.batches.list(limit=1000)
+
+
+def test_upstream_errors_and_unknown_models_land_in_the_error_file(
+        stack: Stack, regional: openai.OpenAI) -> None:
+    stack.upstreams["eu-solo"].behaviour.mode = "reject"  # 400 for every solo-model line
+    lines = [chat_line("ok-1", "fo-model"), chat_line("bad-1", "solo-model"),
+             chat_line("ok-2", "fo-model"), chat_line("missing", "no-such-model"),
+             chat_line("bad-2", "solo-model")]
+    batch = regional.batches.create(input_file_id=upload(regional, lines),
+                                    endpoint="/v1/chat/completions", completion_window="24h")
+    done = wait_for(regional, batch.id)
+    assert done.status == "completed"
+    assert done.request_counts is not None
+    assert (done.request_counts.completed, done.request_counts.failed) == (2, 3)
+    output = {line["custom_id"]: line for line in file_lines(regional, done.output_file_id)}
+    errors = {line["custom_id"]: line for line in file_lines(regional, done.error_file_id)}
+    assert set(output) == {"ok-1", "ok-2"} and set(errors) == {"bad-1", "bad-2", "missing"}
+    assert errors["bad-1"]["response"]["status_code"] == 400
+    assert errors["bad-1"]["response"]["body"]["error"]["code"] == "upstream_says_no"
+    assert errors["missing"]["response"]["status_code"] == 404
+    assert errors["missing"]["response"]["body"]["error"]["code"] == "model_not_found"
+    assert regional.files.retrieve(done.error_file_id or "").purpose == "batch_output"
+
+
+def test_embeddings_and_responses_batches_run_through_their_endpoints(
+        stack: Stack, regional: openai.OpenAI) -> None:
+    embed = [{"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings",
+              "body": {"model": "remote-embedder", "input": [f"text {i}"]}} for i in range(3)]
+    respond = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/responses",
+                "body": {"model": "dev-echo", "input": f"say {i}", "store": False}}
+               for i in range(3)]
+    for endpoint, lines in (("/v1/embeddings", embed), ("/v1/responses", respond)):
+        batch = regional.batches.create(input_file_id=upload(regional, lines),
+                                        endpoint=endpoint,  # type: ignore[arg-type]
+                                        completion_window="24h")
+        done = wait_for(regional, batch.id)
+        assert done.status == "completed" and done.error_file_id is None, endpoint
+        bodies = [line["response"]["body"] for line in file_lines(regional,
+                                                                  done.output_file_id)]
+        assert len(bodies) == 3
+        assert all(body["object"] == ("list" if endpoint == "/v1/embeddings" else "response")
+                   for body in bodies)
+
+
+# -- validation ---------------------------------------------------------------------------------
+
+
+def test_create_checks_the_file_endpoint_window_and_metadata(
+        stack: Stack, regional: openai.OpenAI) -> None:
+    good = upload(regional, [chat_line("a")])
+    other_purpose = upload(regional, [chat_line("a")], purpose="assistants")
+    cases: list[tuple[dict[str, Any], type[Exception], str]] = [
+        ({"input_file_id": other_purpose}, openai.BadRequestError, "input_file_id"),
+        ({"input_file_id": "file-doesnotexist"}, openai.NotFoundError, "input_file_id"),
+        ({"input_file_id": "../../etc"}, openai.NotFoundError, "input_file_id"),
+        ({"endpoint": "/v1/completions"}, openai.BadRequestError, "endpoint"),
+        ({"completion_window": "1h"}, openai.BadRequestError, "completion_window"),
+        ({"metadata": {f"k{i}": "v" for i in range(17)}}, openai.BadRequestError,
+         "metadata"),
+    ]
+    for change, error, param in cases:
+        arguments: dict[str, Any] = {"input_file_id": good, "endpoint": "/v1/chat/completions",
+                                     "completion_window": "24h", **change}
+        with pytest.raises(error) as caught:
+            regional.batches.create(**arguments)
+        assert caught.value.param == param  # type: ignore[attr-defined]
+    assert not any(kind == KIND for (_, kind, _) in stack.store.records)
+
+
+def test_a_bad_input_file_fails_the_batch_with_errors_per_line(
+        stack: Stack, regional: openai.OpenAI) -> None:
+    lines: list[Any] = [
+        chat_line("a"),
+        b"{not json",
+        chat_line("a"),  # duplicate
+        {**chat_line("b"), "method": "GET"},
+        {**chat_line("c"), "url": "/v1/embeddings"},
+        {"custom_id": "d", "method": "POST", "url": "/v1/chat/completions"},
+        chat_line("e") | {"body": {"model": "solo-model", "messages": [], "stream": True}},
+        [1, 2],
+    ]
+    batch = regional.batches.create(input_file_id=upload(regional, lines),
+                                    endpoint="/v1/chat/completions", completion_window="24h")
+    done = wait_for(regional, batch.id)
+    assert done.status == "failed" and done.failed_at is not None
+    assert done.errors is not None and done.errors.data is not None
+    found = [(e.line, e.code) for e in done.errors.data]
+    assert found == [(2, "invalid_json_line"), (3, "duplicate_custom_id"),
+                     (4, "invalid_method"), (5, "mismatched_endpoint"),
+                     (6, "missing_required_parameter"), (7, "invalid_request"),
+                     (8, "invalid_json_line")]
+    assert done.output_file_id is None and done.error_file_id is None
+    assert stack.upstreams["eu-solo"].received == []  # nothing of a bad file is run
+    empty = regional.batches.create(input_file_id=upload(regional, []),
+                                    endpoint="/v1/chat/completions", completion_window="24h")
+    failed = wait_for(regional, empty.id)
+    assert failed.errors is not None and failed.errors.data is not None
+    assert [e.code for e in failed.errors.data] == ["empty_file"]
+
+
+def test_parse_input_counts_lines_from_one_and_skips_blank_ones() -> None:
+    raw = jsonl([chat_line("a")]) + b"\n\n" + jsonl([chat_line("b")]) + b"{"
+    chunks = [raw[i:i + 7] for i in range(0, len(raw), 7)]  # lines split across chunks
+    lines, errors = parse_input(chunks, "/v1/chat/completions")
+    assert [line.custom_id for line in lines] == ["a", "b"]
+    assert json.loads(lines[0].body)["model"] == "solo-model"
+    assert [(e["line"], e["code"]) for e in errors] == [(5, "invalid_json_line")]
+
+
+def test_parse_input_refuses_more_than_the_line_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("domicile.gateway.batch_jobs.MAX_LINES", 3)
+    lines, errors = parse_input([jsonl([chat_line(str(i)) for i in range(5)])],
+                                "/v1/chat/completions")
+    assert len(lines) == 3 and [e["code"] for e in errors] == ["too_many_tasks"]
+
+
+# -- cancel -------------------------------------------------------------------------------------
+
+
+def test_a_cancelled_batch_accounts_for_every_line_once(
+        stack: Stack, regional: openai.OpenAI) -> None:
+    import threading
+
+    hold = threading.Event()
+    upstream = stack.upstreams["eu-solo"]
+    upstream.behaviour.hold = hold
+    ids = [f"c{i}" for i in range(40)]
+    lines = [chat_line(i, "dev-echo") for i in ids[:5]] + [chat_line(i) for i in ids[5:]]
+    batch = regional.batches.create(input_file_id=upload(regional, lines),
+                                    endpoint="/v1/chat/completions", completion_window="24h")
+    try:
+        wait_for(regional, batch.id, lambda b: b.request_counts is not None
+                 and b.request_counts.completed >= 5 and upstream.holding > 0)
+        cancelling = regional.batches.cancel(batch.id)
+        assert cancelling.status in ("cancelling", "cancelled")
+        done = wait_for(regional, batch.id)
+    finally:
+        hold.set()
+    assert done.status == "cancelled" and done.cancelled_at and done.cancelling_at
+    output = file_lines(regional, done.output_file_id)
+    errors = file_lines(regional, done.error_file_id)
+    assert sorted(line["custom_id"] for line in output + errors) == sorted(ids)
+    assert {line["custom_id"] for line in output} >= set(ids[:5])
+    assert any(line["error"] and line["error"]["code"] == "batch_cancelled" for line in errors)
+    assert done.request_counts is not None
+    assert done.request_counts.completed + done.request_counts.failed == 40
+    assert regional.batches.cancel(batch.id).status == "cancelled"  # idempotent
+    finished = regional.batches.create(input_file_id=upload(regional, [chat_line("z")]),
+                                       endpoint="/v1/chat/completions", completion_window="24h")
+    wait_for(regional, finished.id)
+    with pytest.raises(openai.ConflictError):
+        regional.batches.cancel(finished.id)
+
+
+# -- the line runner ----------------------------------------------------------------------------
+
+
+def test_run_line_answers_as_the_endpoint_would(stack: Stack) -> None:
+    route = stack.eu_app.routes.exact("POST", "/v1/chat/completions")
+    assert route is not None
+    body = json.dumps({"model": "solo-model",
+                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+    answer = stack.loop.run(run_line(route, REGIONAL, body, b"eu"))
+    assert answer.status == 200 and answer.provider == "eu-solo"
+    assert ChatCompletion.model_validate_json(answer.body).choices[0].message.content == (
+        "eu-solo says: hi")
+    assert (answer.prompt_tokens, answer.completion_tokens) == (11, 7)
+    assert answer.request_id.startswith("req_")
+    # Errors are rendered in OpenAI's shape, never raised.
+    broken = stack.loop.run(run_line(route, REGIONAL, b'{"model": ', b"eu"))
+    assert broken.status == 400 and json.loads(broken.body)["error"]["type"]
+    unknown = stack.loop.run(run_line(route, REGIONAL, body.replace(b"solo-model", b"nope"),
+                                      b"eu"))
+    assert unknown.status == 404
+    assert json.loads(unknown.body)["error"]["code"] == "model_not_found"
+
+
+def test_run_line_catches_what_a_handler_raises(stack: Stack) -> None:
+    async def explodes(call: Exchange, grant: ApiKeyGrant) -> None:
+        raise RuntimeError("CANARY content in an exception")
+
+    answer = stack.loop.run(run_line(Route("POST", "/v1/x", explodes, "x"), REGIONAL, b"{}",
+                                     b"eu"))
+    assert answer.status == 500 and b"CANARY" not in answer.body
+
+
+# -- a worker stopped half-way ------------------------------------------------------------------
+
+
+class HeldChat:
+    """A chat route whose lines saying "hold" wait until the test lets go; counts calls."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+        self.gate = asyncio.Event()
+        self.holding = 0
+
+    async def handle(self, call: Exchange, grant: ApiKeyGrant) -> None:
+        body = json.loads(await call.read_body())
+        said = body["messages"][0]["content"]
+        self.calls[said] = self.calls.get(said, 0) + 1
+        if said.startswith("hold"):
+            self.holding += 1
+            await self.gate.wait()
+        await call.respond_json({"said": said})
+
+    def routes(self) -> RouteTable:
+        return RouteTable([Route("POST", "/v1/chat/completions", self.handle, "chat")])
+
+
+def make_batch(store: MemoryContentStore, lines: list[Any]) -> str:
+    store.put_blob(TENANT, "file", "file-input0", "in.jsonl", [jsonl(lines)],
+                   {"purpose": "batch"})
+    from domicile.gateway.batch_jobs import batch_object
+
+    record = BatchRecord(batch_object("batch_resume0", "file-input0", "/v1/chat/completions",
+                                      None), REGIONAL)
+    store.put_record(TENANT, ACTIVE_KIND, "batch_resume0", b"{}")
+    store.put_record(TENANT, KIND, "batch_resume0", record.dump())
+    return "batch_resume0"
+
+
+def stored_batch(store: MemoryContentStore, batch_id: str) -> dict[str, Any]:
+    raw = store.get_record(TENANT, KIND, batch_id)
+    assert raw is not None
+    return BatchRecord.load(raw).batch
+
+
+def test_a_worker_stopped_half_way_resumes_with_every_line_once(stack: Stack) -> None:
+    store = MemoryContentStore(region="eu")
+    lines = ([chat_line(f"fast-{i}", content=f"fast {i}") for i in range(30)]
+             + [chat_line(f"held-{i}", content=f"hold {i}") for i in range(10)])
+    batch_id = make_batch(store, lines)
+    first = HeldChat()
+    worker = BatchWorker(store, "eu", first.routes, lines_per_project=12, flush_lines=4,
+                         flush_s=0.05)
+
+    async def until(check: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + DEADLINE_S
+        while not check():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+
+    async def first_run() -> None:
+        await worker.start()
+        await until(lambda: stored_batch(store, batch_id)["request_counts"]["completed"] == 30
+                    and first.holding == 10)
+        await worker.aclose()  # a server stop: the held lines are cut off
+
+    stack.loop.run(first_run())
+    interrupted = stored_batch(store, batch_id)
+    assert interrupted["status"] == "in_progress"
+    assert interrupted["request_counts"] == {"total": 40, "completed": 30, "failed": 0}
+    assert (TENANT.id, LEASE_KIND, batch_id) not in store.records  # released on stop
+    assert any(kind == PART_KIND for (_, kind, _) in store.records)
+
+    second = HeldChat()
+    second.gate.set()
+    again = BatchWorker(store, "eu", second.routes, flush_s=0.05)
+
+    async def second_run() -> None:
+        await again.start()  # finds the batch by itself, as at a server's start
+        await until(lambda: stored_batch(store, batch_id)["status"] == "completed")
+        await again.aclose()
+
+    stack.loop.run(second_run())
+    done = stored_batch(store, batch_id)
+    assert done["request_counts"] == {"total": 40, "completed": 40, "failed": 0}
+    assert set(second.calls) == {f"hold {i}" for i in range(10)}  # only what was not done
+    output = [json.loads(line) for line in
+              b"".join(store.open_blob(TENANT, "file", done["output_file_id"])).splitlines()]
+    assert sorted(line["custom_id"] for line in output) == sorted(
+        line["custom_id"] for line in lines)
+    assert {kind for (_, kind, _) in store.records} == {KIND}
+
+
+def test_a_batch_another_worker_holds_is_left_alone(stack: Stack) -> None:
+    store = MemoryContentStore(region="eu")
+    batch_id = make_batch(store, [chat_line("a")])
+    store.put_record(TENANT, LEASE_KIND, batch_id, b'{"owner": "elsewhere"}')
+    held = HeldChat()
+    worker = BatchWorker(store, "eu", held.routes, flush_s=0.05, lease_s=60)
+
+    async def run() -> None:
+        worker.submit(TENANT.id, batch_id)
+        await worker._jobs[batch_id]  # given up at once (or, were the lease ignored, run)
+        await worker.aclose()
+
+    stack.loop.run(run())
+    assert held.calls == {} and stored_batch(store, batch_id)["status"] == "validating"
+
+
+# -- the store's additions, on real stores ------------------------------------------------------
+
+
+def test_a_claim_is_taken_once_until_it_goes_stale(site: Site) -> None:
+    store = site.store("eu")
+    org = site.directory.create_org("Acme")
+    project = site.directory.create_project(org.id, "app", "eu", retention="regional")
+    tenant = TenantRef(project.id, "eu", org.id)
+    assert store.claim_record(tenant, LEASE_KIND, "batch_x", b"one", stale_after=60)
+    assert not store.claim_record(tenant, LEASE_KIND, "batch_x", b"two", stale_after=60)
+    assert store.get_record(tenant, LEASE_KIND, "batch_x") == b"one"
+    assert store.claim_record(tenant, LEASE_KIND, "batch_x", b"three", stale_after=0)
+    assert store.get_record(tenant, LEASE_KIND, "batch_x") == b"three"
+    other = site.directory.create_project(org.id, "other", "eu", retention="regional")
+    store.put_record(TenantRef(other.id, "eu", org.id), ACTIVE_KIND, "batch_y", b"{}")
+    store.put_record(tenant, ACTIVE_KIND, "batch_z", b"{}")
+    assert sorted(store.records_of_kind(ACTIVE_KIND)) == sorted(
+        [(other.id, "batch_y"), (project.id, "batch_z")])
+    assert store.records_of_kind(LEASE_KIND) == [(project.id, "batch_x")]
+
+
+def test_http_shapes_of_list_and_errors(stack: Stack, regional: openai.OpenAI) -> None:
+    listing = stack.http().get("/v1/batches",
+                               headers={"Authorization": f"Bearer {EU_REGIONAL_KEY}"})
+    assert listing.json() == {"object": "list", "data": [], "has_more": False,
+                              "first_id": None, "last_id": None}
+    bad = stack.http().post("/v1/batches", content=b"[]",
+                            headers={"Authorization": f"Bearer {EU_REGIONAL_KEY}"})
+    assert bad.status_code == 400 and set(bad.json()["error"]) >= {"message", "code"}
+    assert isinstance(bad, httpx.Response)
