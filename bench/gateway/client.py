@@ -7,6 +7,9 @@ and the same for every contender.
 - ``--mode plain``: per-request latency = send -> last byte of the response body.
 - ``--mode stream``: ``"stream": true``; TTFC = send -> first received bytes that hold an
   SSE ``data:`` line; also the total time to ``data: [DONE]``.
+- ``--mode responses-stream``: a streamed ``/v1/responses`` request (``--url`` names that
+  path); time to first event = send -> first received bytes holding an SSE ``data:`` line
+  (``response.created``), total time to ``response.completed``.
 
 Prints one JSON object on stdout. Every loop is bounded by ``--requests`` and by
 ``--deadline`` seconds for the whole run; only the given 127.0.0.1 URL is contacted.
@@ -28,6 +31,9 @@ BODY_PLAIN = b'{"model":"bench-model","messages":[{"role":"user","content":"hell
 BODY_STREAM = (
     b'{"model":"bench-model","messages":[{"role":"user","content":"hello"}],"stream":true}'
 )
+BODY_RESPONSES = b'{"model":"bench-model","input":"hello","stream":true}'
+# What ends a stream, by mode.
+STREAM_END = {"stream": b"data: [DONE]", "responses-stream": b'"type":"response.completed"'}
 
 
 class BadResponse(Exception):
@@ -58,11 +64,12 @@ def summarize(values_ns: list[int]) -> dict[str, float]:
 
 
 class Conn:
-    def __init__(self, host: str, port: int, request: bytes, stream: bool) -> None:
+    def __init__(self, host: str, port: int, request: bytes, end: bytes | None) -> None:
         self.host = host
         self.port = port
         self.request = request
-        self.stream = stream
+        self.end = end  # what ends the stream; None for a plain request
+        self.stream = end is not None
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -120,8 +127,9 @@ class Conn:
         if close_after:
             self.close()
         if self.stream:
-            if b"data: [DONE]" not in body or not t_first:
-                raise BadResponse("stream without data/[DONE]: " + body[:200].decode("latin-1"))
+            assert self.end is not None
+            if self.end not in body or not t_first:
+                raise BadResponse("stream without data/its end: " + body[:200].decode("latin-1"))
         else:
             t_first = t_end
             if b'"choices"' not in body:
@@ -155,15 +163,17 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise SystemExit("refusing a non-loopback target: " + host)
     path = u.path or "/v1/chat/completions"
-    stream = args.mode == "stream"
-    body = BODY_STREAM if stream else BODY_PLAIN
+    stream = args.mode in STREAM_END
+    body = {"plain": BODY_PLAIN, "stream": BODY_STREAM, "responses-stream": BODY_RESPONSES}[
+        args.mode]
     request = (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
         f"Authorization: Bearer {args.key}\r\nContent-Type: application/json\r\n"
         f"Accept: {'text/event-stream' if stream else 'application/json'}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
-    conns = [Conn(host, port, request, stream) for _ in range(args.concurrency)]
+    conns = [Conn(host, port, request, STREAM_END.get(args.mode))
+             for _ in range(args.concurrency)]
     result: dict[str, object] = {
         "url": args.url,
         "mode": args.mode,
@@ -200,7 +210,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--url", required=True, help="http://127.0.0.1:PORT/v1/chat/completions")
     p.add_argument("--key", default="bench")
-    p.add_argument("--mode", choices=("plain", "stream"), default="plain")
+    p.add_argument("--mode", choices=("plain", "stream", "responses-stream"), default="plain")
     p.add_argument("--requests", type=int, default=3000)
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--concurrency", type=int, default=1)

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))  # bench.sections
 from bench.sections import RESULTS_MD, marked_sections  # noqa: E402
 
 # Sections of RESULTS.md other benchmarks write, between their markers: kept as they are.
-OTHER_SECTIONS = ("bench-workspace", "bench-ui")
+OTHER_SECTIONS = ("bench-workspace", "bench-ui", "bench-verify")
 MAIN_PY = ROOT / ".venv" / "bin" / "python"
 DOMICILE = ROOT / ".venv" / "bin" / "domicile"
 LITELLM_VENV = BENCH / ".venv-litellm"
@@ -54,6 +54,8 @@ CORE_GATEWAY = "1"  # the gateway under test
 TARGET_ADDED_P50_MS = 0.5
 TARGET_THROUGHPUT_RATIO = 40.0
 TARGET_TTFC_OVERHEAD_MS = 0.5
+# Domicile's Responses streaming: time to its first event over the provider's first chunk.
+TARGET_RESPONSES_TTFE_OVERHEAD_MS = 0.5
 
 
 def log(msg: str) -> None:
@@ -454,7 +456,7 @@ def client(
         str(MAIN_PY),
         str(HERE / "client.py"),
         "--url",
-        c.base + "/chat/completions",
+        c.base + ("/responses" if mode == "responses-stream" else "/chat/completions"),
         "--key",
         c.key,
         "--mode",
@@ -528,6 +530,10 @@ def measure(c: Contender, args: argparse.Namespace) -> None:
     c.results["plain"] = client(c, "plain", args)
     log(f"{c.name}: concurrency-1 streaming TTFC ({args.requests} requests)")
     c.results["stream"] = client(c, "stream", args)
+    if c.name == "domicile":  # the Responses API on top of the same chat stream
+        log(f"{c.name}: concurrency-1 Responses streaming, time to first event "
+            f"({args.requests} requests)")
+        c.results["responses_stream"] = client(c, "responses-stream", args)
     log(f"{c.name}: wrk -c{args.connections}, {args.wrk_warmup} s warm-up + {args.wrk_duration} s")
     c.results["wrk"] = wrk(c, args)
     p, s, w = c.results["plain"], c.results["stream"], c.results["wrk"]
@@ -800,6 +806,36 @@ def render(data: dict[str, Any]) -> str:
     def verdict(ok: bool | None) -> str:
         return "n/a (Domicile not measured)" if ok is None else ("**PASS**" if ok else "**FAIL**")
 
+    dom_r = dom.get("results", {}) if dom_ok else {}
+    resp_ttfe = _g(dom_r, "responses_stream", "ttfc", "p50_ms")
+    resp_added = None if resp_ttfe is None or d_ttfc is None else resp_ttfe - d_ttfc
+    dom_chat_ttfc = _g(dom_r, "stream", "ttfc", "p50_ms")
+    resp_ok = None if resp_added is None else resp_added < TARGET_RESPONSES_TTFE_OVERHEAD_MS
+    if resp_ttfe is not None:
+        lines += [
+            "## Responses API streaming (Domicile)",
+            "",
+            f'Same client, {a["requests"]} sequential `"stream": true` requests to '
+            "`/v1/responses`, translated from the provider's chat stream event by event. "
+            "*Time to first event* = send to the first received bytes holding an SSE "
+            "`data:` line (`response.created`, sent with the provider's first chunk); "
+            "*added* = minus direct's TTFC (the provider's first chunk, same run).",
+            "",
+            "| measure | p50 ms | p99 ms |",
+            "|---|---:|---:|",
+            f"| time to first event | {fmt(resp_ttfe)} "
+            f"| {fmt(_g(dom_r, 'responses_stream', 'ttfc', 'p99_ms'))} |",
+            f"| added over the provider's first chunk | {fmt(resp_added)} | |",
+            "| added over Domicile's own chat TTFC (the translation) | "
+            f"{fmt(None if dom_chat_ttfc is None else resp_ttfe - dom_chat_ttfc)} | |",
+            f"| whole stream, to `response.completed` "
+            f"| {fmt(_g(dom_r, 'responses_stream', 'latency', 'p50_ms'))} "
+            f"| {fmt(_g(dom_r, 'responses_stream', 'latency', 'p99_ms'))} |",
+            "",
+            f"Errors: {dom_r.get('responses_stream', {}).get('errors')}.",
+            "",
+        ]
+
     lines += [
         "## Targets",
         "",
@@ -812,6 +848,9 @@ def render(data: dict[str, Any]) -> str:
         f"| {verdict(None if ratio is None else ratio >= TARGET_THROUGHPUT_RATIO)} |",
         f"| Domicile TTFC overhead p50 < {TARGET_TTFC_OVERHEAD_MS} ms | {fmt(dom_ttfc)} ms "
         f"| {verdict(None if dom_ttfc is None else dom_ttfc < TARGET_TTFC_OVERHEAD_MS)} |",
+        f"| Domicile Responses streaming: first event over the provider's first chunk p50 "
+        f"< {TARGET_RESPONSES_TTFE_OVERHEAD_MS} ms | {fmt(resp_added)} ms "
+        f"| {verdict(resp_ok)} |",
         "",
     ]
 
