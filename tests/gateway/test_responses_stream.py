@@ -5,6 +5,7 @@ against real loopback upstreams."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import threading
 import time
@@ -124,12 +125,22 @@ def test_a_function_call_round_trip_chained_by_previous_response_id(stack: Stack
             {"id": call.call_id, "type": "function",
              "function": {"name": "get_weather", "arguments": CALL[1]}}]},
         {"role": "tool", "tool_call_id": call.call_id, "content": "sunny"}]
+    (output_item,) = client.responses.input_items.list(second.id).data
+    assert output_item.type == "function_call_output"
+    assert (output_item.call_id, output_item.output) == (call.call_id, "sunny")
+    stateless = client.responses.create(model="fo-model", tools=TOOLS, input=[
+        {"type": "function_call", "call_id": "call_x", "name": "get_weather",
+         "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_x", "output": "rain"}])
+    listed = client.responses.input_items.list(stateless.id, order="asc").data
+    assert [item.type for item in listed] == ["function_call", "function_call_output"]
     # the streamed response was kept too, and reads back as it ended
     kept = client.responses.retrieve(second.id)
     assert kept.output_text == second.output_text and kept.status == "completed"
     third = client.responses.create(model="fo-model", previous_response_id=second.id,
                                     input="thanks")
     assert len(sent_messages(stack)) == 5
+    assert sent_messages(stack)[3]["content"] == "eu-a says: sunny"
     assert third.output_text == "eu-a says: thanks"
 
 
@@ -339,3 +350,19 @@ def test_the_wrong_method_on_cancel_is_405(stack: Stack) -> None:
                               headers={"Authorization": f"Bearer {EU_REGIONAL_KEY}"})
     assert answer.status_code == 405
     assert isinstance(answer, httpx.Response)
+
+
+def test_a_streamed_response_that_cannot_be_kept_ends_failed(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(stack.store, "put_record", full)
+    events = list(stack.client(EU_REGIONAL_KEY).responses.create(
+        model="fo-model", input="keep me", stream=True))
+    assert events[-1].type == "response.failed"
+    message = events[-1].response.error.message  # type: ignore[union-attr]
+    assert message.startswith("The response was not kept") and "storage is full" in message
+    assert events[-1].response.output_text == "eu-a says: keep me"  # type: ignore[union-attr]
+    assert [e.type for e in events].count("response.output_item.done") == 1
+    assert stack.store.records == {}

@@ -49,7 +49,7 @@ def stream(draft: ResponseDraft, *chunks: bytes, fail: str | None = None
            ) -> tuple[ResponseEventStream, list[dict[str, Any]]]:
     events = ResponseEventStream(draft)
     raw = events.opening() + b"".join(events.feed(chunk) for chunk in chunks)
-    raw += events.finish() if fail is None else events.fail(fail)
+    raw += (events.finish() if fail is None else events.fail(fail)) + events.end()
     return events, events_of(raw)
 
 

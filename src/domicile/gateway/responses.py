@@ -52,6 +52,7 @@ from domicile.inference.providers import Provider, ProviderResponse, UpstreamRej
 from domicile.inference.providers.base import ProviderUnavailable
 from domicile.inference.providers.shapes import new_id
 from domicile.inference.routing import ModelRouter
+from domicile.storage.faults import store_fault
 from domicile.storage.interfaces import ContentStore, TenantRef
 from domicile.tenancy.grants import ApiKeyGrant
 
@@ -254,21 +255,21 @@ class ResponsesEndpoint:
                         await call.stream(out)
             except ProviderUnavailable as broken:
                 call.status = 502
-                ending = events.fail(f"The stream from provider {broken.provider} broke off "
-                                     f"({broken.reason}); the answer is incomplete.")
+                closing = events.fail(f"The stream from provider {broken.provider} broke "
+                                      f"off ({broken.reason}); the answer is incomplete.")
             except Exception:
                 # Not the upstream's doing: still a parseable end; the caller logs the type.
                 call.status = 500
                 await call.stream(events.fail(
                     "The server had an error while streaming this response (request id "
-                    f"{call.request_id}); the answer is incomplete."))
+                    f"{call.request_id}); the answer is incomplete.") + events.end())
                 await call.end_stream()
                 raise
             else:
-                ending = events.finish()
+                closing = events.finish()
             if keep and events.response is not None:  # kept before the client hears the end
-                await self._keep(grant, events.response, request, events.assistant())
-            await call.stream(ending)
+                closing += await self._keep_streamed(call, grant, events, request)
+            await call.stream(closing + events.end())
             await call.end_stream()
 
         try:
@@ -279,6 +280,24 @@ class ResponsesEndpoint:
             await chunks.aclose()
             call.prompt_tokens = events.prompt_tokens
             call.completion_tokens = events.completion_tokens
+
+    async def _keep_streamed(self, call: Exchange, grant: ApiKeyGrant,
+                             events: ResponseEventStream, request: ChatRequest) -> bytes:
+        """Keeps a streamed response; when the store fails, the stream ends `failed` saying
+        so (its events are sent already: an HTTP error is too late)."""
+        assert events.response is not None
+        try:
+            await self._keep(grant, events.response, request, events.assistant())
+        except Exception as exc:
+            fault = store_fault(exc, call.request_id)
+            if fault is None:
+                log.error("keeping a streamed response failed with %s in request %s",
+                          type(exc).__name__, call.request_id)
+            call.status = fault.status if fault is not None else 500
+            return events.fail("The response was not kept: "
+                               + (fault.message if fault is not None else
+                                  f"the server had an error (request id {call.request_id})."))
+        return b""
 
     # -- background --------------------------------------------------------------------------
 

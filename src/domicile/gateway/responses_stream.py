@@ -9,8 +9,8 @@ Responses events it makes (SSE `event:`/`data:` pairs, each with its `sequence_n
     response.output_text.delta ...  /  response.function_call_arguments.delta ...
     response.output_text.done, response.content_part.done,
     response.function_call_arguments.done, response.output_item.done
-    response.completed | response.incomplete                     (`finish`)
-    response.failed                                              (`fail`)
+    response.completed | response.incomplete    (`finish`, then `end`)
+    response.failed                             (`fail`, then `end`)
 
 Nothing waits for the whole answer: a text delta goes out with the chunk that carried it.
 What is kept is what the closing events must repeat (each item's text and arguments so
@@ -220,8 +220,9 @@ class ResponseEventStream:
     # -- the end -----------------------------------------------------------------------------
 
     def finish(self) -> bytes:
-        """The closing events of a stream that ended as it should: `response.completed`, or
-        `response.incomplete` when the model stopped at the token limit or a filter."""
+        """The events closing the items of a stream that ended as it should; the Response
+        (`self.response`) is `completed`, or `incomplete` when the model stopped at the token
+        limit or a filter. `end()` gives its last event."""
         if self.upstream_error:
             return self.fail("The provider reported an error in the middle of the stream; "
                              "the answer is incomplete.")
@@ -234,16 +235,23 @@ class ResponseEventStream:
         self.response = self._draft.snapshot(
             status, self._output(status), incomplete=incomplete,
             usage=usage_object(self.prompt_tokens, self.completion_tokens))
-        return out + self._event(f"response.{status}", {"response": self.response})
+        return out
 
     def fail(self, message: str) -> bytes:
-        """The closing events of a stream that broke off: what was written stays, marked
-        incomplete, and `response.failed` says why."""
+        """The events closing the items of a stream that broke off (what was written stays,
+        marked incomplete); the Response is `failed`, saying why. Also after `finish`, when
+        what finished could not be kept."""
         out = self._close_all("incomplete")
         self.response = self._draft.snapshot(
             "failed", self._output("incomplete"), error=message,
             usage=usage_object(self.prompt_tokens, self.completion_tokens))
-        return out + self._event("response.failed", {"response": self.response})
+        return out
+
+    def end(self) -> bytes:
+        """The last event: `response.completed`, `.incomplete` or `.failed`, with the whole
+        Response."""
+        assert self.response is not None, "finish() or fail() first"
+        return self._event(f"response.{self.response['status']}", {"response": self.response})
 
     def assistant(self) -> dict[str, Any]:
         """The chat assistant message of what was streamed (the conversation to keep)."""
