@@ -14,7 +14,7 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Coroutine, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +25,14 @@ import uvloop
 
 from domicile.config import Settings, parse_settings
 from domicile.errors import CrossRegionWrite
-from domicile.storage.interfaces import StagedBlob, StoredBlob, TenantRef, UsageRecord
+from domicile.storage.interfaces import (
+    BlobPage,
+    StagedBlob,
+    StoredBlob,
+    TenantRef,
+    UnknownCursor,
+    UsageRecord,
+)
 from domicile.tenancy.grants import ApiKeyGrant
 
 T = TypeVar("T")
@@ -175,6 +182,22 @@ class MemoryContentStore:
 
     def list_blobs(self, tenant: TenantRef, kind: str) -> list[StoredBlob]:
         return [b for (t, k, _), (b, _) in self.blobs.items() if t == tenant.id and k == kind]
+
+    def page_blobs(self, tenant: TenantRef, kind: str, *, limit: int, after: str | None = None,
+                   descending: bool = True,
+                   keep: Callable[[StoredBlob], bool] | None = None) -> BlobPage:
+        ordered = sorted(self.list_blobs(tenant, kind), key=lambda b: (b.created_at, b.id),
+                         reverse=descending)
+        if after is not None:
+            ids = [b.id for b in ordered]
+            if after not in ids:
+                raise UnknownCursor(after)
+            ordered = ordered[ids.index(after) + 1:]
+        kept = [b for b in ordered if keep is None or keep(b)]
+        return BlobPage(kept[:limit], len(kept) > limit)
+
+    def tenants_holding(self, kind: str) -> list[str]:
+        return sorted({t for (t, k, _) in [*self.records, *self.blobs] if k == kind})
 
 
 class LoopThread:

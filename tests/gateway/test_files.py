@@ -14,10 +14,12 @@ import logging
 import socket
 import sqlite3
 import tempfile
+import time
 import tracemalloc
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -26,10 +28,12 @@ import pytest
 from sqlalchemy import event
 
 from domicile.gateway import create_gateway_app
+from domicile.gateway import files as gateway_files
+from domicile.gateway import uploads as gateway_uploads
 from domicile.site import Site, init_site
 from domicile.storage.blobs import FileBlobStore
 from domicile.storage.db import make_engine
-from domicile.storage.interfaces import BlobStore, PendingBlob
+from domicile.storage.interfaces import BlobStore, PendingBlob, TenantRef
 from domicile.storage.regional import RegionalStore
 from tests.gateway.conftest import EU_REGIONAL_KEY, EU_ZERO_KEY, Stack
 from tests.gateway.support import MemoryUsageSink, ServedApp, grant
@@ -443,3 +447,203 @@ def test_a_database_that_cannot_be_reached_is_503(
     finally:
         serving.stop()
         unreachable.engine.dispose()
+
+
+# -- listing: pages, order, purpose, hostile queries (in-memory store) -----------------------
+
+
+def _create(client: openai.OpenAI, count: int, purpose: Any = "user_data") -> list[str]:
+    return [client.files.create(file=(f"f{i}.txt", b"x" * i), purpose=purpose).id
+            for i in range(count)]
+
+
+def test_list_pages_by_limit_and_after_newest_first(stack: Stack) -> None:
+    client = stack.client(EU_REGIONAL_KEY)
+    made = _create(client, 5)
+    newest_first = made[::-1]
+    page = client.files.list(limit=2)
+    assert [f.id for f in page.data] == newest_first[:2]
+    assert page.has_more is True
+    raw = stack.http().get("/v1/files", params={"limit": 2, "after": newest_first[1]},
+                           headers={"Authorization": f"Bearer {EU_REGIONAL_KEY}"}).json()
+    assert [f["id"] for f in raw["data"]] == newest_first[2:4]
+    assert (raw["first_id"], raw["last_id"], raw["has_more"]) == (
+        newest_first[2], newest_first[3], True)
+    last = client.files.list(limit=2, after=newest_first[3])
+    assert [f.id for f in last.data] == newest_first[4:] and last.has_more is False
+    # The SDK's auto-pagination walks every page by `after`.
+    assert [f.id for f in client.files.list(limit=2)] == newest_first
+    assert [f.id for f in client.files.list()] == newest_first  # default: 10000, desc
+
+
+def test_list_in_ascending_order(stack: Stack) -> None:
+    client = stack.client(EU_REGIONAL_KEY)
+    made = _create(client, 4)
+    assert [f.id for f in client.files.list(order="asc", limit=3)] == made
+    page = client.files.list(order="asc", limit=1, after=made[1])
+    assert [f.id for f in page.data] == [made[2]] and page.has_more is True
+
+
+def test_an_empty_list_has_no_first_or_last_id(stack: Stack) -> None:
+    raw = stack.http().get("/v1/files", headers={
+        "Authorization": f"Bearer {EU_REGIONAL_KEY}"}).json()
+    assert raw == {"object": "list", "data": [], "has_more": False, "first_id": None,
+                   "last_id": None}
+
+
+def test_list_filters_by_purpose_and_pages_within_it(stack: Stack) -> None:
+    client = stack.client(EU_REGIONAL_KEY)
+    batch = _create(client, 3, "batch")
+    _create(client, 2, "vision")
+    page = client.files.list(purpose="batch", limit=2)
+    assert [f.id for f in page.data] == batch[::-1][:2] and page.has_more is True
+    assert [f.id for f in client.files.list(purpose="batch", limit=2)] == batch[::-1]
+    assert len(client.files.list(purpose="vision").data) == 2
+    assert client.files.list(purpose="batch_output").data == []
+
+
+def test_an_evals_file_is_shown_as_user_data_and_listed_under_both(stack: Stack) -> None:
+    # OpenAI's File schema (and the SDK's strict types) have no `evals` purpose.
+    client = stack.client(EU_REGIONAL_KEY)
+    made = client.files.create(file=("e.jsonl", b"{}"), purpose="evals")
+    assert made.purpose == "user_data"
+    assert [f.id for f in client.files.list(purpose="evals")] == [made.id]
+    assert [f.id for f in client.files.list(purpose="user_data")] == [made.id]
+
+
+@pytest.mark.parametrize(("query", "param"), [
+    ("limit=%C2%B2", "limit"),  # a superscript two: a digit to str.isdigit
+    ("limit=-1", "limit"),
+    ("limit=0", "limit"),
+    ("limit=10001", "limit"),
+    ("limit=NaN", "limit"),
+    ("limit=1e3", "limit"),
+    ("limit=", "limit"),
+    ("limit=99999999999999999999999", "limit"),
+    ("limit=1&limit=2", "limit"),
+    ("order=sideways", "order"),
+    ("order=asc&order=desc", "order"),
+    ("after=file-abc&after=file-def", "after"),
+    ("after=..%2F..%2Fetc", "after"),
+    ("after=%7B%22%24gt%22%3A%22%22%7D", "after"),  # {"$gt":""}
+    ("after=file-doesnotexist", "after"),  # the shape of an id, but no file of ours
+    ("purpose=nonsense", "purpose"),
+    ("after[id]=file-abc", None),  # a nested cursor
+    ("after%5B%5D=file-abc", None),
+    ("unknown=1", None),
+    ("after=%FF%FE", None),  # not UTF-8
+    ("purpose=%C3", None),  # a UTF-8 sequence cut short
+])
+def test_hostile_list_queries_are_400_in_the_one_shape(stack: Stack, query: str,
+                                                       param: str | None) -> None:
+    _create(stack.client(EU_REGIONAL_KEY), 1)
+    response = stack.http().get(f"/v1/files?{query}", headers={
+        "Authorization": f"Bearer {EU_REGIONAL_KEY}"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert (error["type"], error["code"], error["param"]) == (
+        "invalid_request_error", "invalid_request", param)
+
+
+def test_the_sdk_sees_a_bad_limit_as_a_bad_request(stack: Stack) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        stack.client(EU_REGIONAL_KEY).files.list(limit=0)
+    assert caught.value.param == "limit"  # type: ignore[attr-defined]
+
+
+# -- shapes and expiry ------------------------------------------------------------------------
+
+
+class Clock:
+    """The gateway's clock for files and uploads, moved by the test (expiry takes an hour)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.offset = 0.0
+        fake = SimpleNamespace(time=self.now)
+        monkeypatch.setattr(gateway_files, "time", fake)
+        monkeypatch.setattr(gateway_uploads, "time", fake)
+
+    def now(self) -> float:
+        return time.time() + self.offset
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    return Clock(monkeypatch)
+
+
+def test_a_file_object_has_no_nulls_the_schema_does_not_allow(stack: Stack) -> None:
+    response = stack.http().post("/v1/files", files={"file": ("a.txt", b"a")},
+                                 data={"purpose": "assistants"},
+                                 headers={"Authorization": f"Bearer {EU_REGIONAL_KEY}"})
+    body = response.json()
+    assert set(body) == {"id", "object", "bytes", "created_at", "filename", "purpose", "status"}
+    listed = stack.http().get("/v1/files", headers={
+        "Authorization": f"Bearer {EU_REGIONAL_KEY}"}).json()["data"][0]
+    assert listed == body
+
+
+def test_expires_after_is_kept_shown_and_honoured(stack: Stack, clock: Clock) -> None:
+    client = stack.client(EU_REGIONAL_KEY)
+    made = client.files.create(file=("soon.txt", b"short-lived"), purpose="assistants",
+                               expires_after={"anchor": "created_at", "seconds": 3600})
+    kept = client.files.create(file=("kept.txt", b"kept"), purpose="assistants")
+    assert made.expires_at == made.created_at + 3600
+    assert client.files.retrieve(made.id).expires_at == made.expires_at
+    assert kept.expires_at is None
+    clock.offset = 3599
+    assert client.files.content(made.id).read() == b"short-lived"
+    clock.offset = 3601
+    for gone in (lambda: client.files.retrieve(made.id),
+                 lambda: client.files.content(made.id)):
+        with pytest.raises(openai.NotFoundError):
+            gone()
+    assert [f.id for f in client.files.list()] == [kept.id]
+    with pytest.raises(openai.NotFoundError):
+        client.files.delete(made.id)
+    assert ("proj_key_eu_regional", "file", made.id) not in stack.store.blobs  # deleted too
+
+
+def test_a_batch_file_expires_after_30_days_by_default(stack: Stack) -> None:
+    made = stack.client(EU_REGIONAL_KEY).files.create(file=("in.jsonl", b"{}"),
+                                                      purpose="batch")
+    assert made.expires_at == made.created_at + 30 * 86_400
+
+
+@pytest.mark.parametrize("fields", [
+    {"expires_after[anchor]": "created_at", "expires_after[seconds]": "3599"},
+    {"expires_after[anchor]": "created_at", "expires_after[seconds]": "2592001"},
+    {"expires_after[anchor]": "last_active_at", "expires_after[seconds]": "3600"},
+    {"expires_after[anchor]": "created_at", "expires_after[seconds]": "-3600"},
+    {"expires_after[anchor]": "created_at", "expires_after[seconds]": "3600.5"},
+    {"expires_after[seconds]": "3600"},
+    {"expires_after[anchor]": "created_at"},
+], ids=["short", "long", "anchor", "negative", "fraction", "no-anchor", "no-seconds"])
+def test_a_bad_expires_after_is_400_and_stores_nothing(stack: Stack,
+                                                       fields: dict[str, str]) -> None:
+    response = stack.http().post("/v1/files", files={"file": ("a.txt", b"a")},
+                                 data={"purpose": "assistants", **fields},
+                                 headers={"Authorization": f"Bearer {EU_REGIONAL_KEY}"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "expires_after"
+    assert stack.store.blobs == {} and stack.store.staged == 0
+
+
+def test_the_sweep_deletes_expired_files_from_a_real_store(clean_disk: Disk,
+                                                           clock: Clock) -> None:
+    client = openai.OpenAI(base_url=clean_disk.served.url + "/v1", api_key=clean_disk.key,
+                           max_retries=0, _strict_response_validation=True)
+    soon = client.files.create(file=("soon.txt", b"soon gone"), purpose="user_data",
+                               expires_after={"anchor": "created_at", "seconds": 7200})
+    kept = client.files.create(file=("kept.txt", b"kept"), purpose="user_data")
+    assert len(clean_disk.files_on_disk()) == 2
+    assert gateway_files.sweep_expired_files(clean_disk.store, now=clock.now()) == 0
+    clock.offset = 7200
+    assert [f.id for f in client.files.list()] == [kept.id]  # expired: no longer listed
+    assert gateway_files.sweep_expired_files(clean_disk.store, now=clock.now()) == 1
+    assert len(clean_disk.files_on_disk()) == 1
+    (project,) = clean_disk.store.tenants_holding("file")
+    tenant = TenantRef(project, "eu", org_id="")
+    assert [b.id for b in clean_disk.store.list_blobs(tenant, "file")] == [kept.id]
+    assert soon.id != kept.id

@@ -8,6 +8,7 @@ from sqlalchemy import inspect
 from domicile.gateway import batch_jobs
 from domicile.gateway import files as gateway_files
 from domicile.gateway import responses as gateway_responses
+from domicile.gateway import uploads as gateway_uploads
 from domicile.site import Site
 from domicile.storage import catalog
 from domicile.workspace import conversations, files, gpts, knowledge
@@ -32,8 +33,10 @@ def test_the_services_kinds_are_the_catalogs() -> None:
     assert kinds[("ws_messages", "body")] == conversations.MESSAGE_KIND
     assert kinds[("ws_files", "meta")] == files.FILE_META_KIND
     assert kinds[("ws_gpts", "body")] == gpts.GPT_KIND
-    assert set(catalog.RECORD_KINDS) == {gateway_responses.KIND, *batch_jobs.KINDS}
-    assert set(catalog.BLOB_KINDS) == {gateway_files.KIND, files.FILE_BLOB_KIND,
+    assert set(catalog.RECORD_KINDS) == {gateway_responses.KIND, *batch_jobs.KINDS,
+                                         gateway_uploads.UPLOAD_KIND}
+    assert set(catalog.BLOB_KINDS) == {gateway_files.KIND, gateway_uploads.PART_KIND,
+                                       files.FILE_BLOB_KIND,
                                        files.FILE_TEXT_BLOB_KIND, knowledge.INDEX_BLOB_KIND}
     records = catalog.content_table("blobs")
     assert records.context_kind(records.sealed[0], "ws-file") == "ws-file" + (

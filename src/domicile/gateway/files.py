@@ -8,19 +8,37 @@ parts. The blob is stored (committed) only once the whole request has been read 
 valid: one `file`, one known `purpose`, the closing boundary. On anything else (a second
 file, a bad purpose, a body past `max_upload` (413), a client that leaves, a store fault)
 the staged blob is discarded: nothing is stored or listed.
+
+A file may expire (`expires_after`, and every `batch` file after 30 days, as OpenAI's): from
+then on it answers 404 and is not listed, and the next sweep (`sweep_expired_files`, run by
+`domicile serve` every `sweep_interval_s`) deletes it. The store-level helpers here
+(`store_file`, `find_file`, `file_object`, `stage_chunks`) are what other endpoints (uploads,
+batches) make and read files with, so a file is the same object whoever made it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import re
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import unquote_to_bytes
 
 from domicile.errors import BodyTooLarge, InvalidInput, NotFound
+from domicile.failures import describe
 from domicile.inference.providers.shapes import new_id
-from domicile.storage.interfaces import ContentStore, StagedBlob, StoredBlob, TenantRef
+from domicile.storage.interfaces import (
+    ContentStore,
+    StagedBlob,
+    StoredBlob,
+    TenantRef,
+    UnknownCursor,
+)
 from domicile.tenancy.grants import ApiKeyGrant
 from domicile.web.multipart import MultipartReader, boundary_of
 
@@ -28,12 +46,45 @@ from .http import Exchange, header
 from .residency import content_store_for, tenant_of
 from .routes import Route
 
-__all__ = ["FilesEndpoint", "valid_file_id"]
+__all__ = [
+    "FEATURE",
+    "KIND",
+    "PURPOSES",
+    "SYSTEM_PURPOSES",
+    "FilesEndpoint",
+    "ListQuery",
+    "clean_filename",
+    "expires_after_seconds",
+    "file_object",
+    "find_file",
+    "is_live",
+    "parse_list_query",
+    "stage_chunks",
+    "store_file",
+    "sweep_expired_files",
+    "sweep_periodically",
+    "unix",
+    "valid_file_id",
+]
 
 KIND = "file"
+FEATURE = "/v1/files"
 MAX_UPLOAD = 512 * 1024 * 1024
+# What a client may upload for; the system makes the others (a batch's output, say).
 PURPOSES = frozenset({"assistants", "batch", "fine-tune", "vision", "user_data", "evals"})
+SYSTEM_PURPOSES = frozenset({"assistants_output", "batch_output", "fine-tune-results"})
+# OpenAI's File object has no `evals` purpose (its schema and the SDK's strict types list the
+# others only): such a file is shown as `user_data`, "any purpose", and listed under both.
+SHOWN_PURPOSE = {"evals": "user_data"}
+EXPIRY_RANGE = (3600, 2_592_000)  # `expires_after[seconds]`: 1 hour to 30 days, as OpenAI's
+BATCH_EXPIRY = 2_592_000  # a `batch` file without `expires_after` expires after 30 days
+MAX_LIST = 10_000
+SWEEP_INTERVAL_S = 600.0
 _FILE_ID = re.compile(r"^file-[A-Za-z0-9]{1,64}$")
+_DIGITS = re.compile(r"[0-9]{1,10}")  # ASCII only: `str.isdigit` takes "²" and "٣"
+_LIST_PARAMS = ("after", "limit", "order", "purpose")
+
+log = logging.getLogger("domicile.gateway")
 
 
 def valid_file_id(file_id: str) -> bool:
@@ -41,21 +92,74 @@ def valid_file_id(file_id: str) -> bool:
     return _FILE_ID.match(file_id) is not None
 
 
-def _file_object(blob: StoredBlob) -> dict[str, Any]:
-    return {
+def unix(moment: datetime) -> int:
+    """Seconds since the epoch; a store's naive datetime is UTC (SQLite keeps no zone)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp())
+
+
+def expires_at(blob: StoredBlob) -> int | None:
+    """When a file expires: its `expires_after` seconds past its creation, if it has one."""
+    seconds = blob.meta.get("expires_after")
+    return None if seconds is None else unix(blob.created_at) + int(seconds)
+
+
+def is_live(blob: StoredBlob, now: float) -> bool:
+    """Not expired at `now` (an expired file is gone for its owner, swept or not)."""
+    expiry = expires_at(blob)
+    return expiry is None or now < expiry
+
+
+def file_object(blob: StoredBlob) -> dict[str, Any]:
+    """OpenAI's File object: `expires_at` only when the file expires, no `status_details`
+    (the schema has both optional and neither nullable; the SDK validates strictly)."""
+    purpose = blob.meta.get("purpose", "user_data")
+    shown: dict[str, Any] = {
         "id": blob.id,
         "object": "file",
         "bytes": blob.size,
-        "created_at": int(blob.created_at.timestamp()),
+        "created_at": unix(blob.created_at),
         "filename": blob.filename,
-        "purpose": blob.meta.get("purpose", "user_data"),
+        "purpose": SHOWN_PURPOSE.get(purpose, purpose),
         "status": "processed",
-        "status_details": None,
-        "expires_at": None,
     }
+    expiry = expires_at(blob)
+    if expiry is not None:
+        shown["expires_at"] = expiry
+    return shown
 
 
-def _filename(raw: str | None) -> str:
+def _purpose_matches(blob: StoredBlob, purpose: str) -> bool:
+    kept = blob.meta.get("purpose", "user_data")
+    return purpose in (kept, SHOWN_PURPOSE.get(kept))
+
+
+def file_meta(purpose: str, expires_after: int | None) -> dict[str, str]:
+    """The metadata a file is stored with (sealed, like its name)."""
+    if expires_after is None and purpose == "batch":
+        expires_after = BATCH_EXPIRY
+    meta = {"purpose": purpose}
+    if expires_after is not None:
+        meta["expires_after"] = str(expires_after)
+    return meta
+
+
+def expires_after_seconds(anchor: object, seconds: object, param: str = "expires_after") -> int:
+    """`expires_after`'s seconds, checked: anchor `created_at`, 3600 to 2592000 seconds."""
+    if anchor != "created_at":
+        raise InvalidInput("`expires_after.anchor` must be `created_at`.", param=param)
+    if isinstance(seconds, str) and _DIGITS.fullmatch(seconds):
+        seconds = int(seconds)
+    low, high = EXPIRY_RANGE
+    if type(seconds) is not int or not low <= seconds <= high:
+        raise InvalidInput(f"`expires_after.seconds` must be an integer from {low} to {high}.",
+                           param=param)
+    return seconds
+
+
+def clean_filename(raw: str | None) -> str:
+    """A file name without any folder, at most 255 characters."""
     name = (raw or "upload").replace("\\", "/").rsplit("/", 1)[-1].strip()
     return name[:255] or "upload"
 
@@ -67,23 +171,168 @@ def _purpose(raw: bytes) -> str:
     return purpose
 
 
-FEATURE = "/v1/files"
+# -- store-level helpers (blocking unless async; shared with uploads and batches) -----------
+
+
+async def stage_chunks(store: ContentStore, tenant: TenantRef, kind: str, blob_id: str,
+                       chunks: AsyncIterator[bytes]) -> StagedBlob:
+    """Seal `chunks` (a request's bytes, as they arrive) into a staged blob. The store's
+    thread pulls each chunk from the event loop, so nothing is held whole; an exception the
+    chunks raise (a size limit, a client that left) stages nothing."""
+    loop = asyncio.get_running_loop()
+
+    async def step() -> bytes:
+        return await anext(chunks)
+
+    def pull() -> Iterator[bytes]:  # runs in the store's thread
+        while True:
+            try:
+                yield asyncio.run_coroutine_threadsafe(step(), loop).result()
+            except StopAsyncIteration:
+                return
+
+    try:
+        return await asyncio.to_thread(store.stage_blob, tenant, kind, blob_id, pull())
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def store_file(store: ContentStore, tenant: TenantRef, chunks: Iterable[bytes], *,
+               filename: str, purpose: str, expires_after: int | None = None,
+               file_id: str | None = None) -> StoredBlob:
+    """Store a File of `purpose` from `chunks` (streamed, sealed as they come); blocking.
+    `file_object` of the result is what the API shows. For files the system makes (a
+    batch's `batch_output`) as for uploads."""
+    if purpose not in PURPOSES | SYSTEM_PURPOSES:
+        raise ValueError(f"unknown file purpose {purpose!r}")
+    return store.put_blob(tenant, KIND, file_id or new_id("file-"), clean_filename(filename),
+                          chunks, file_meta(purpose, expires_after))
+
+
+def find_file(store: ContentStore, tenant: TenantRef, file_id: str,
+              now: float | None = None) -> StoredBlob | None:
+    """The tenant's live file `file_id`, else None (unknown, of another shape, expired)."""
+    if not valid_file_id(file_id):
+        return None
+    blob = store.get_blob(tenant, KIND, file_id)
+    if blob is None or not is_live(blob, time.time() if now is None else now):
+        return None
+    return blob
+
+
+def sweep_expired_files(store: ContentStore, now: float | None = None) -> int:
+    """Delete every expired file of every tenant of the store; how many were deleted.
+    Blocking; for `domicile serve`'s sweeper and `domicile retention sweep`."""
+    now = time.time() if now is None else now
+    deleted = 0
+    for tenant_id in store.tenants_holding(KIND):
+        # Reading and deleting need only the tenant's id (and this region): not its org.
+        tenant = TenantRef(tenant_id, store.region, org_id="")
+        for blob in store.list_blobs(tenant, KIND):
+            if not is_live(blob, now) and store.delete_blob(tenant, KIND, blob.id):
+                deleted += 1
+    return deleted
+
+
+async def sweep_periodically(what: str, region: str, sweep: Any, interval: float) -> None:
+    """Run `sweep()` (blocking, returns a count) every `interval` seconds until cancelled;
+    a failure is logged by type and the next round tries again."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            count = await asyncio.to_thread(sweep)
+        except Exception as exc:
+            log.error("region %s: sweeping expired %s failed (%s)", region, what,
+                      describe(exc, text=False))
+        else:
+            if count:
+                log.info("region %s: deleted %d expired %s", region, count, what)
+
+
+# -- GET /v1/files's query ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    limit: int = MAX_LIST
+    after: str | None = None
+    descending: bool = True
+    purpose: str | None = None
+
+
+def _query_pairs(raw: bytes) -> dict[str, str]:
+    """A query string's parameters, each once, as UTF-8 text; anything else is a 400 that
+    never quotes the client's text."""
+    found: dict[str, str] = {}
+    for field in raw.split(b"&"):
+        if not field:
+            continue
+        name_raw, _, value_raw = field.partition(b"=")
+        try:
+            name = unquote_to_bytes(name_raw.replace(b"+", b" ")).decode()
+            value = unquote_to_bytes(value_raw.replace(b"+", b" ")).decode()
+        except UnicodeDecodeError:
+            raise InvalidInput("The query string must be UTF-8 text.") from None
+        if name not in _LIST_PARAMS:
+            raise InvalidInput("Unknown query parameter: this list takes "
+                               f"{', '.join(f'`{p}`' for p in _LIST_PARAMS)}.")
+        if name in found:
+            raise InvalidInput(f"`{name}` is given more than once.", param=name)
+        found[name] = value
+    return found
+
+
+def parse_list_query(raw: bytes) -> ListQuery:
+    """`limit` (1 to 10000), `after` (a file id), `order` (`asc`/`desc`), `purpose`."""
+    params = _query_pairs(raw)
+    limit = MAX_LIST
+    if "limit" in params:
+        text = params["limit"]
+        if not _DIGITS.fullmatch(text) or not 1 <= int(text) <= MAX_LIST:
+            raise InvalidInput(f"`limit` must be an integer from 1 to {MAX_LIST}.",
+                               param="limit")
+        limit = int(text)
+    order = params.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidInput("`order` must be `asc` or `desc`.", param="order")
+    after = params.get("after")
+    if after is not None and not valid_file_id(after):
+        raise InvalidInput("`after` must be the id of a file (`file-…`).", param="after")
+    purpose = params.get("purpose")
+    if purpose is not None and purpose not in PURPOSES | SYSTEM_PURPOSES:
+        raise InvalidInput(f"`purpose` must be one of {sorted(PURPOSES | SYSTEM_PURPOSES)}.",
+                           param="purpose")
+    return ListQuery(limit, after, order == "desc", purpose)
 
 
 class FilesEndpoint:
     """The `/v1/files` routes of one region's gateway; every one keeps content (G4)."""
 
     def __init__(self, store: ContentStore | None, region: str, *,
-                 max_upload: int = MAX_UPLOAD) -> None:
+                 max_upload: int = MAX_UPLOAD,
+                 sweep_interval_s: float = SWEEP_INTERVAL_S) -> None:
         self._store = store
         self._region = region
         self.max_upload = max_upload
+        self._sweep_interval_s = sweep_interval_s
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Nothing runs beside these requests."""
+        """Sweep expired files every `sweep_interval_s` while serving."""
+        store = self._store
+        if store is not None and self._sweeper is None:
+            self._sweeper = asyncio.ensure_future(sweep_periodically(
+                "files", self._region, lambda: sweep_expired_files(store),
+                self._sweep_interval_s))
 
     async def aclose(self) -> None:
-        """Nothing to stop."""
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(BaseException):
+                await sweeper
 
     def routes(self) -> list[Route]:
         return [
@@ -106,6 +355,7 @@ class FilesEndpoint:
             raise BodyTooLarge(f"The upload is larger than {self.max_upload} bytes.")
         reader = MultipartReader(call.receive, boundary, limit=self.max_upload)
         purpose: str | None = None
+        expiry: dict[str, str] = {}
         filename = "upload"
         staged: StagedBlob | None = None
         file_id = new_id("file-")
@@ -115,61 +365,60 @@ class FilesEndpoint:
                     if purpose is not None:
                         raise InvalidInput("Send `purpose` once.", param="purpose")
                     purpose = _purpose(await reader.read(64))
+                elif part.name in ("expires_after[anchor]", "expires_after[seconds]"):
+                    if part.name in expiry:
+                        raise InvalidInput("Send `expires_after` once.", param="expires_after")
+                    try:
+                        expiry[part.name] = (await reader.read(16)).decode()
+                    except (UnicodeDecodeError, InvalidInput):
+                        raise InvalidInput("`expires_after` is not valid.",
+                                           param="expires_after") from None
                 elif part.name == "file":
                     if staged is not None:
                         raise InvalidInput("Upload one file per request.", param="file")
-                    filename = _filename(part.filename)
-                    staged = await self._stage(store, tenant, file_id, reader.chunks())
+                    filename = clean_filename(part.filename)
+                    staged = await stage_chunks(store, tenant, KIND, file_id, reader.chunks())
             if staged is None:
                 raise InvalidInput("The upload has no `file` part.", param="file")
             if purpose is None:
                 raise InvalidInput("The upload has no `purpose` field.", param="purpose")
+            expires_after = None
+            if expiry:
+                expires_after = expires_after_seconds(expiry.get("expires_after[anchor]"),
+                                                      expiry.get("expires_after[seconds]"))
             stored = await asyncio.to_thread(store.commit_blob, staged, filename,
-                                             {"purpose": purpose})
+                                             file_meta(purpose, expires_after))
         except BaseException:
             if staged is not None:
                 await asyncio.to_thread(store.discard_blob, staged)
             raise
-        await call.respond_json(_file_object(stored))
-
-    async def _stage(self, store: ContentStore, tenant: TenantRef, file_id: str,
-                     chunks: AsyncIterator[bytes]) -> StagedBlob:
-        loop = asyncio.get_running_loop()
-
-        async def step() -> bytes:
-            return await anext(chunks)
-
-        def pull() -> Iterator[bytes]:  # runs in the store's thread
-            while True:
-                try:
-                    yield asyncio.run_coroutine_threadsafe(step(), loop).result()
-                except StopAsyncIteration:
-                    return
-
-        try:
-            return await asyncio.to_thread(store.stage_blob, tenant, KIND, file_id, pull())
-        finally:
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
+        await call.respond_json(file_object(stored))
 
     async def list(self, call: Exchange, grant: ApiKeyGrant) -> None:
         store, tenant = self._scope(grant)
-        query = parse_qs(call.scope.get("query_string", b"").decode("latin-1"))
-        purpose = query.get("purpose", [None])[0]
-        blobs = await asyncio.to_thread(store.list_blobs, tenant, KIND)
-        data = [_file_object(b) for b in blobs
-                if purpose is None or b.meta.get("purpose") == purpose]
+        query = parse_list_query(call.scope.get("query_string", b""))
+        now = time.time()
+        purpose = query.purpose
+
+        def keep(blob: StoredBlob) -> bool:
+            return is_live(blob, now) and (purpose is None or _purpose_matches(blob, purpose))
+
+        try:
+            page = await asyncio.to_thread(
+                store.page_blobs, tenant, KIND, limit=query.limit, after=query.after,
+                descending=query.descending, keep=keep)
+        except UnknownCursor:
+            raise InvalidInput("`after` names no file of this project (was it deleted?).",
+                               param="after") from None
+        data = [file_object(b) for b in page.blobs]
         await call.respond_json({
-            "object": "list", "data": data, "has_more": False,
+            "object": "list", "data": data, "has_more": page.has_more,
             "first_id": data[0]["id"] if data else None,
             "last_id": data[-1]["id"] if data else None,
         })
 
     async def _blob(self, store: ContentStore, tenant: TenantRef, file_id: str) -> StoredBlob:
-        blob = None
-        if valid_file_id(file_id):
-            blob = await asyncio.to_thread(store.get_blob, tenant, KIND, file_id)
+        blob = await asyncio.to_thread(find_file, store, tenant, file_id)
         if blob is None:
             raise NotFound(f"No such File object: {file_id}", param="id")
         return blob
@@ -177,7 +426,7 @@ class FilesEndpoint:
     async def retrieve(self, call: Exchange, grant: ApiKeyGrant) -> None:
         store, tenant = self._scope(grant)
         file_id = call.params[0]
-        await call.respond_json(_file_object(await self._blob(store, tenant, file_id)))
+        await call.respond_json(file_object(await self._blob(store, tenant, file_id)))
 
     async def content(self, call: Exchange, grant: ApiKeyGrant) -> None:
         store, tenant = self._scope(grant)
@@ -195,8 +444,15 @@ class FilesEndpoint:
     async def delete(self, call: Exchange, grant: ApiKeyGrant) -> None:
         store, tenant = self._scope(grant)
         file_id = call.params[0]
-        deleted = valid_file_id(file_id) and await asyncio.to_thread(
-            store.delete_blob, tenant, KIND, file_id)
-        if not deleted:
+
+        def delete() -> bool:
+            if not valid_file_id(file_id):
+                return False
+            blob = store.get_blob(tenant, KIND, file_id)
+            # An expired file is gone for its owner: deleted now all the same, and a 404.
+            return (store.delete_blob(tenant, KIND, file_id)
+                    and (blob is None or is_live(blob, time.time())))
+
+        if not await asyncio.to_thread(delete):
             raise NotFound(f"No such File object: {file_id}", param="id")
         await call.respond_json({"id": file_id, "object": "file", "deleted": True})

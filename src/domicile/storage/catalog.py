@@ -49,9 +49,11 @@ RECORD_KINDS: Mapping[str, str] = {
     "batch-active": "stored responses",
     "batch-lease": "stored responses",
     "batch-cancel": "stored responses",
+    "upload": "files",  # the gateway's /v1/uploads: an upload's name, purpose, size, status
 }
 BLOB_KINDS: Mapping[str, str] = {
     "file": "files",  # the gateway's /v1/files
+    "upload-part": "files",  # a part of an upload, until the upload completes or expires
     "ws-file": "files",  # a workspace file's bytes
     "ws-file-text": "files",  # the text extracted from it
     "ws-gpt-index": "gpts",  # a GPT's knowledge index

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
 __all__ = [
+    "BlobPage",
     "BlobStore",
     "ContentStore",
     "PendingBlob",
     "StagedBlob",
     "StoredBlob",
     "TenantRef",
+    "UnknownCursor",
     "UsageRecord",
     "UsageSink",
 ]
@@ -66,6 +68,18 @@ class StoredBlob:
     meta: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class BlobPage:
+    """One page of a tenant's blobs of a kind, and whether more follow it."""
+
+    blobs: list[StoredBlob]
+    has_more: bool
+
+
+class UnknownCursor(LookupError):
+    """A page asked for after a blob that is not there (never was, or was deleted)."""
+
+
 class PendingBlob(Protocol):
     """A staged blob write: all its bytes written, nothing visible under its key yet."""
 
@@ -113,6 +127,11 @@ class ContentStore(Protocol):
     it is complete: `stage_blob` streams the bytes in, `commit_blob` stores it (and on failure
     leaves nothing), `discard_blob` drops it. `put_blob` is both. `open_blob` raises KeyError
     when the blob's bytes are gone.
+
+    `page_blobs` is a page of `list_blobs` in (created_at, id) order, ascending or descending,
+    after the blob `after` (`UnknownCursor` if it has none), holding at most `limit` blobs
+    that `keep` accepts; the store reads only as many rows as the page needs. `tenants_holding`
+    names the tenants with a record or blob of a kind (for sweeps across tenants).
     """
 
     region: str
@@ -146,3 +165,7 @@ class ContentStore(Protocol):
     def open_blob(self, tenant: TenantRef, kind: str, blob_id: str) -> Iterator[bytes]: ...
     def delete_blob(self, tenant: TenantRef, kind: str, blob_id: str) -> bool: ...
     def list_blobs(self, tenant: TenantRef, kind: str) -> list[StoredBlob]: ...
+    def page_blobs(self, tenant: TenantRef, kind: str, *, limit: int, after: str | None = None,
+                   descending: bool = True,
+                   keep: Callable[[StoredBlob], bool] | None = None) -> BlobPage: ...
+    def tenants_holding(self, kind: str) -> list[str]: ...

@@ -10,11 +10,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select
+from sqlalchemy import ColumnElement, Engine, and_, delete, func, insert, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -24,10 +24,12 @@ from domicile.errors import CrossRegionWrite, StorageError, TenantDataErased
 from domicile.failures import describe
 from domicile.storage.faults import is_full
 from domicile.storage.interfaces import (
+    BlobPage,
     BlobStore,
     StagedBlob,
     StoredBlob,
     TenantRef,
+    UnknownCursor,
     UsageRecord,
 )
 from domicile.storage.models import (
@@ -43,8 +45,18 @@ from domicile.tenancy.grants import GLOBAL_REGION
 __all__ = ["RegionalStore", "claim_region"]
 
 BLOB_META_KIND = "blob-meta"
+PAGE_BATCH = 500  # rows read at a time for a page of blobs
 
 log = logging.getLogger("domicile.storage")
+
+
+def _beyond(position: tuple[datetime, str], descending: bool) -> ColumnElement[bool]:
+    """The rows after `position` (created_at, id) in a page's order."""
+    at, blob_id = position
+    if descending:
+        return or_(BlobRow.created_at < at, and_(BlobRow.created_at == at,
+                                                 BlobRow.blob_id < blob_id))
+    return or_(BlobRow.created_at > at, and_(BlobRow.created_at == at, BlobRow.blob_id > blob_id))
 
 
 def claim_region(engine: Engine, region: str) -> None:
@@ -314,6 +326,55 @@ class RegionalStore:
                 BlobRow.tenant_id == tenant.id, BlobRow.kind == kind)
                 .order_by(BlobRow.created_at)).all()
         return [self._stored_blob(tenant, row) for row in rows]
+
+    def page_blobs(self, tenant: TenantRef, kind: str, *, limit: int, after: str | None = None,
+                   descending: bool = True,
+                   keep: Callable[[StoredBlob], bool] | None = None) -> BlobPage:
+        """A page of the tenant's blobs of `kind` in (created_at, id) order, after the blob
+        `after`. Rows are read in batches of the page's size by keyset (never an OFFSET, never
+        the whole list), and read on only while `keep` (which sees the opened metadata)
+        turns rows down."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        owned = (BlobRow.tenant_id == tenant.id, BlobRow.kind == kind)
+        if descending:
+            order = (BlobRow.created_at.desc(), BlobRow.blob_id.desc())
+        else:
+            order = (BlobRow.created_at.asc(), BlobRow.blob_id.asc())
+        batch = min(limit + 1, PAGE_BATCH)
+        kept: list[StoredBlob] = []
+        with self.engine.connect() as conn:
+            position: tuple[datetime, str] | None = None
+            if after is not None:
+                at = conn.scalar(select(BlobRow.created_at).where(*owned,
+                                                                  BlobRow.blob_id == after))
+                if at is None:
+                    raise UnknownCursor(after)
+                position = (at, after)
+            while len(kept) <= limit:
+                query = select(BlobRow).where(*owned)
+                if position is not None:
+                    query = query.where(_beyond(position, descending))
+                rows = conn.execute(query.order_by(*order).limit(batch)).all()
+                for row in rows:
+                    blob = self._stored_blob(tenant, row)
+                    if keep is None or keep(blob):
+                        kept.append(blob)
+                        if len(kept) > limit:
+                            break
+                if len(rows) < batch:
+                    break
+                position = (rows[-1].created_at, rows[-1].blob_id)
+        return BlobPage(kept[:limit], len(kept) > limit)
+
+    def tenants_holding(self, kind: str) -> list[str]:
+        """The tenants with a record or a blob of `kind` here: ids only, never content."""
+        with self.engine.connect() as conn:
+            tenants = set(conn.scalars(select(RecordRow.tenant_id).distinct()
+                                       .where(RecordRow.kind == kind)))
+            tenants.update(conn.scalars(select(BlobRow.tenant_id).distinct()
+                                        .where(BlobRow.kind == kind)))
+        return sorted(tenants)
 
     # -- usage metadata (never content) -----------------------------------------------------
 
