@@ -47,10 +47,15 @@ run: install
 	@test -f $(SITE)/domicile.toml || $(BIN)/domicile init --dir $(SITE)
 	$(BIN)/domicile serve --config $(SITE)/domicile.toml
 
+# Two workers, a test file each at a time (a module's served site is started once); the
+# browser tests after, alone, so Chromium is never starved by a parallel end-to-end server.
+TEST_WORKERS ?= 2
+
 test: install-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --ignore=tests/ui
+	$(BIN)/pytest tests/ui
 
 lint:
 	$(BIN)/ruff check src tests bench
