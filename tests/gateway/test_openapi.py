@@ -230,3 +230,16 @@ def test_the_served_document_has_the_paths_of_the_docs_copy(stack: Stack) -> Non
     served = httpx.get(stack.eu.url + "/openapi.json", timeout=20).json()
     copy = json.loads(DOCS_COPY.read_text())
     assert set(served["paths"]) == {p for p in copy["paths"] if not p.startswith(API_PREFIX)}
+
+
+def test_where_openais_spec_is_not_what_its_api_sends_the_document_says_what_is_sent() -> None:
+    document = openapi_document(documented_routes(), workspace=False)
+    schemas = document["components"]["schemas"]
+    vector = schemas["Embedding"]["properties"]["embedding"]["anyOf"]
+    assert {"type": "string", **vector[1]} == vector[1] and vector[0]["type"] == "array"
+    download = document["paths"]["/v1/files/{file_id}/content"]["get"]["responses"]["200"]
+    assert set(download["content"]) == {"application/octet-stream"}
+    assert '"nullable"' not in json.dumps(document)  # OpenAPI 3.0's, which 3.1 ignores
+    usage = schemas["CreateChatCompletionStreamResponse"]["properties"]["usage"]
+    assert {"type": "null"} in usage["anyOf"]
+    assert schemas["ListFilesResponse"]["properties"]["first_id"]["type"] == ["string", "null"]

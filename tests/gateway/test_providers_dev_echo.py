@@ -65,7 +65,8 @@ def test_vision_requests_go_to_a_provider_that_declares_vision(stack: Stack) -> 
 
 def test_embeddings_are_deterministic_unit_vectors(stack: Stack) -> None:
     client = stack.client()
-    first = client.embeddings.create(model="dev-echo", input=["alpha", "beta"])
+    first = client.embeddings.create(model="dev-echo", input=["alpha", "beta"],
+                                     encoding_format="float")
     again = client.embeddings.create(model="dev-echo", input="alpha", encoding_format="float")
     assert len(first.data[0].embedding) == 384
     assert first.data[0].embedding == pytest.approx(again.data[0].embedding, abs=1e-6)

@@ -31,8 +31,7 @@ def _cosine(a: list[float], b: list[float]) -> float:
 
 
 def test_embeddings_are_384_dimensional_and_semantic(stack: Stack) -> None:
-    # The SDK asks for base64 by default: this also checks the float32 packing.
-    result = stack.client().embeddings.create(model=MODEL, input=[
+    result = stack.client().embeddings.create(model=MODEL, encoding_format="float", input=[
         "The cat sits on the mat.",
         "A kitten is resting on a rug.",
         "Quarterly revenue grew by eight percent.",
@@ -61,13 +60,14 @@ def test_float_and_base64_formats_agree(stack: Stack) -> None:
 def test_concurrent_requests_each_get_their_own_vectors(stack: Stack) -> None:
     client = stack.client()
     texts = [f"sentence number {i} about topic {i * 7}" for i in range(8)]
-    alone = {t: client.embeddings.create(model=MODEL, input=t).data[0].embedding
-             for t in texts[:2]}
+    alone = {t: client.embeddings.create(model=MODEL, input=t, encoding_format="float")
+             .data[0].embedding for t in texts[:2]}
     provider = _provider(stack)
     before = provider.steps_run
     with ThreadPoolExecutor(8) as pool:
         together = list(pool.map(
-            lambda t: client.embeddings.create(model=MODEL, input=[t, "x"]).data, texts))
+            lambda t: client.embeddings.create(model=MODEL, input=[t, "x"],
+                                               encoding_format="float").data, texts))
     assert provider.steps_run - before < len(texts)
     for text, data in zip(texts, together, strict=True):
         assert [d.index for d in data] == [0, 1]
@@ -108,7 +108,8 @@ def test_past_a_limit_is_a_400_naming_it(stack: Stack, inputs: list[str], limit:
 
 
 def test_an_input_at_the_limit_is_served(stack: Stack) -> None:
-    result = stack.client().embeddings.create(model=MODEL, input="word " * 8190)  # 8,192
+    result = stack.client().embeddings.create(model=MODEL, input="word " * 8190,  # 8,192
+                                              encoding_format="float")
     assert result.usage.prompt_tokens == 256  # what the model reads of it
 
 
@@ -134,7 +135,7 @@ def test_a_client_that_leaves_stops_the_encoder(stack: Stack, gate: EncoderGate)
     # Gone while its first step runs: the rest of its inputs leave the queue at once.
     assert _poll(lambda: provider.queued_inputs == 0), "the request stayed queued"
     gate.open()
-    stack.client().embeddings.create(model=MODEL, input="hello")
+    stack.client().embeddings.create(model=MODEL, input="hello", encoding_format="float")
     assert gate.steps[1:] == [["hello"]]
     stack.loop.run(stack.eu_app.usage.flush())
     assert [r.status for r in stack.sink.records if r.endpoint == "/v1/embeddings"] == [499, 200]
@@ -146,10 +147,11 @@ def test_the_encoder_takes_turns_by_project(stack: Stack, gate: EncoderGate) -> 
     provider = _provider(stack)
     batch = [f"paragraph {i} of a long report" for i in range(3 * STEP_INPUTS)]
     with ThreadPoolExecutor(2) as pool:
-        big = pool.submit(stack.client().embeddings.create, model=MODEL, input=batch)
+        big = pool.submit(stack.client().embeddings.create, model=MODEL, input=batch,
+                          encoding_format="float")
         assert gate.next_step() == batch[:STEP_INPUTS]
         small = pool.submit(stack.client(EU_REGIONAL_KEY).embeddings.create, model=MODEL,
-                            input="hello")
+                            input="hello", encoding_format="float")
         assert _poll(lambda: provider.queued_inputs == 2 * STEP_INPUTS + 1)
         gate.release()
         assert "hello" in gate.next_step()

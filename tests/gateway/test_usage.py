@@ -129,7 +129,7 @@ def test_records_carry_tokens_and_ids_but_no_content(stack: Stack) -> None:
     client.chat.completions.create(model="solo-model", messages=messages)
     list(client.chat.completions.create(model="dev-echo", messages=messages, stream=True,
                                         stream_options={"include_usage": True}))
-    client.embeddings.create(model="dev-echo", input=[CANARY])
+    client.embeddings.create(model="dev-echo", input=[CANARY], encoding_format="float")
     client.responses.create(model="dev-echo", input=CANARY, store=False)
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model=f"model-{CANARY}"[:20], messages=messages)

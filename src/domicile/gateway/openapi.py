@@ -317,7 +317,26 @@ _EMBEDDING_VECTOR = {
 }
 
 
+def _nullable(node: Any) -> Any:
+    """OpenAPI 3.0's `nullable: true`, which OpenAI's 3.1 spec still uses in places (and 3.1
+    ignores), as JSON Schema's null: OpenAI sends those nulls (`usage` on every chunk but the
+    last of a stream with `include_usage`)."""
+    if isinstance(node, list):
+        return [_nullable(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _nullable(value) for key, value in node.items()}
+    if node.get("nullable") is True:  # (a property named `nullable` is a dict: kept)
+        del node["nullable"]
+        notes = {key: node.pop(key) for key in ("description", "title", "default")
+                 if key in node}
+        return {"anyOf": [node, {"type": "null"}], **notes}
+    return node
+
+
 def _amend(document: dict[str, Any]) -> None:
+    document["components"]["schemas"] = _nullable(document["components"]["schemas"])
+    document["paths"] = _nullable(document["paths"])
     schemas = document["components"]["schemas"]
     if "Embedding" in schemas:  # OpenAI's spec knows only the float list
         schemas["Embedding"]["properties"]["embedding"] = _EMBEDDING_VECTOR
