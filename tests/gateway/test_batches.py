@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,23 +26,37 @@ import openai
 import pytest
 from openai.types import Batch
 from openai.types.chat import ChatCompletion
+from sqlalchemy import text
 
+from domicile.compliance.erasure import Erasure
+from domicile.compliance.export import Exporter
+from domicile.gateway import create_gateway_app
 from domicile.gateway.batch_jobs import (
     ACTIVE_KIND,
     KIND,
     LEASE_KIND,
     PART_KIND,
     BatchRecord,
+    batch_object,
     parse_input,
+    result_line,
 )
 from domicile.gateway.batch_worker import BatchWorker, run_line
 from domicile.gateway.http import Exchange
 from domicile.gateway.routes import Route, RouteTable
-from domicile.site import Site
+from domicile.inference.providers import build_providers
+from domicile.site import Site, init_site
 from domicile.storage.interfaces import TenantRef
 from domicile.tenancy.grants import ApiKeyGrant
 from tests.gateway.conftest import EU_REGIONAL_KEY, EU_ZERO_KEY, Stack
-from tests.gateway.support import MemoryContentStore, grant
+from tests.gateway.support import (
+    MemoryContentStore,
+    ServedApp,
+    grant,
+    make_settings,
+    provider,
+)
+from tests.gateway.upstream import HOLD_LIMIT_S, FakeUpstream
 
 REGIONAL = grant("key_eu_regional", retention="regional")
 TENANT = TenantRef(REGIONAL.project_id, "eu", REGIONAL.org_id)
@@ -282,6 +300,22 @@ def test_parse_input_counts_lines_from_one_and_skips_blank_ones() -> None:
     assert [(e["line"], e["code"]) for e in errors] == [(5, "invalid_json_line")]
 
 
+@pytest.mark.parametrize("body", [
+    b'{"object": "list", "data": [1, "two"]}',  # one line: kept as it is
+    b'{\n  "pretty": "printed"\n}',  # several lines: re-encoded on one
+    "{\"caf\u00e9\": 1}".encode("utf-16"),  # JSON, not UTF-8
+    b"not json at all",  # kept as a string
+])
+def test_every_result_is_one_line_of_json(body: bytes) -> None:
+    line = result_line("batch_req_1", 'id "quoted"', 200, "req_1", body)
+    assert "\n" not in line
+    parsed = json.loads(line)
+    assert parsed["custom_id"] == 'id "quoted"' and parsed["error"] is None
+    assert parsed["response"]["status_code"] == 200
+    expected = body.decode() if body.startswith(b"not") else json.loads(body)
+    assert parsed["response"]["body"] == expected
+
+
 def test_parse_input_refuses_more_than_the_line_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("domicile.gateway.batch_jobs.MAX_LINES", 3)
     lines, errors = parse_input([jsonl([chat_line(str(i)) for i in range(5)])],
@@ -294,8 +328,6 @@ def test_parse_input_refuses_more_than_the_line_limit(monkeypatch: pytest.Monkey
 
 def test_a_cancelled_batch_accounts_for_every_line_once(
         stack: Stack, regional: openai.OpenAI) -> None:
-    import threading
-
     hold = threading.Event()
     upstream = stack.upstreams["eu-solo"]
     upstream.behaviour.hold = hold
@@ -386,8 +418,6 @@ class HeldChat:
 def make_batch(store: MemoryContentStore, lines: list[Any]) -> str:
     store.put_blob(TENANT, "file", "file-input0", "in.jsonl", [jsonl(lines)],
                    {"purpose": "batch"})
-    from domicile.gateway.batch_jobs import batch_object
-
     record = BatchRecord(batch_object("batch_resume0", "file-input0", "/v1/chat/completions",
                                       None), REGIONAL)
     store.put_record(TENANT, ACTIVE_KIND, "batch_resume0", b"{}")
@@ -495,3 +525,88 @@ def test_http_shapes_of_list_and_errors(stack: Stack, regional: openai.OpenAI) -
                             headers={"Authorization": f"Bearer {EU_REGIONAL_KEY}"})
     assert bad.status_code == 400 and set(bad.json()["error"]) >= {"message", "code"}
     assert isinstance(bad, httpx.Response)
+
+
+# -- on a real site: export covers a batch, erasure stops one -----------------------------------
+
+
+@dataclass
+class RealSite:
+    site: Site
+    served: ServedApp
+    project: str
+    client: openai.OpenAI
+    upstream: FakeUpstream
+
+    def erasure(self) -> Erasure:
+        return Erasure(self.site.directory, self.site.store, list(self.site.settings.regions),
+                       self.site.directory_engine)
+
+
+@pytest.fixture
+def real(served: Stack, tmp_path: Path) -> Iterator[RealSite]:
+    """A site's `RegionalStore` (SQLite, sealed blobs) behind its own gateway, whose one chat
+    provider is the stack's eu-solo upstream."""
+    site = Site(init_site(tmp_path / "site", port_base=18650))
+    org = site.directory.create_org("Acme")
+    project = site.directory.create_project(org.id, "app", "eu", retention="regional")
+    key = site.directory.create_api_key(project.id).secret
+    store = site.store("eu")
+    upstream = served.upstreams["eu-solo"]
+    upstream.reset()
+    providers = build_providers(make_settings(tmp_path, eu=[provider(
+        "eu-solo", "openai-compatible", ["solo-model"], base_url=upstream.base_url)],
+        us=[]).region("eu"))
+    app = create_gateway_app(site.settings, "eu", authenticator=site.directory,
+                             usage_sink=store, content_store=store, providers=providers)
+    serving = ServedApp(served.loop, app)
+    client = openai.OpenAI(base_url=serving.url + "/v1", api_key=key, max_retries=0,
+                           timeout=20, _strict_response_validation=True)
+    yield RealSite(site, serving, project.id, client, upstream)
+    upstream.reset()
+    serving.stop()
+    site.close()
+
+
+def test_an_export_holds_a_batch_and_its_files(real: RealSite, tmp_path: Path) -> None:
+    batch = real.client.batches.create(
+        input_file_id=upload(real.client, [chat_line(f"x{i}") for i in range(3)]),
+        endpoint="/v1/chat/completions", completion_window="24h")
+    done = wait_for(real.client, batch.id)
+    assert done.status == "completed"
+    summary = Exporter(real.site.directory, real.site.store,
+                       list(real.site.settings.regions)).export(
+        "project", real.project, tmp_path / "export.zip")
+    with zipfile.ZipFile(summary.path) as archive:
+        names = archive.namelist()
+        kept = json.loads(archive.read(next(n for n in names if n.endswith(f"{batch.id}.json")
+                                            and "/records/batch/" in n)))
+        output = [n for n in names if f"/{done.output_file_id}/" in n]
+    assert kept["batch"]["status"] == "completed" and kept["batch"]["id"] == batch.id
+    assert len(output) == 1 and any(f"/{batch.input_file_id}/" in n for n in names)
+
+
+def test_erasing_the_project_stops_its_running_batch(real: RealSite) -> None:
+    worker = real.served.app._batches.worker
+    assert worker is not None
+    hold = threading.Event()
+    real.upstream.behaviour.hold = hold
+    try:
+        batch = real.client.batches.create(
+            input_file_id=upload(real.client, [chat_line(f"e{i}") for i in range(100)]),
+            endpoint="/v1/chat/completions", completion_window="24h")
+        wait_for(real.client, batch.id, lambda b: real.upstream.holding == 32)  # the bound
+        real.erasure().erase("project", real.project)
+        # The worker sees its rows gone and stops, while its lines still wait upstream (the
+        # upstream lets a held request go after HOLD_LIMIT_S: well past this deadline).
+        deadline = time.monotonic() + HOLD_LIMIT_S / 3
+        while batch.id in worker._jobs:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        hold.set()
+    assert len(real.upstream.received) == 32  # nothing sent after the erasure
+    with real.site.store("eu").engine.connect() as conn:
+        left = conn.execute(text("SELECT count(*) FROM records WHERE tenant_id = :t"),
+                            {"t": real.project}).scalar()
+    assert left == 0

@@ -266,6 +266,12 @@ def result_line(line_id: str, custom_id: str, status: int, request_id: str,
         parsed: object = json.loads(body)
     except ValueError:
         parsed = body.decode("utf-8", "replace")
+    else:
+        if b"\n" not in body and b"\r" not in body and body.isascii():
+            # Valid JSON on one line: kept as the endpoint wrote it (no second encoding).
+            return (f'{{"id": "{line_id}", "custom_id": {json.dumps(custom_id)}, "response": '
+                    f'{{"status_code": {status}, "request_id": "{request_id}", "body": '
+                    f'{body.decode("ascii")}}}, "error": null}}')
     return json.dumps({"id": line_id, "custom_id": custom_id,
                        "response": {"status_code": status, "request_id": request_id,
                                     "body": parsed},
