@@ -18,6 +18,7 @@ from sqlalchemy import func, select, update
 
 from domicile.errors import NotFound
 from domicile.site import Site
+from domicile.storage.interfaces import TenantRef
 from domicile.storage.regional import RegionalStore
 from domicile.tenancy.grants import MemberGrant
 from domicile.workspace.conversations import Conversations
@@ -199,6 +200,29 @@ def test_each_sweep_is_audited_with_counts_and_no_content(site: Site, content: C
     assert content.store.audit.verify() is None
 
 
+NO_API_EXPIRY = {"api_files_expired": 0, "api_uploads_expired": 0, "api_upload_parts_deleted": 0}
+
+
+def test_the_sweep_command_deletes_the_apis_expired_files_too(site: Site,
+                                                              cli: Cli) -> None:  # noqa: F811
+    store = site.store("eu")
+    org = site.directory.create_org("sweeps").id
+    project = site.directory.create_project(org, "api", "eu", retention="regional").id
+    tenant = TenantRef(project, "eu", org_id=org)
+    # Stored as the gateway stores a file that expired (an expiry already past).
+    store.put_blob(tenant, "file", "file-expired", "old.txt", [b"old"],
+                   {"purpose": "user_data", "expires_after": "0"})
+    store.put_blob(tenant, "file", "file-kept", "new.txt", [b"new"],
+                   {"purpose": "user_data", "expires_after": "3600"})
+
+    result = cli("retention", "sweep", "--region", "eu", "--config",
+                 str(site.settings.config_path), "--json")
+
+    assert result.code == 0, result.stderr
+    assert result.json["regions"][0]["api_files_expired"] == 1
+    assert [blob.id for blob in store.list_blobs(tenant, "file")] == ["file-kept"]
+
+
 def test_the_sweep_command_deletes_and_reports_counts(site: Site, content: Content,
                                                       cli: Cli,  # noqa: F811
                                                       make_member: MemberFactory) -> None:
@@ -217,9 +241,9 @@ def test_the_sweep_command_deletes_and_reports_counts(site: Site, content: Conte
     assert result.code == 0, result.stderr
     assert result.json == {"regions": [
         {"region": "eu", "workspaces_swept": 1, "conversations_deleted": 1,
-         "files_deleted": 1},
+         "files_deleted": 1, **NO_API_EXPIRY},
         {"region": "us", "workspaces_swept": 0, "conversations_deleted": 0,
-         "files_deleted": 0},
+         "files_deleted": 0, **NO_API_EXPIRY},
     ]}
     with pytest.raises(NotFound):
         content.conversations.get(member, old_chat)

@@ -345,14 +345,25 @@ def retention_sweep(
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Delete now what each workspace keeps past its retention (`domicile serve` also does it
-    every `[workspace] retention_sweep_interval_s`). Each swept workspace is audited."""
+    """Delete now what each workspace keeps past its retention, and the API's files and
+    uploads past their expiry (`domicile serve` also does both, on its own schedule). Each
+    swept workspace is audited."""
+    from domicile.gateway.files import sweep_expired_files
+    from domicile.gateway.uploads import sweep_expired_uploads
     from domicile.workspace.retention import sweeper_for
 
     site = open_site(config)
     names = [site.settings.region(region).name] if region else list(site.settings.regions)
-    results = [sweeper_for(site, name).sweep(actor="cli").to_json() for name in names]
-    table = Table("region", "workspaces swept", "conversations deleted", "files deleted")
+    results: list[dict[str, object]] = []
+    for name in names:
+        result = sweeper_for(site, name).sweep(actor="cli").to_json()
+        store = site.store(name)
+        uploads = sweep_expired_uploads(store)
+        result.update(api_files_expired=sweep_expired_files(store),
+                      api_uploads_expired=uploads.uploads, api_upload_parts_deleted=uploads.parts)
+        results.append(result)
+    table = Table("region", "workspaces swept", "conversations deleted", "files deleted",
+                  "API files expired", "API uploads expired", "upload parts deleted")
     for result in results:
         table.add_row(*(str(value) for value in result.values()))
     emit(as_json, {"regions": results}, table)
