@@ -98,10 +98,17 @@ class ResponseEventStream:
         self._seq += 1
         return b"event: " + kind.encode() + b"\ndata: " + dump_json(payload) + b"\n\n"
 
+    def _with_response(self, kind: str, response: bytes) -> bytes:
+        """An event holding a Response already encoded (encoded once for two events)."""
+        data = b"".join((b'{"type":"', kind.encode(), b'","sequence_number":%d' % self._seq,
+                         b',"response":', response, b"}"))
+        self._seq += 1
+        return b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
+
     def opening(self) -> bytes:
-        snapshot = self._draft.snapshot("in_progress")
-        return (self._event("response.created", {"response": snapshot})
-                + self._event("response.in_progress", {"response": snapshot}))
+        snapshot = dump_json(self._draft.snapshot("in_progress"))
+        return (self._with_response("response.created", snapshot)
+                + self._with_response("response.in_progress", snapshot))
 
     def feed(self, chunk: bytes) -> bytes:
         """The events `chunk` (upstream SSE bytes, whole events or not) makes."""
