@@ -5,12 +5,14 @@ its status documented, its content type and headers as documented, its body vali
 the documented schema.
 
 The generated requests are steered a little toward what the region can answer (a `model` the
-region offers, an `input` for a response), so successful answers are checked too, not only
-refusals; the keys alternate between a zero-retention and a regional project.
+region offers, an `input` for a response, the id of an object that exists), so successful
+answers are checked too, not only refusals; the keys alternate between a zero-retention and a
+regional project.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -54,14 +56,45 @@ def region_schema(served: Stack) -> Any:
     return schemathesis.openapi.from_dict(document)
 
 
-def _steer(case: Any, model: str | None, text: str | None) -> None:
+# The operations whose body names a model to route (not always required by the schema).
+ROUTED = {"POST /v1/chat/completions", "POST /v1/embeddings", "POST /v1/images/generations",
+          "POST /v1/responses"}
+
+
+def _objects(stack: Stack) -> dict[str, list[str]]:
+    """One object of each kind the paths name, made by the regional project, by path
+    parameter (what the generated ids are sometimes replaced with)."""
+    client = stack.client(EU_REGIONAL_KEY)
+    line = {"custom_id": "one", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "dev-echo", "messages": [{"role": "user", "content": "hi"}]}}
+    batch_file = client.files.create(file=("batch.jsonl", json.dumps(line).encode() + b"\n"),
+                                     purpose="batch")
+    text_file = client.files.create(file=("notes.txt", b"some notes"), purpose="user_data")
+    response = client.responses.create(model="dev-echo", input="Say hello.")
+    upload = client.uploads.create(bytes=4, filename="part.txt", mime_type="text/plain",
+                                   purpose="user_data")
+    batch = client.batches.create(input_file_id=batch_file.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    return {"file_id": [text_file.id, batch_file.id], "response_id": [response.id],
+            "upload_id": [upload.id], "batch_id": [batch.id]}
+
+
+def _steer(case: Any, model: str | None, text: str | None, pick: int,
+           objects: dict[str, list[str]]) -> None:
+    for name, value in list((case.path_parameters or {}).items()):
+        if pick and objects.get(name):
+            case.path_parameters[name] = objects[name][pick % len(objects[name])]
+        else:
+            case.path_parameters[name] = value
     body = case.body
-    if not isinstance(body, dict):
+    if not isinstance(body, dict) or case.operation.label not in ROUTED:
         return
-    if model is not None and "model" in body:
+    if model is not None:
         body["model"] = model
     if text is not None and case.operation.label == "POST /v1/responses":
         body.setdefault("input", text)
+    if text is not None and case.operation.label == "POST /v1/embeddings":
+        body["input"] = text  # token arrays are refused: the model cannot read OpenAI's ids
 
 
 @pytest.mark.parametrize("label", _labels())
@@ -69,16 +102,17 @@ def test_every_answer_matches_the_document(stack: Stack, region_schema: Any,
                                            label: str) -> None:
     operation = region_schema.find_operation_by_label(label)
     assert operation is not None, f"{label} is not in the document the region serves"
+    objects = _objects(stack)
     statuses: set[int] = set()
 
     @given(case=operation.as_strategy(), model=st.sampled_from(MODELS),
-           text=st.sampled_from(["Say hello.", None]),
+           text=st.sampled_from(["Say hello.", None]), pick=st.integers(0, 2),
            key=st.sampled_from([EU_REGIONAL_KEY, EU_ZERO_KEY]))
     @settings(max_examples=EXAMPLES_PER_OPERATION, derandomize=True, database=None,
               deadline=None, phases=[Phase.explicit, Phase.generate],
               suppress_health_check=list(HealthCheck))
-    def check(case: Any, model: str | None, text: str | None, key: str) -> None:
-        _steer(case, model, text)
+    def check(case: Any, model: str | None, text: str | None, pick: int, key: str) -> None:
+        _steer(case, model, text, pick, objects)
         answer = case.call_and_validate(base_url=stack.eu.url, checks=CHECKS,
                                         headers={"Authorization": f"Bearer {key}"})
         statuses.add(answer.status_code)

@@ -243,3 +243,11 @@ def test_where_openais_spec_is_not_what_its_api_sends_the_document_says_what_is_
     usage = schemas["CreateChatCompletionStreamResponse"]["properties"]["usage"]
     assert {"type": "null"} in usage["anyOf"]
     assert schemas["ListFilesResponse"]["properties"]["first_id"]["type"] == ["string", "null"]
+    # OpenAI's discriminators have no mapping: by OpenAPI's rule their values would be schema
+    # names, not the `type` sent; left out, the `oneOf` decides.
+    assert '"discriminator": {' not in json.dumps(document)
+    batch = schemas["Batch"]["properties"]
+    assert {"type": "null"} in batch["failed_at"]["anyOf"]
+    assert batch["id"] == {"type": "string"}  # required fields are never null
+    cancel = document["paths"]["/v1/files/{file_id}"]["delete"]["responses"]
+    assert cancel["409"] == {"$ref": "#/components/responses/Conflict"}

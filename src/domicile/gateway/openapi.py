@@ -211,6 +211,8 @@ _ERROR_RESPONSES: dict[str, dict[str, Any]] = {
         "message names that region's base URL."),
     "NotFound": _error("`model_not_found`: a model this region does not offer (for this "
                        "endpoint); `not_found`: no such object for this project."),
+    "Conflict": _error("`conflict`: the request conflicts with its object's state now "
+                       "(cancelling a finished batch, completing a cancelled upload)."),
     "Gone": _error("`tenant_erased`: the project's data in this region was erased."),
     "RequestTooLarge": _error("`request_too_large`: a JSON body over 32 MiB, an upload over "
                               "512 MiB."),
@@ -334,10 +336,29 @@ def _nullable(node: Any) -> Any:
     return node
 
 
+def _without_implicit_discriminators(node: Any) -> Any:
+    """OpenAI's discriminators name the `type` property but give no `mapping`, so by
+    OpenAPI's rule each value would have to be a schema's name (`InputMessageResource`), not
+    the `type` sent (`message`, which two of the variants share). A discriminator is a hint:
+    left out, the `oneOf`/`anyOf` it sat on still decides."""
+    if isinstance(node, list):
+        return [_without_implicit_discriminators(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    return {key: _without_implicit_discriminators(value) for key, value in node.items()
+            if not (key == "discriminator" and isinstance(value, dict)
+                    and "mapping" not in value)}
+
+
 def _amend(document: dict[str, Any]) -> None:
-    document["components"]["schemas"] = _nullable(document["components"]["schemas"])
-    document["paths"] = _nullable(document["paths"])
+    for part in ("paths", "components"):
+        document[part] = _without_implicit_discriminators(_nullable(document[part]))
     schemas = document["components"]["schemas"]
+    batch = schemas.get("Batch")
+    if batch is not None:  # its optional fields are null until set (OpenAI's own example)
+        for name, field in batch["properties"].items():
+            if name not in batch["required"]:
+                batch["properties"][name] = {"anyOf": [field, {"type": "null"}]}
     if "Embedding" in schemas:  # OpenAI's spec knows only the float list
         schemas["Embedding"]["properties"]["embedding"] = _EMBEDDING_VECTOR
     for schema in schemas.values():  # a list's ends: null when it is empty, as OpenAI sends
@@ -380,6 +401,8 @@ def _errors(route: Route) -> dict[str, str]:
               "404": "NotFound", "429": "RateLimited", "500": "ServerError",
               "503": "Unavailable"}
     routed = route.operation in _ROUTED
+    if route.method in ("POST", "DELETE"):  # cancelling what has finished, and the like
+        errors["409"] = "Conflict"
     if route.method in ("POST", "PUT", "PATCH"):
         errors["413"] = "RequestTooLarge"
         errors["410"] = "Gone"
