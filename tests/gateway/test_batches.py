@@ -415,11 +415,11 @@ class HeldChat:
         return RouteTable([Route("POST", "/v1/chat/completions", self.handle, "chat")])
 
 
-def make_batch(store: MemoryContentStore, lines: list[Any]) -> str:
+def make_batch(store: MemoryContentStore, lines: list[Any], created: int | None = None) -> str:
     store.put_blob(TENANT, "file", "file-input0", "in.jsonl", [jsonl(lines)],
                    {"purpose": "batch"})
     record = BatchRecord(batch_object("batch_resume0", "file-input0", "/v1/chat/completions",
-                                      None), REGIONAL)
+                                      None, created), REGIONAL)
     store.put_record(TENANT, ACTIVE_KIND, "batch_resume0", b"{}")
     store.put_record(TENANT, KIND, "batch_resume0", record.dump())
     return "batch_resume0"
@@ -477,6 +477,64 @@ def test_a_worker_stopped_half_way_resumes_with_every_line_once(stack: Stack) ->
     assert sorted(line["custom_id"] for line in output) == sorted(
         line["custom_id"] for line in lines)
     assert {kind for (_, kind, _) in store.records} == {KIND}
+
+
+def test_a_projects_batches_share_its_bound_on_lines_at_once(stack: Stack) -> None:
+    store = MemoryContentStore(region="eu")
+    for batch_id in ("batch_one0", "batch_two0"):
+        store.put_blob(TENANT, "file", f"file-{batch_id[6:]}", "in.jsonl",
+                       [jsonl([chat_line(f"{batch_id}-{i}", content=f"hold {batch_id} {i}")
+                               for i in range(5)])], {"purpose": "batch"})
+        record = BatchRecord(batch_object(batch_id, f"file-{batch_id[6:]}",
+                                          "/v1/chat/completions", None), REGIONAL)
+        store.put_record(TENANT, ACTIVE_KIND, batch_id, b"{}")
+        store.put_record(TENANT, KIND, batch_id, record.dump())
+    held = HeldChat()
+    worker = BatchWorker(store, "eu", held.routes, lines_per_project=3, flush_s=0.05)
+
+    async def run() -> int:
+        await worker.start()
+        deadline = time.monotonic() + DEADLINE_S
+        while not (len(worker._running) == 2 and held.holding >= 3
+                   and all(job.runners for job in worker._running.values())):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        for _ in range(100):  # every runner of both batches gets its turns
+            await asyncio.sleep(0)
+        holding = held.holding
+        held.gate.set()
+        while stored_batch(store, "batch_one0")["status"] != "completed" or stored_batch(
+                store, "batch_two0")["status"] != "completed":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        await worker.aclose()
+        return holding
+
+    assert stack.loop.run(run()) == 3
+    assert len(held.calls) == 10
+
+
+def test_a_batch_past_its_window_expires_with_every_line_in_the_error_file(
+        stack: Stack) -> None:
+    store = MemoryContentStore(region="eu")
+    batch_id = make_batch(store, [chat_line(f"late-{i}") for i in range(5)],
+                          created=int(time.time()) - 25 * 3600)  # a server down for a day
+    held = HeldChat()
+    worker = BatchWorker(store, "eu", held.routes, flush_s=0.05)
+
+    async def run() -> None:
+        worker.submit(TENANT.id, batch_id)
+        await worker._jobs[batch_id]
+
+    stack.loop.run(run())
+    done = stored_batch(store, batch_id)
+    assert done["status"] == "expired" and done["expired_at"] and held.calls == {}
+    assert done["request_counts"] == {"total": 5, "completed": 0, "failed": 5}
+    assert done["output_file_id"] is None
+    errors = [json.loads(line) for line in
+              b"".join(store.open_blob(TENANT, "file", done["error_file_id"])).splitlines()]
+    assert sorted(e["custom_id"] for e in errors) == [f"late-{i}" for i in range(5)]
+    assert {e["error"]["code"] for e in errors} == {"batch_expired"}
 
 
 def test_a_batch_another_worker_holds_is_left_alone(stack: Stack) -> None:
