@@ -181,6 +181,9 @@ def test_batch_files_are_kept_sealed_in_region(live: Served) -> None:
     assert CANARY in client.files.content(batch.input_file_id).text
     live.deployment.server.stop()
     assert scan_for_canary(live.places(), CANARY) == []
+    # Every batch row and file of the module (parts, markers, outputs) opens in its region.
+    verified = live.deployment.site.cli("residency", "verify")
+    assert verified["violations"] == [] and verified["records"] > 0
     us_blobs = [p for p in (live.deployment.site.root / "us" / "blobs").rglob("*")
                 if p.is_file()]
     assert us_blobs == []
