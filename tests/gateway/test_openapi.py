@@ -219,6 +219,8 @@ def test_the_region_serves_its_document_without_a_key(stack: Stack) -> None:
     # Built once: the same bytes, not made again.
     table: RouteTable = stack.eu_app.routes
     assert served_document(table, workspace=False) is served_document(table, workspace=False)
+    head = http.head("/openapi.json")
+    assert (head.status_code, head.content) == (200, b"")
     refused = http.post("/openapi.json", content=b"{}")
     assert refused.status_code == 405
     assert refused.headers["allow"] == "GET, HEAD"

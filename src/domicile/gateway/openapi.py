@@ -22,6 +22,7 @@ Served at `GET /openapi.json` (no key), built once per app; a copy is kept in
 from __future__ import annotations
 
 import argparse
+import asyncio
 import copy
 import functools
 import json
@@ -604,7 +605,10 @@ async def serve_document(call: Exchange, routes: RouteTable, *, workspace: bool)
             headers=_ALLOW_GET)
         await call.fail(refused, list(refused.headers))
         return
-    await call.respond(200, served_document(routes, workspace=workspace))
+    body = _served.get(routes, {}).get(workspace)
+    if body is None:  # the first time: some 100s of ms of work, off the event loop
+        body = await asyncio.to_thread(served_document, routes, workspace=workspace)
+    await call.respond(200, body)
 
 
 # -- the document without a server -------------------------------------------------------------
