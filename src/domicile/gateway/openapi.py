@@ -181,6 +181,12 @@ _HEADERS: dict[str, Any] = {
                             "The provider that served it; `none` when no provider ran."},
     "x-request-id": {"required": True, "schema": {"type": "string"}, "description":
                      "The request's id, also in usage records and error logs."},
+    "openai-processing-ms": {"required": True, "schema": {"type": "string", "pattern":
+                                                           "^[0-9]+$"}, "description":
+                             "Milliseconds until the answer began (a stream's first byte)."},
+    "x-client-request-id": {"schema": {"type": "string"}, "description":
+                            "The request's own `x-client-request-id`, echoed when it is a "
+                            "plausible id; never logged nor kept."},
     **{f"x-ratelimit-{part}-{what}": {"schema": {"type": "string"}, "description":
                                       f"The key's {what} per minute: {meaning}. Sent on "
                                       "every answer to a key with limits; absent without."}
