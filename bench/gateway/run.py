@@ -39,8 +39,14 @@ OUT = BENCH / "out"
 sys.path.insert(0, str(ROOT))  # bench.sections
 from bench.sections import RESULTS_MD, marked_sections  # noqa: E402
 
-# Sections of RESULTS.md other benchmarks write, between their markers: kept as they are.
-OTHER_SECTIONS = ("bench-workspace", "bench-ui", "bench-verify")
+
+def other_sections() -> tuple[str, ...]:
+    """The sections of RESULTS.md other benchmarks write (every one marked there now): kept
+    as they are, whichever benchmarks exist."""
+    text = RESULTS_MD.read_text() if RESULTS_MD.exists() else ""
+    return tuple(dict.fromkeys(re.findall(r"<!-- ([\w-]+):start -->", text)))
+
+
 MAIN_PY = ROOT / ".venv" / "bin" / "python"
 DOMICILE = ROOT / ".venv" / "bin" / "domicile"
 LITELLM_VENV = BENCH / ".venv-litellm"
@@ -1079,7 +1085,7 @@ def main() -> int:
         f"{load_start[0]:.2f} / {load_end[0]:.2f} (other work on the machine adds noise)"
     )
     results_json.write_text(json.dumps(data, indent=2))
-    RESULTS_MD.write_text(render(data) + marked_sections(OTHER_SECTIONS))
+    RESULTS_MD.write_text(render(data) + marked_sections(other_sections()))
     log(f"wrote {RESULTS_MD.relative_to(ROOT)} and {results_json.relative_to(ROOT)}")
     print(RESULTS_MD.read_text())
     return 0
