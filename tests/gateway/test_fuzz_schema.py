@@ -41,9 +41,7 @@ MODELS = ["dev-echo", "all-minilm-l6-v2", None]
 # Operations (and, for the method check, "METHOD path" pairs the document does not list)
 # known to answer outside the document, each with why; strict xfail, so an entry fails the
 # suite once its endpoint is fixed (then remove it here).
-KNOWN_ISSUES: dict[str, str] = {
-    "POST /healthz": "GatewayApp._http answers /healthz 200 whatever the method (no 405)",
-}
+KNOWN_ISSUES: dict[str, str] = {}
 
 
 def _known(labels: list[str]) -> list[Any]:

@@ -54,6 +54,7 @@ from .http import (
     mark_retrieved,
     model_of,
     parse_json_object,
+    refused_unless_get,
 )
 from .ratelimit import InMemoryRateLimiter, RateLimiter
 from .residency import content_store_for, residency_answer
@@ -239,8 +240,9 @@ class GatewayApp:
         path: str = scope["path"]
         if not _is_api(path):
             if path == "/healthz":
-                await Exchange(scope, receive, send, self._region_header).respond(
-                    200, self._health)
+                public = Exchange(scope, receive, send, self._region_header)
+                if not await refused_unless_get(public):
+                    await public.respond(200, self._health)
                 return
             if path == "/openapi.json":  # public, like /healthz; built once per route table
                 from .openapi import serve_document

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from domicile.errors import BodyTooLarge, DomicileError
+from domicile.errors import BodyTooLarge, DomicileError, MethodNotAllowed
 from domicile.tenancy.grants import ApiKeyGrant
 from domicile.web.asgi import (
     ClientDisconnected,
@@ -56,6 +56,7 @@ __all__ = [
     "mark_retrieved",
     "model_of",
     "parse_json_object",
+    "refused_unless_get",
     "until_disconnect",
 ]
 
@@ -197,3 +198,16 @@ class Exchange:
 
     async def end_stream(self) -> None:
         await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def refused_unless_get(call: Exchange) -> bool:
+    """For a public document (`/healthz`, `/openapi.json`): a method other than GET or HEAD
+    is answered 405 here; True when it was."""
+    method = call.scope["method"]
+    if method in ("GET", "HEAD"):
+        return False
+    refused = MethodNotAllowed(
+        f"Method {method} is not allowed on this path (allowed: GET, HEAD).",
+        headers=((b"allow", b"GET, HEAD"),))
+    await call.fail(refused, list(refused.headers))
+    return True

@@ -33,9 +33,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from domicile.errors import MethodNotAllowed
-
-from .http import Exchange, dump_json
+from .http import Exchange, dump_json, refused_unless_get
 from .routes import Route, RouteTable
 
 __all__ = [
@@ -588,7 +586,6 @@ def _in(components: Mapping[str, Any], ref: str) -> bool:
     return name in components.get(kind, {})
 
 
-_ALLOW_GET = ((b"allow", b"GET, HEAD"),)
 _served: weakref.WeakKeyDictionary[RouteTable, dict[bool, bytes]] = (
     weakref.WeakKeyDictionary())
 
@@ -604,12 +601,7 @@ def served_document(routes: RouteTable, *, workspace: bool) -> bytes:
 
 async def serve_document(call: Exchange, routes: RouteTable, *, workspace: bool) -> None:
     """`GET /openapi.json`: no key (the document is public); another method is a 405."""
-    method = call.scope["method"]
-    if method not in ("GET", "HEAD"):
-        refused = MethodNotAllowed(
-            f"Method {method} is not allowed on this path (allowed: GET, HEAD).",
-            headers=_ALLOW_GET)
-        await call.fail(refused, list(refused.headers))
+    if await refused_unless_get(call):
         return
     body = _served.get(routes, {}).get(workspace)
     if body is None:  # the first time: some 100s of ms of work, off the event loop
