@@ -247,8 +247,11 @@ class ResponsesEndpoint:
         chunks = opened.chunks
 
         async def pump() -> None:
+            # The first events are made before the head is sent, so head and events leave
+            # back to back (as a chat stream's first chunk does): a client then wakes once.
+            first = events.opening() + events.feed(opened.first)
             await call.start_stream()
-            await call.stream(events.opening() + events.feed(opened.first))
+            await call.stream(first)
             try:
                 async for chunk in chunks:
                     if out := events.feed(chunk):

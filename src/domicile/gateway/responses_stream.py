@@ -26,6 +26,8 @@ Pure: no I/O, no clock but `ResponseDraft`'s; the endpoint relays what it return
 from __future__ import annotations
 
 import json
+import json.encoder
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +45,8 @@ from .responses_shapes import (
 
 __all__ = ["ResponseEventStream"]
 
+# A str as a JSON string, as `dump_json` writes it (ensure_ascii off): the C encoder.
+_json_string: Callable[[str], str] = json.encoder.encode_basestring
 _MAX_PENDING = 1 << 20  # an SSE event longer than this is not one we can follow
 _FINISH = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
@@ -172,9 +176,13 @@ class ResponseEventStream:
         if item is None:
             item, out = self._open_message()
         item.pieces.append(text)
-        return out + self._event("response.output_text.delta", {
-            "item_id": item.id, "output_index": item.index, "content_index": 0,
-            "delta": text, "logprobs": []})
+        # The event of every chunk, so put together directly rather than through a dict.
+        data = b"".join((
+            b'{"type":"response.output_text.delta","sequence_number":%d' % self._seq,
+            b',"item_id":"', item.id.encode(), b'","output_index":%d' % item.index,
+            b',"content_index":0,"delta":', _json_string(text).encode(), b',"logprobs":[]}'))
+        self._seq += 1
+        return out + b"event: response.output_text.delta\ndata: " + data + b"\n\n"
 
     def _call(self, call: dict[str, Any]) -> bytes:
         index: int = call["index"] if type(call.get("index")) is int else len(self._calls)
