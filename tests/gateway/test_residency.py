@@ -30,8 +30,11 @@ def test_regional_retention_lists_the_content_keeping_endpoints(stack: Stack) ->
     answer = stack.http().get("/v1/residency",
                               headers={"Authorization": f"Bearer {EU_REGIONAL_KEY}"}).json()
     assert answer["retention"] == "regional"
-    assert "/v1/files" in answer["endpoints"]
-    assert "/v1/responses/{response_id}" in answer["endpoints"]
+    for kept in ("/v1/files", "/v1/uploads", "/v1/batches", "/v1/responses/{response_id}"):
+        assert kept in answer["endpoints"]
+    zero = stack.http().get("/v1/residency",
+                            headers={"Authorization": f"Bearer {EU_ZERO_KEY}"}).json()
+    assert not {"/v1/files", "/v1/uploads", "/v1/batches"} & set(zero["endpoints"])
 
 
 def test_a_roaming_project_is_processed_where_it_called(stack: Stack) -> None:

@@ -63,7 +63,8 @@ class ReportSite(Protocol):
 # -- the endpoint rule (the gateway's /v1/residency answers with it) --------------------------
 
 def stores_content(retention: str, has_store: bool) -> bool:
-    """May a project use the endpoints that keep content (files, stored responses)? Only with
+    """May a project use the endpoints that keep content (files, uploads, batches, stored
+    responses)? Only with
     regional retention and a content store in the region (G4)."""
     return retention == "regional" and has_store
 
@@ -80,7 +81,7 @@ def eligible_endpoints(capabilities: Collection[str], *, retention: str,
     if "images" in capabilities:
         endpoints.append("/v1/images/generations")
     if stores_content(retention, has_store):
-        endpoints += ["/v1/files", "/v1/responses/{response_id}"]
+        endpoints += ["/v1/files", "/v1/uploads", "/v1/batches", "/v1/responses/{response_id}"]
     return endpoints
 
 
