@@ -10,13 +10,15 @@ gateway, served by uvicorn on the same loop.
 from __future__ import annotations
 
 import errno
+import json
 import logging
+import os
 import socket
 import sqlite3
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -212,6 +214,100 @@ def test_a_file_before_its_purpose_is_never_held_in_memory(
     assert response.status_code == 200, response.text
     assert response.json()["bytes"] == size
     assert peak < 8 * 1024 * 1024, f"{peak / 2**20:.1f} MiB held during a 64 MiB upload"
+
+
+# -- stalled uploads: threads of their own, an idle bound -----------------------------------
+
+FRESH_KEY = "dk-eu-fresh00000000000000000"  # in no cache: its lookup needs a thread
+
+
+def poll(done: Callable[[], bool], failure: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(failure)
+        time.sleep(0.02)
+
+
+def stalled_request(port: int, path: str, key: str, body: bytes, sent: int) -> socket.socket:
+    """A multipart POST of `body` whose client sends its first `sent` bytes, then nothing."""
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: {MULTIPART}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(head + body[:sent])
+    return sock
+
+
+def answer_of(sock: socket.socket) -> tuple[int, dict[str, Any]]:
+    """The status and JSON body of the one answer on `sock` (socket timeout: 30 s)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536) or _closed()
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")))
+    while len(body) < length:
+        body += sock.recv(65536) or _closed()
+    return int(head.split(b" ", 2)[1]), json.loads(body[:length])
+
+
+def _closed() -> bytes:
+    raise AssertionError("the server closed the connection without an answer")
+
+
+def _stalled_file(port: int) -> socket.socket:
+    body = _multipart([("purpose", None, b"batch"), ("file", "a.bin", b"x" * 100_000)])
+    return stalled_request(port, "/v1/files", EU_REGIONAL_KEY, body, 300)  # the file begun
+
+
+def test_stalled_uploads_never_hold_the_threads_other_requests_need(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As many stalled uploads as the event loop has default threads: were they streamed in
+    # those, a key lookup and every store call would wait for them.
+    size = min(32, (os.cpu_count() or 1) + 4)
+    monkeypatch.setattr(gateway_files, "STREAMS", gateway_files.UploadStreams(size))
+    monkeypatch.setitem(stack.auth.keys, FRESH_KEY, grant("key_fresh"))
+    stalled = [_stalled_file(stack.eu.port) for _ in range(size)]
+    try:
+        poll(lambda: gateway_files.STREAMS.busy == size, "the uploads never began streaming")
+        http = stack.http()
+        busy = _upload(http, EU_REGIONAL_KEY, _multipart([("purpose", None, b"batch"),
+                                                          ("file", "b.txt", b"b")]))
+        assert busy.status_code == 503, busy.text
+        assert busy.json()["error"]["code"] == "server_busy"
+        assert busy.headers["retry-after"] == "5"
+        models = http.get("/v1/models", headers={"Authorization": f"Bearer {FRESH_KEY}"})
+        assert models.status_code == 200, models.text
+        listed = http.get("/v1/files", headers={"Authorization": f"Bearer {EU_REGIONAL_KEY}"})
+        assert listed.status_code == 200, listed.text
+        assert gateway_files.STREAMS.busy == size  # answered while every upload still waits
+    finally:
+        for sock in stalled:
+            sock.close()
+    poll(lambda: gateway_files.STREAMS.busy == 0, "a left upload kept its thread")
+    assert stack.store.blobs == {} and stack.store.staged == 0
+
+
+def test_stalled_uploads_end_408_after_the_idle_bound_and_store_nothing(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gateway_files, "IDLE_READ_S", 0.2)
+    upload = stack.client(EU_REGIONAL_KEY).uploads.create(
+        bytes=100_000, filename="a.bin", mime_type="text/plain", purpose="batch")
+    part = _multipart([("data", "d", b"x" * 100_000)])
+    stalled = [_stalled_file(stack.eu.port) for _ in range(3)]
+    stalled.append(stalled_request(stack.eu.port, f"/v1/uploads/{upload.id}/parts",
+                                   EU_REGIONAL_KEY, part, 200))
+    try:
+        for sock in stalled:
+            status, body = answer_of(sock)
+            assert status == 408, body
+            assert body["error"]["code"] == "request_timeout"
+            assert body["error"]["type"] == "invalid_request_error"
+    finally:
+        for sock in stalled:
+            sock.close()
+    assert stack.store.blobs == {} and stack.store.staged == 0
+    poll(lambda: gateway_files.STREAMS.busy == 0, "an ended upload kept its thread")
 
 
 # -- what reaches the disk: a real site's store behind its own gateway ----------------------

@@ -4,10 +4,15 @@ encrypted `ContentStore`, streamed, never through a plaintext temporary file.
 The store is blocking, so it runs in threads; an upload's bytes are pulled by the store's
 thread from the request as they arrive (the thread asks the event loop for the next chunk)
 and sealed into a staged blob, so no part is ever held whole, whatever the order of the
-parts. The blob is stored (committed) only once the whole request has been read and is
-valid: one `file`, one known `purpose`, the closing boundary. On anything else (a second
-file, a bad purpose, a body past `max_upload` (413), a client that leaves, a store fault)
-the staged blob is discarded: nothing is stored or listed.
+parts. That thread waits on the client, so it is one of a small pool of its own
+(`UPLOAD_STREAMS`), never one of the threads key lookups and every other store call share: a
+full pool answers 503 `server_busy` at once, and an upload that sends nothing for
+`IDLE_READ_S` seconds ends with a 408, nothing stored.
+
+The blob is stored (committed) only once the whole request has been read and is valid: one
+`file`, one known `purpose`, the closing boundary. On anything else (a second file, a bad
+purpose, a body past `max_upload` (413), a client that leaves, a store fault) the staged
+blob is discarded: nothing is stored or listed.
 
 A file may expire (`expires_after`, and every `batch` file after 30 days, as OpenAI's): from
 then on it answers 404 and is not listed, and the next sweep (`sweep_expired_files`, run by
@@ -22,14 +27,16 @@ import asyncio
 import contextlib
 import logging
 import re
+import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote_to_bytes
 
-from domicile.errors import BodyTooLarge, InvalidInput, NotFound
+from domicile.errors import BodyTooLarge, InvalidInput, NotFound, ServerBusy
 from domicile.failures import describe
 from domicile.inference.providers.shapes import new_id
 from domicile.storage.interfaces import (
@@ -52,7 +59,9 @@ __all__ = [
     "PURPOSES",
     "SYSTEM_PURPOSES",
     "FilesEndpoint",
+    "IdleUpload",
     "ListQuery",
+    "UploadStreams",
     "clean_filename",
     "expires_after_seconds",
     "file_object",
@@ -80,11 +89,18 @@ EXPIRY_RANGE = (3600, 2_592_000)  # `expires_after[seconds]`: 1 hour to 30 days,
 BATCH_EXPIRY = 2_592_000  # a `batch` file without `expires_after` expires after 30 days
 MAX_LIST = 10_000
 SWEEP_INTERVAL_S = 600.0
+# Uploads streaming into the store at once, per process: each holds a thread while its client
+# sends (see `UploadStreams`); one more is a 503 `server_busy`, answered at once.
+UPLOAD_STREAMS = 16
+# An upload whose client sends no byte for this long ends (408), nothing stored: a stalled
+# client never holds its thread longer.
+IDLE_READ_S = 60.0
 _FILE_ID = re.compile(r"^file-[A-Za-z0-9]{1,64}$")
 _DIGITS = re.compile(r"[0-9]{1,10}")  # ASCII only: `str.isdigit` takes "²" and "٣"
 _LIST_PARAMS = ("after", "limit", "order", "purpose")
 
 log = logging.getLogger("domicile.gateway")
+T = TypeVar("T")
 
 
 def valid_file_id(file_id: str) -> bool:
@@ -174,15 +190,82 @@ def _purpose(raw: bytes) -> str:
 # -- store-level helpers (blocking unless async; shared with uploads and batches) -----------
 
 
+class IdleUpload(InvalidInput):
+    """An upload whose client sent nothing for `IDLE_READ_S` seconds: ended, nothing stored."""
+
+    status = 408
+    code = "request_timeout"
+
+
+class UploadStreams:
+    """The threads uploads are streamed into the store with, at most `size` at once.
+
+    Such a thread waits on the network (for the client's next chunk), so it must not be one
+    of the event loop's default threads, which key lookups on a cache miss and every short
+    store call share: `size` stalled clients would stop the region. A pool of its own, with a
+    slot per thread taken before anything is submitted, so work never queues behind a stalled
+    upload: with every slot taken, the next upload is refused (503 `server_busy`,
+    `retry-after`) at once."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._pool = ThreadPoolExecutor(size, thread_name_prefix="domicile-upload")
+        self._slots = threading.BoundedSemaphore(size)
+        self._lock = threading.Lock()
+        self._busy = 0
+
+    @property
+    def busy(self) -> int:
+        """Uploads streaming now (each holding a thread)."""
+        return self._busy
+
+    def _release(self) -> None:
+        with self._lock:
+            self._busy -= 1
+        self._slots.release()
+
+    async def run(self, work: Callable[[], T]) -> T:
+        """`work()` in one of the pool's threads; ServerBusy if all are taken."""
+        if not self._slots.acquire(blocking=False):
+            raise ServerBusy("Too many uploads are streaming into this region at the moment; "
+                             "retry shortly.", headers=((b"retry-after", b"5"),))
+        with self._lock:
+            self._busy += 1
+
+        def held() -> T:
+            try:
+                return work()
+            finally:
+                self._release()
+
+        try:
+            future: Future[T] = self._pool.submit(held)
+        except BaseException:
+            self._release()
+            raise
+        # Cancelled before it started (the request went away): `held` never runs to release.
+        future.add_done_callback(lambda done: self._release() if done.cancelled() else None)
+        return await asyncio.wrap_future(future)
+
+
+STREAMS = UploadStreams(UPLOAD_STREAMS)
+
+
 async def stage_chunks(store: ContentStore, tenant: TenantRef, kind: str, blob_id: str,
                        chunks: AsyncIterator[bytes]) -> StagedBlob:
-    """Seal `chunks` (a request's bytes, as they arrive) into a staged blob. The store's
-    thread pulls each chunk from the event loop, so nothing is held whole; an exception the
-    chunks raise (a size limit, a client that left) stages nothing."""
+    """Seal `chunks` (a request's bytes, as they arrive) into a staged blob. A thread of
+    `STREAMS` pulls each chunk from the event loop, so nothing is held whole; an exception the
+    chunks raise (a size limit, a client that left, `IDLE_READ_S` without a byte) stages
+    nothing. ServerBusy (503) when every upload thread is taken."""
     loop = asyncio.get_running_loop()
 
     async def step() -> bytes:
-        return await anext(chunks)
+        idle = IDLE_READ_S  # read per chunk (tests make it short)
+        try:
+            return await asyncio.wait_for(anext(chunks), idle)
+        except TimeoutError:
+            raise IdleUpload(f"No bytes of the upload arrived for {idle:g} seconds; nothing "
+                             "was stored.") from None
 
     def pull() -> Iterator[bytes]:  # runs in the store's thread
         while True:
@@ -192,7 +275,7 @@ async def stage_chunks(store: ContentStore, tenant: TenantRef, kind: str, blob_i
                 return
 
     try:
-        return await asyncio.to_thread(store.stage_blob, tenant, kind, blob_id, pull())
+        return await STREAMS.run(lambda: store.stage_blob(tenant, kind, blob_id, pull()))
     finally:
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
