@@ -33,8 +33,10 @@ from domicile.compliance.export import Exporter
 from domicile.gateway import create_gateway_app
 from domicile.gateway.batch_jobs import (
     ACTIVE_KIND,
+    CANCEL_KIND,
     KIND,
     LEASE_KIND,
+    MAX_ATTEMPTS,
     PART_KIND,
     BatchRecord,
     batch_object,
@@ -289,6 +291,64 @@ def test_a_bad_input_file_fails_the_batch_with_errors_per_line(
     failed = wait_for(regional, empty.id)
     assert failed.errors is not None and failed.errors.data is not None
     assert [e.code for e in failed.errors.data] == ["empty_file"]
+
+
+def test_a_line_the_strict_parser_refuses_fails_the_batch_and_never_loops(
+        stack: Stack, regional: openai.OpenAI) -> None:
+    deep = (b'{"custom_id": "client-text", "method": "POST", "url": "/v1/chat/completions", '
+            b'"body": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    lines: list[Any] = [deep, b'{"custom_id": "nan", "x": NaN}', b'{"custom_id": "\xff"}',
+                        chat_line("fine")]
+    batch = regional.batches.create(input_file_id=upload(regional, lines),
+                                    endpoint="/v1/chat/completions", completion_window="24h")
+    done = wait_for(regional, batch.id)
+    assert done.status == "failed" and done.errors is not None and done.errors.data
+    assert [(e.line, e.code) for e in done.errors.data] == [
+        (1, "invalid_json_line"), (2, "invalid_json_line"), (3, "invalid_json_line")]
+    assert all("client-text" not in (e.message or "") for e in done.errors.data)
+    with pytest.raises(openai.ConflictError):  # ended: a cancel is refused, not left pending
+        regional.batches.cancel(batch.id)
+    assert stack.upstreams["eu-solo"].received == []
+
+
+@pytest.mark.parametrize("cancel", [False, True])
+def test_a_batch_failing_at_one_stage_is_given_up_after_a_few_attempts(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch, cancel: bool) -> None:
+    store = MemoryContentStore(region="eu")
+    batch_id = make_batch(store, [chat_line("a")])
+    if cancel:
+        store.put_record(TENANT, CANCEL_KIND, batch_id, b'{"at": 1}')
+    attempts: list[int] = []
+
+    def broken(chunks: Any, endpoint: str) -> Any:
+        attempts.append(1)
+        raise RuntimeError("a parser bug")
+
+    monkeypatch.setattr("domicile.gateway.batch_jobs.parse_input", broken)
+    held = HeldChat()
+    worker = BatchWorker(store, "eu", held.routes, flush_s=0.05, rescan_s=0.01)
+
+    async def run() -> None:
+        await worker.start()  # every scan takes the batch up again, until it is given up
+        deadline = time.monotonic() + DEADLINE_S
+        while stored_batch(store, batch_id)["status"] not in ("failed", "cancelled"):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        while worker._jobs:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        await worker.aclose()
+
+    stack.loop.run(run())
+    batch = stored_batch(store, batch_id)
+    assert len(attempts) == MAX_ATTEMPTS and held.calls == {}
+    if cancel:
+        assert batch["status"] == "cancelled" and batch["cancelled_at"]
+    else:
+        assert batch["status"] == "failed" and batch["failed_at"]
+        assert [e["code"] for e in batch["errors"]["data"]] == ["batch_failed"]
+        assert "reading its input file" in batch["errors"]["data"][0]["message"]
+    assert {kind for (_, kind, _) in store.records} == {KIND}  # markers and lease gone
 
 
 def test_parse_input_counts_lines_from_one_and_skips_blank_ones() -> None:

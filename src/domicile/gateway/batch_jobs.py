@@ -24,6 +24,7 @@ from typing import Any
 
 from domicile.errors import InvalidInput
 from domicile.tenancy.grants import ApiKeyGrant
+from domicile.web.jsonbody import MAX_JSON_DEPTH, parse_json_object
 
 __all__ = [
     "ACTIVE_KIND",
@@ -32,6 +33,7 @@ __all__ = [
     "KIND",
     "KINDS",
     "LEASE_KIND",
+    "MAX_ATTEMPTS",
     "MAX_INPUT_BYTES",
     "MAX_LINES",
     "PART_KIND",
@@ -59,6 +61,7 @@ WINDOW_S = 24 * 3600
 MAX_LINES = 50_000
 MAX_INPUT_BYTES = 200 * 1024 * 1024
 MAX_ERRORS = 100  # errors kept on a failed batch: the first ones, as OpenAI's list shows them
+MAX_ATTEMPTS = 3  # a batch that fails this many times at one stage is failed, not retried
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
 
@@ -108,6 +111,8 @@ class BatchRecord:
     output_file_id: str | None = None  # chosen when finalizing starts, so a retry reuses them
     error_file_id: str | None = None
     ending: str | None = None  # the status finalizing leads to (completed, cancelled, expired)
+    # Unexpected failures so far, by stage (load, run, finalize): bounded by MAX_ATTEMPTS.
+    failures: dict[str, int] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -120,14 +125,14 @@ class BatchRecord:
     def dump(self) -> bytes:
         return json.dumps({"batch": self.batch, "grant": dataclasses.asdict(self.grant),
                            "files": [self.output_file_id, self.error_file_id],
-                           "ending": self.ending}).encode()
+                           "ending": self.ending, "failures": self.failures}).encode()
 
     @classmethod
     def load(cls, raw: bytes) -> BatchRecord:
         data = json.loads(raw)
         output, error = data.get("files") or [None, None]
         return cls(data["batch"], ApiKeyGrant(**data["grant"]), output, error,
-                   data.get("ending"))
+                   data.get("ending"), dict(data.get("failures") or {}))
 
     def move(self, status: str, at: str | None = None) -> None:
         """To `status`, stamping `<at>_at` (or `<status>_at`) with now."""
@@ -199,12 +204,12 @@ def parse_input(chunks: Iterable[bytes], endpoint: str
                        "requests.", number)
             break
         try:
-            item = json.loads(raw)
-        except ValueError:
-            errors.add("invalid_json_line", "This line is not valid JSON.", number)
-            continue
-        if not isinstance(item, dict):
-            errors.add("invalid_json_line", "This line is not a JSON object.", number)
+            # The gateway's strict parse, as for a request body: any failure (not UTF-8, not
+            # JSON, NaN, nested too deep, not an object) is this line's error, never a crash.
+            item = parse_json_object(raw)
+        except InvalidInput:
+            errors.add("invalid_json_line", "This line is not a JSON object (strict UTF-8 "
+                       f"JSON, finite numbers, nested at most {MAX_JSON_DEPTH} deep).", number)
             continue
         custom_id, body = item.get("custom_id"), item.get("body")
         if not isinstance(custom_id, str) or not custom_id:

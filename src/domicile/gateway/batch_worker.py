@@ -61,6 +61,8 @@ LEASE_S = 60.0
 RESCAN_S = 30.0
 OUTPUT_PURPOSE = "batch_output"
 _ERASED = (TenantDataErased, TenantErased, DecryptionError)
+_DOING = {"load": "reading its input file", "run": "running its lines",
+          "finalize": "writing its output files"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,7 @@ class _Job:
     buffer: list[LineResult] = field(default_factory=list)
     seq: int = 0
     stop: str | None = None  # "cancelled" | "expired" | "shutdown" | "erased"
+    stage: str = "load"  # "load" | "run" | "finalize": where an unexpected failure is counted
     full: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     renewed: float = 0.0
@@ -243,9 +246,17 @@ class BatchWorker:
         except _Stop:
             pass
         except Exception as exc:
-            # Left active: the next scan (or start) takes it up again from its parts.
-            log.error("batch %s interrupted by %s; it resumes later", batch_id,
-                      type(exc).__name__)
+            # Left active: the next scan (or start) takes it up again from its parts, unless
+            # this stage has failed MAX_ATTEMPTS times (then the batch fails, said so).
+            job = self._running.get(batch_id)
+            log.error("batch %s interrupted by %s at %s", batch_id, type(exc).__name__,
+                      job.stage if job is not None else "start")
+            if job is not None and job.stop is None:
+                try:
+                    await self._note_failure(job)
+                except Exception as again:
+                    log.error("batch %s: noting its failure failed (%s)", batch_id,
+                              type(again).__name__)
         finally:
             job = self._running.pop(batch_id, None)
             if job is not None and job.stop != "erased":
@@ -281,6 +292,7 @@ class BatchWorker:
         if not await self._load_lines(job):
             return
         if job.record.ending is None:  # else a finalize cut short: redone below
+            job.stage = "run"
             await self._load_parts(job)
             if job.record.status == "validating":
                 job.record.move("in_progress")
@@ -291,7 +303,39 @@ class BatchWorker:
                 await self._run_lines(job)
         if job.stop in ("shutdown", "erased"):
             return
+        job.stage = "finalize"
         await self._finalize(job)
+
+    async def _note_failure(self, job: _Job) -> None:
+        """Count an unexpected failure at the job's stage; at `MAX_ATTEMPTS` the batch ends
+        `failed` with an error saying where (or `cancelled`, if a cancel was asked), instead
+        of being retried at every scan for ever."""
+        record = job.record
+        tries = record.failures[job.stage] = record.failures.get(job.stage, 0) + 1
+        if tries < jobs.MAX_ATTEMPTS:
+            log.error("batch %s resumes later (failure %d of %d at %s)", job.id, tries,
+                      jobs.MAX_ATTEMPTS, job.stage)
+            await self._save(job)
+            return
+        store, tenant = self._store, job.tenant
+        asked = await asyncio.to_thread(store.get_record, tenant, jobs.CANCEL_KIND, job.id)
+        if asked is not None:
+            if record.batch.get("cancelling_at") is None:
+                record.move("cancelling")
+            record.move("cancelled")
+        else:
+            record.batch["errors"] = {"object": "list", "data": [{
+                "code": "batch_failed", "message": f"The batch failed {tries} times while "
+                f"{_DOING[job.stage]}; it was given up. Create it again to retry.",
+                "param": None, "line": None}]}
+            record.move("failed")
+        log.error("batch %s given up after %d failures at %s", job.id, tries, job.stage)
+        await self._save(job)
+        # Files a finalize may have written under the ids it chose: never shown, dropped.
+        for file_id in (record.output_file_id, record.error_file_id):
+            if file_id is not None:
+                await asyncio.to_thread(store.delete_blob, tenant, FILE_KIND, file_id)
+        await self._cleanup(job)
 
     async def _load_lines(self, job: _Job) -> bool:
         """Read and validate the input file; a bad one fails the batch (False)."""
