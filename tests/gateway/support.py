@@ -140,6 +140,16 @@ class MemoryContentStore:
         self.written[key] = now
         return True
 
+    def replace_record(self, tenant: TenantRef, kind: str, record_id: str,
+                       plaintext: bytes) -> bool:
+        self._check(tenant)
+        key = (tenant.id, kind, record_id)
+        if key not in self.records:
+            return False
+        self.records[key] = plaintext
+        self.written[key] = time.monotonic()
+        return True
+
     def stage_blob(self, tenant: TenantRef, kind: str, blob_id: str,
                    chunks: Iterable[bytes]) -> StagedBlob:
         self._check(tenant)

@@ -35,7 +35,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -100,7 +100,7 @@ class ResponsesEndpoint:
         self._slots = asyncio.Semaphore(MAX_RUNNING)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._running: dict[str, tuple[ContentStore, TenantRef]] = {}
-        self._writing = asyncio.Lock()  # one read-modify-write of a run's record at a time
+        self._writes = _KeyedLocks()  # one write of a response's record at a time, per id
         self._renewer: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -329,7 +329,7 @@ class ResponsesEndpoint:
                       ) -> bool:
         """Rewrite a run's record with `response`, unless its status has left `only_if`
         meanwhile (cancelled, or failed by a reader); False then."""
-        async with self._writing:
+        async with self._writes.holding(response_id):
             raw = await asyncio.to_thread(store.get_record, tenant, KIND, response_id)
             if raw is None:
                 return False
@@ -343,9 +343,10 @@ class ResponsesEndpoint:
                 record["run"] = self._lease()
             else:
                 record.pop("run", None)
-            await asyncio.to_thread(store.put_record, tenant, KIND, response_id,
-                                    dump_json(record))
-            return True
+            # Only if it is still there: a DELETE by another replica between the read and
+            # this write must not be undone (the lock above only covers this process).
+            return await asyncio.to_thread(store.replace_record, tenant, KIND, response_id,
+                                           dump_json(record))
 
     async def _run(self, store: ContentStore, tenant: TenantRef, draft: ResponseDraft,
                    request: ChatRequest, model: str, providers: Sequence[Provider]) -> None:
@@ -392,7 +393,7 @@ class ResponsesEndpoint:
             await asyncio.sleep(LEASE_S / 3)
             for response_id, (store, tenant) in list(self._running.items()):
                 try:
-                    async with self._writing:
+                    async with self._writes.holding(response_id):
                         raw = await asyncio.to_thread(store.get_record, tenant, KIND,
                                                       response_id)
                         if raw is None:
@@ -401,8 +402,8 @@ class ResponsesEndpoint:
                         if record["response"]["status"] not in _UNFINISHED:
                             continue
                         record["run"] = self._lease()
-                        await asyncio.to_thread(store.put_record, tenant, KIND, response_id,
-                                                dump_json(record))
+                        await asyncio.to_thread(store.replace_record, tenant, KIND,
+                                                response_id, dump_json(record))
                 except Exception as exc:  # the store may be down for a moment: next round
                     log.warning("renewing a background lease failed (%s)", type(exc).__name__)
 
@@ -496,13 +497,44 @@ class ResponsesEndpoint:
         response_id = call.params[0]
         store, tenant = self._stored(grant, "Deleting a stored response")
         task = self._tasks.get(response_id)
-        deleted = bool(_RESPONSE_ID.match(response_id)) and await asyncio.to_thread(
-            store.delete_record, tenant, KIND, response_id)
+        deleted = False
+        if _RESPONSE_ID.match(response_id):
+            # After any write of this process in flight: it cannot land after the delete.
+            async with self._writes.holding(response_id):
+                deleted = await asyncio.to_thread(store.delete_record, tenant, KIND,
+                                                  response_id)
         if not deleted:
             raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
         if task is not None:  # a run whose response is gone has nothing left to write
             task.cancel()
         await call.respond_json({"id": response_id, "object": "response", "deleted": True})
+
+
+class _KeyedLocks:
+    """One asyncio lock per response id, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    def users(self, key: str) -> int:
+        """How many hold or wait for `key`'s lock."""
+        entry = self._locks.get(key)
+        return entry[1][0] if entry is not None else 0
+
+    @contextlib.asynccontextmanager
+    async def holding(self, key: str) -> AsyncIterator[None]:
+        entry = self._locks.get(key)
+        if entry is None:
+            entry = self._locks[key] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[key]
 
 
 def _page_params(query: bytes) -> tuple[int, str | None, str]:

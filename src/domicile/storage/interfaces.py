@@ -152,6 +152,12 @@ class ContentStore(Protocol):
         """Write the record if there is none, or if the one there was last written more than
         `stale_after` seconds ago; True if written. Atomic across processes: a lease."""
         ...
+    def replace_record(self, tenant: TenantRef, kind: str, record_id: str,
+                       plaintext: bytes) -> bool:
+        """Rewrite the record only if it is there; True if written, False if there is none
+        (never was, or was deleted). Atomic across processes: a write of a record's state
+        never brings a deleted record back."""
+        ...
     def put_blob(
         self, tenant: TenantRef, kind: str, blob_id: str, filename: str,
         chunks: Iterable[bytes], meta: dict[str, str] | None = None,

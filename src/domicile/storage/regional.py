@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, and_, delete, func, insert, or_, select
+from sqlalchemy import ColumnElement, Engine, and_, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -211,6 +211,20 @@ class RegionalStore:
         ).returning(RecordRow.record_id)
         with self.engine.begin() as conn:
             return conn.execute(statement).first() is not None
+
+    def replace_record(self, tenant: TenantRef, kind: str, record_id: str,
+                       plaintext: bytes) -> bool:
+        context = self._sealing_context(tenant, kind, record_id)
+        with self._refusing_erased():
+            body = self.envelope.seal(plaintext, context)
+        # One UPDATE: a row deleted meanwhile (by any process) stays deleted.
+        statement = update(RecordRow).where(
+            RecordRow.tenant_id == tenant.id, RecordRow.kind == kind,
+            RecordRow.record_id == record_id,
+        ).values(body=body, updated_at=datetime.now(UTC),
+                 training_consent=tenant.training_consent)
+        with self.engine.begin() as conn:
+            return bool(conn.execute(statement).rowcount)
 
     # -- blobs ------------------------------------------------------------------------------
 
