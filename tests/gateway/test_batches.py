@@ -39,6 +39,7 @@ from domicile.gateway.batch_jobs import (
     MAX_ATTEMPTS,
     PART_KIND,
     BatchRecord,
+    _split_lines,
     batch_object,
     parse_input,
     result_line,
@@ -374,6 +375,32 @@ def test_every_result_is_one_line_of_json(body: bytes) -> None:
     assert parsed["response"]["status_code"] == 200
     expected = body.decode() if body.startswith(b"not") else json.loads(body)
     assert parsed["response"]["body"] == expected
+
+
+class Scanned(bytes):
+    """A chunk that counts the bytes searched for a newline in it."""
+
+    searched = 0
+
+    def find(self, sub: Any, start: Any = 0, *rest: Any) -> int:
+        found = super().find(sub, start, *rest)
+        Scanned.searched += (found + 1 if found >= 0 else len(self)) - int(start)
+        return found
+
+
+def test_lines_are_split_in_one_pass_and_an_overlong_line_is_a_line_error() -> None:
+    long = b'{"custom_id": "' + b"x" * (3 * 1024 * 1024) + b'"}'
+    data = long + b"\n" + b"y" * (16 * 1024 * 1024) + b"\n\n" + jsonl([chat_line("ok")])
+    Scanned.searched = 0
+    split = list(_split_lines(Scanned(data[i:i + 65536])
+                              for i in range(0, len(data), 65536)))
+    assert Scanned.searched == len(data)  # every byte looked at once, not once per chunk
+    assert [(number, None if line is None else len(line)) for number, line in split] == [
+        (1, len(long)), (2, None), (4, len(jsonl([chat_line("ok")])) - 1)]
+    lines, errors = parse_input([data], "/v1/chat/completions")
+    assert [(e["line"], e["code"]) for e in errors][:2] == [
+        (1, "invalid_method"), (2, "line_too_large")]
+    assert [line.custom_id for line in lines] == ["ok"]
 
 
 def test_parse_input_refuses_more_than_the_line_limit(monkeypatch: pytest.MonkeyPatch) -> None:

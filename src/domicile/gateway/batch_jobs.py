@@ -36,6 +36,7 @@ __all__ = [
     "MAX_ATTEMPTS",
     "MAX_INPUT_BYTES",
     "MAX_LINES",
+    "MAX_LINE_BYTES",
     "PART_KIND",
     "TERMINAL",
     "BatchRecord",
@@ -60,6 +61,7 @@ COMPLETION_WINDOW = "24h"
 WINDOW_S = 24 * 3600
 MAX_LINES = 50_000
 MAX_INPUT_BYTES = 200 * 1024 * 1024
+MAX_LINE_BYTES = 10 * 1024 * 1024  # one request of a batch; a longer line is a line error
 MAX_ERRORS = 100  # errors kept on a failed batch: the first ones, as OpenAI's list shows them
 MAX_ATTEMPTS = 3  # a batch that fails this many times at one stage is failed, not retried
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -164,19 +166,45 @@ class _Errors:
                                "line": line})
 
 
-def _split_lines(chunks: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
-    """(1-based line number, line) of a JSONL stream; blank lines are skipped, as OpenAI."""
-    pending = b""
+def _split_lines(chunks: Iterable[bytes]) -> Iterator[tuple[int, bytes | None]]:
+    """(1-based line number, line) of a JSONL stream; blank lines are skipped, as OpenAI.
+    A line longer than `MAX_LINE_BYTES` comes as (number, None), its bytes dropped as they
+    arrive. Each byte is searched for a newline once (the new chunk only, never what is
+    held), and a line's pieces are joined once: linear in the input, however long a line."""
+    pieces: list[bytes] = []
+    held = 0  # bytes of the line so far
     number = 0
+    too_long = False
+
+    def hold(piece: bytes) -> None:
+        nonlocal held, too_long
+        held += len(piece)
+        if held > MAX_LINE_BYTES:
+            too_long = True
+            pieces.clear()
+        elif piece and not too_long:
+            pieces.append(piece)
+
+    def line() -> bytes | None:
+        nonlocal held, too_long
+        whole = None if too_long else b"".join(pieces)
+        pieces.clear()
+        held, too_long = 0, False
+        return whole
+
     for chunk in chunks:
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        for line in complete:
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            hold(chunk[start:end])
             number += 1
-            if line.strip():
-                yield number, line
-    if pending.strip():
-        yield number + 1, pending
+            whole = line()
+            if whole is None or whole.strip():
+                yield number, whole
+            start = end + 1
+        hold(chunk[start:])
+    whole = line()
+    if whole is None or whole.strip():
+        yield number + 1, whole
 
 
 def parse_input(chunks: Iterable[bytes], endpoint: str
@@ -203,6 +231,10 @@ def parse_input(chunks: Iterable[bytes], endpoint: str
             errors.add("too_many_tasks", f"The input file holds more than {MAX_LINES:,} "
                        "requests.", number)
             break
+        if raw is None:
+            errors.add("line_too_large", f"This line is longer than {MAX_LINE_BYTES:,} "
+                       "bytes.", number)
+            continue
         try:
             # The gateway's strict parse, as for a request body: any failure (not UTF-8, not
             # JSON, NaN, nested too deep, not an object) is this line's error, never a crash.
