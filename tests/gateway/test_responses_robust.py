@@ -132,3 +132,54 @@ def test_replace_record_writes_only_what_is_there_on_a_real_store(site: Site) ->
     assert store.delete_record(tenant, "response", "resp_here")
     assert not store.replace_record(tenant, "response", "resp_here", b"three")
     assert store.get_record(tenant, "response", "resp_here") is None
+
+
+# -- hostile input is a 400, never a 500 -------------------------------------------------------
+
+
+def _post(stack: Stack, body: dict[str, Any]) -> httpx.Response:
+    return stack.http().post("/v1/responses", headers=AUTH, json=body)
+
+
+def _refused(answer: httpx.Response, param: str) -> dict[str, Any]:
+    assert answer.status_code == 400, answer.text
+    error: dict[str, Any] = answer.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["param"] == param
+    return error
+
+
+@pytest.mark.parametrize("limit", ["%C2%B2", "%D9%A3", "9" * 5000, "-1", "1.0", ""])
+def test_an_odd_input_items_limit_is_a_400(stack: Stack, limit: str) -> None:
+    response = stack.client(EU_REGIONAL_KEY).responses.create(model="dev-echo", input="x")
+    answer = stack.http().get(f"/v1/responses/{response.id}/input_items?limit={limit}",
+                              headers=AUTH)
+    _refused(answer, "limit")
+
+
+@pytest.mark.parametrize("item", [
+    {"type": "message", "role": [], "content": "x"},
+    {"type": "message", "role": {"a": 1}, "content": "x"},
+    {"role": "user", "content": [{"type": ["input_text"], "text": "x"}]},
+    {"role": "user", "content": [{"type": {"k": "v"}, "text": "x"}]},
+    {"role": "user", "content": [{"type": "input_image", "image_url": "data:,", "detail": []}]},
+    {"type": "function_call_output", "call_id": "c", "output": [{"type": [], "text": "x"}]},
+    {"type": "function_call_output", "call_id": "c", "output": [{"type": {}, "text": "x"}]},
+    {"type": "function_call_output", "call_id": [], "output": "x"},
+    {"type": "function_call_output", "call_id": "c", "output": 5},
+    {"type": ["message"], "role": "user", "content": "x"},
+])
+def test_odd_input_items_are_a_400_naming_input(stack: Stack, item: dict[str, Any]) -> None:
+    _refused(_post(stack, {"model": "dev-echo", "input": [item]}), "input")
+
+
+def test_a_refusal_never_quotes_a_clients_type(stack: Stack) -> None:
+    canary = "CANARY " + "x" * 1000
+    for body in ({"input": [{"type": canary}]},
+                 {"input": [{"role": "user", "content": [{"type": canary}]}]},
+                 {"input": "x", "tools": [{"type": canary}]},
+                 {"input": "x", "text": {"format": {"type": canary}}}):
+        answer = _post(stack, {"model": "dev-echo", **body})
+        assert answer.status_code == 400 and "CANARY" not in answer.text
+    named = _post(stack, {"model": "dev-echo", "input": [{"type": "file_search_call"}]})
+    assert "`file_search_call`" in named.json()["error"]["message"]

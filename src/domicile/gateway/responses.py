@@ -78,6 +78,7 @@ _ORPHANED = ("The server that was running this background response stopped befor
 _STOPPED = ("The server stopped before this background response finished; create the "
             "response again.")
 _MAX_ITEMS_PAGE = 100
+_DIGITS = re.compile(r"[0-9]{1,10}")  # ASCII only: `str.isdigit` takes "²" and "٣"
 
 
 def _record(response: dict[str, Any], items: list[dict[str, Any]],
@@ -545,7 +546,7 @@ def _page_params(query: bytes) -> tuple[int, str | None, str]:
     except ValueError:
         params = {}
     limit_text = (params.get("limit") or ["20"])[-1]
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= _MAX_ITEMS_PAGE:
+    if not _DIGITS.fullmatch(limit_text) or not 1 <= int(limit_text) <= _MAX_ITEMS_PAGE:
         raise InvalidInput(f"`limit` must be an integer from 1 to {_MAX_ITEMS_PAGE}.",
                            param="limit")
     order = (params.get("order") or ["desc"])[-1]

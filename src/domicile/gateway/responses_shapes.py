@@ -17,6 +17,7 @@ Nothing here does I/O; the endpoint (`responses.py`) and the stream translator
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,21 @@ _PASSED_ON = (("temperature", "temperature"), ("top_p", "top_p"),
 _ECHOED_IF_GIVEN = ("user", "safety_identifier", "prompt_cache_key", "service_tier",
                     "top_logprobs", "max_tool_calls")
 _CHAT_FINISH = {"length": "max_output_tokens", "content_filter": "content_filter"}
+_IMAGE_DETAILS = frozenset({"auto", "low", "high"})
+# A type name worth quoting back in an error; anything else is client text, never echoed.
+_TYPE_NAME = re.compile(r"[a-z][a-z0-9_.]{0,63}")
+
+
+def _is(value: object, options: frozenset[str]) -> bool:
+    """`value in options` for JSON values (a list or an object is not hashable)."""
+    return isinstance(value, str) and value in options
+
+
+def _named(kind: object) -> str:
+    """A client's `type` as an error may name it: quoted if it looks like a type name."""
+    if isinstance(kind, str) and _TYPE_NAME.fullmatch(kind):
+        return f"type `{kind}`"
+    return "this type"
 
 
 @dataclass(slots=True)
@@ -80,16 +96,20 @@ def _parts(content: object, role: str) -> list[dict[str, Any]]:
         if not isinstance(part, dict):
             raise InvalidInput("Each content part must be an object.", param="input")
         kind = part.get("type")
-        if kind in _TEXT_PARTS and isinstance(part.get("text"), str):
+        if _is(kind, _TEXT_PARTS) and isinstance(part.get("text"), str):
             parts.append(output_text_part(part["text"]) if role == "assistant"
                          else {"type": "input_text", "text": part["text"]})
         elif kind == "input_image" and isinstance(part.get("image_url"), str):
             if role != "user":
                 raise InvalidInput("Only user messages may hold images.", param="input")
+            detail = part.get("detail")
+            if detail is not None and not _is(detail, _IMAGE_DETAILS):
+                raise InvalidInput("An input_image's `detail` must be auto, low or high.",
+                                   param="input")
             parts.append({"type": "input_image", "image_url": part["image_url"],
-                          "detail": part.get("detail") or "auto"})
+                          "detail": detail or "auto"})
         else:
-            raise InvalidInput(f"Content parts of type `{kind}` are not supported here; use "
+            raise InvalidInput(f"Content parts of {_named(kind)} are not supported here; use "
                                "input_text, output_text or input_image with an image_url.",
                                param="input")
     return parts
@@ -126,7 +146,7 @@ def _tool_output(output: object) -> str:
     if isinstance(output, str):
         return output
     if isinstance(output, list) and all(
-            isinstance(part, dict) and part.get("type") in _TEXT_PARTS
+            isinstance(part, dict) and _is(part.get("type"), _TEXT_PARTS)
             and isinstance(part.get("text"), str) for part in output):
         return "".join(part["text"] for part in output)
     raise InvalidInput("A `function_call_output` item's `output` must be a string or a list "
@@ -159,10 +179,13 @@ def _input_items(value: object) -> list[dict[str, Any]]:
             raise InvalidInput("Each `input` item must be an object.", param="input")
         kind = item.get("type", "message")
         given_id = item.get("id") if isinstance(item.get("id"), str) else None
-        if kind == "message" and item.get("role") in _INPUT_ROLES:
+        if kind == "message" and _is(item.get("role"), _INPUT_ROLES):
             role = item["role"]
             items.append(message_item(role, _parts(item.get("content"), role),
                                       given_id if role == "assistant" else None))
+        elif kind == "message":
+            raise InvalidInput("A message's `role` must be user, assistant, system or "
+                               "developer.", param="input")
         elif kind == "function_call":
             items.append(function_call_item(_string(item, "call_id"), _string(item, "name"),
                                             _string(item, "arguments"), item_id=given_id))
@@ -172,7 +195,7 @@ def _input_items(value: object) -> list[dict[str, Any]]:
                           "output": _tool_output(item.get("output")), "status": "completed"})
         else:
             raise InvalidInput(
-                f"Input items of type `{kind}` are not supported by this gateway's Responses "
+                f"Input items of {_named(kind)} are not supported by this gateway's Responses "
                 "API; it takes messages (role user, assistant, system or developer), "
                 "function_call and function_call_output items.", param="input")
     return items
@@ -222,7 +245,7 @@ def _chat_tools(tools: object) -> list[dict[str, Any]]:
     for tool in tools:
         if not isinstance(tool, dict) or tool.get("type") != "function":
             kind = tool.get("type") if isinstance(tool, dict) else None
-            raise InvalidInput(f"Tools of type `{kind}` are not supported by this gateway: the "
+            raise InvalidInput(f"Tools of {_named(kind)} are not supported by this gateway: the "
                                "in-region models take function tools only.", param="tools")
         if not isinstance(tool.get("name"), str) or not tool["name"]:
             raise InvalidInput("A function tool needs a `name`.", param="tools")
@@ -252,7 +275,7 @@ def _response_format(text: object) -> dict[str, Any] | None:
         schema = {key: fmt[key] for key in ("name", "schema", "strict", "description")
                   if key in fmt}
         return {"type": "json_schema", "json_schema": schema}
-    raise InvalidInput(f"text.format type `{fmt['type']}` is not supported.", param="text")
+    raise InvalidInput(f"text.format of {_named(fmt['type'])} is not supported.", param="text")
 
 
 def to_chat_request(parsed: dict[str, Any], history: list[dict[str, Any]]) -> ChatRequest:
