@@ -195,7 +195,8 @@ class MemoryContentStore:
 
     def page_blobs(self, tenant: TenantRef, kind: str, *, limit: int, after: str | None = None,
                    descending: bool = True,
-                   keep: Callable[[StoredBlob], bool] | None = None) -> BlobPage:
+                   keep: Callable[[StoredBlob], bool] | None = None,
+                   scan_limit: int | None = None) -> BlobPage:
         ordered = sorted(self.list_blobs(tenant, kind), key=lambda b: (b.created_at, b.id),
                          reverse=descending)
         if after is not None:
@@ -203,8 +204,9 @@ class MemoryContentStore:
             if after not in ids:
                 raise UnknownCursor(after)
             ordered = ordered[ids.index(after) + 1:]
-        kept = [b for b in ordered if keep is None or keep(b)]
-        return BlobPage(kept[:limit], len(kept) > limit)
+        cut = scan_limit is not None and len(ordered) > scan_limit
+        kept = [b for b in ordered[:scan_limit] if keep is None or keep(b)]
+        return BlobPage(kept[:limit], len(kept) > limit or cut)
 
     def tenants_holding(self, kind: str) -> list[str]:
         return sorted({t for (t, k, _) in [*self.records, *self.blobs] if k == kind})

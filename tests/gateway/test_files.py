@@ -598,6 +598,18 @@ def test_list_filters_by_purpose_and_pages_within_it(stack: Stack) -> None:
     assert client.files.list(purpose="batch_output").data == []
 
 
+def test_a_filtered_list_scans_a_bounded_number_of_files(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gateway_files, "MAX_SCAN", 3)
+    client = stack.client(EU_REGIONAL_KEY)
+    batch = _create(client, 1, "batch")
+    _create(client, 4, "vision")  # newer: read first
+    page = client.files.list(purpose="batch", limit=1)
+    assert page.data == [] and page.has_more is True  # cut short: the SDK stops here
+    assert [f.id for f in client.files.list(purpose="batch", limit=1,
+                                            order="asc").data] == batch
+
+
 def test_an_evals_file_is_shown_as_user_data_and_listed_under_both(stack: Stack) -> None:
     # OpenAI's File schema (and the SDK's strict types) have no `evals` purpose.
     client = stack.client(EU_REGIONAL_KEY)

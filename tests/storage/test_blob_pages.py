@@ -4,11 +4,14 @@ needs (on SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import contextlib
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, update
+from sqlalchemy import event, insert, inspect, select, update
 
 from domicile.site import Site
 from domicile.storage import regional
@@ -116,3 +119,77 @@ def test_tenants_holding_names_tenants_by_records_and_blobs(site: Site,
     assert store.tenants_holding("file") == [tenant.id]
     assert store.tenants_holding("upload") == [tenant.id]
     assert store.tenants_holding("response") == []
+
+
+def _put_rows(store: RegionalStore, tenant: TenantRef, count: int, purpose: str) -> None:
+    """`count` file rows with sealed metadata, inserted at once (no blob files: a page reads
+    rows and metadata only)."""
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = []
+    for i in range(count):
+        blob_id = f"file-{purpose}{i:05d}"
+        meta = store.seal(tenant, f"file:{regional.BLOB_META_KIND}", blob_id,
+                          json.dumps({"filename": "f.txt", "purpose": purpose}).encode())
+        rows.append({"tenant_id": tenant.id, "kind": "file", "blob_id": blob_id,
+                     "region": "eu", "size": 1, "created_at": at + timedelta(seconds=i),
+                     "meta": meta, "training_consent": False})
+    with store.engine.begin() as conn:
+        conn.execute(insert(BlobRow), rows)
+
+
+def _reads_of_blobs(store: RegionalStore) -> Iterator[list[str]]:
+    seen: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "FROM blobs" in statement:
+            seen.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        event.remove(store.engine, "before_cursor_execute", note)
+
+
+def test_a_filter_that_matches_little_reads_in_full_batches(site: Site,
+                                                            tenant: TenantRef) -> None:
+    store = site.store("eu")
+    _put_rows(store, tenant, 3000, "other")
+    _put_rows(store, tenant, 1, "wanted")  # among the oldest: read last, newest first
+
+    def wanted(blob: StoredBlob) -> bool:
+        return blob.meta["purpose"] == "wanted"
+
+    with contextlib.contextmanager(_reads_of_blobs)(store) as seen:
+        page = store.page_blobs(tenant, "file", limit=1, keep=wanted)
+    assert [b.id for b in page.blobs] == ["file-wanted00000"] and not page.has_more
+    # 3001 rows: the page's size and one more, then batches of PAGE_BATCH (not one per row).
+    assert len(seen) <= 2 + 3001 // regional.PAGE_BATCH, len(seen)
+
+
+def test_a_filtered_page_stops_at_its_scan_limit_with_has_more(site: Site,
+                                                               tenant: TenantRef) -> None:
+    store = site.store("eu")
+    _put_rows(store, tenant, 1200, "other")
+    with contextlib.contextmanager(_reads_of_blobs)(store) as seen:
+        page = store.page_blobs(tenant, "file", limit=1, keep=lambda _: False,
+                                scan_limit=1000)
+    assert page.blobs == [] and page.has_more  # cut short: more may follow
+    assert len(seen) <= 4, len(seen)
+    read = store.page_blobs(tenant, "file", limit=5, scan_limit=1000)  # unfiltered: no cut
+    assert len(read.blobs) == 5 and read.has_more
+
+
+def test_pages_are_read_along_the_blob_index(site: Site, tenant: TenantRef) -> None:
+    store = site.store("eu")
+    indexes = {i["name"]: i["column_names"] for i in inspect(store.engine).get_indexes("blobs")}
+    assert indexes["ix_blobs_tenant_kind_created"] == ["tenant_id", "kind", "created_at",
+                                                       "blob_id"]
+    if store.engine.dialect.name == "sqlite":  # and SQLite's planner walks it, sorting nothing
+        query = (select(BlobRow).where(BlobRow.tenant_id == tenant.id, BlobRow.kind == "file")
+                 .order_by(BlobRow.created_at.desc(), BlobRow.blob_id.desc()).limit(10))
+        compiled = query.compile(store.engine, compile_kwargs={"literal_binds": True})
+        with store.engine.connect() as conn:
+            plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(
+                f"EXPLAIN QUERY PLAN {compiled}"))
+        assert "ix_blobs_tenant_kind_created" in plan and "TEMP B-TREE" not in plan, plan

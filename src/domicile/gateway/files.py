@@ -88,6 +88,9 @@ SHOWN_PURPOSE = {"evals": "user_data"}
 EXPIRY_RANGE = (3600, 2_592_000)  # `expires_after[seconds]`: 1 hour to 30 days, as OpenAI's
 BATCH_EXPIRY = 2_592_000  # a `batch` file without `expires_after` expires after 30 days
 MAX_LIST = 10_000
+# Rows a list reads at most per request (a filter that matches few files would otherwise read
+# them all): past it, the page ends short with `has_more` (unless the page itself is larger).
+MAX_SCAN = 10_000
 SWEEP_INTERVAL_S = 600.0
 # Uploads streaming into the store at once, per process: each holds a thread while its client
 # sends (see `UploadStreams`); one more is a 503 `server_busy`, answered at once.
@@ -489,7 +492,8 @@ class FilesEndpoint:
         try:
             page = await asyncio.to_thread(
                 store.page_blobs, tenant, KIND, limit=query.limit, after=query.after,
-                descending=query.descending, keep=keep)
+                descending=query.descending, keep=keep,
+                scan_limit=max(MAX_SCAN, query.limit + 1))
         except UnknownCursor:
             raise InvalidInput("`after` names no file of this project (was it deleted?).",
                                param="after") from None

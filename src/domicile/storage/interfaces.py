@@ -130,7 +130,8 @@ class ContentStore(Protocol):
 
     `page_blobs` is a page of `list_blobs` in (created_at, id) order, ascending or descending,
     after the blob `after` (`UnknownCursor` if it has none), holding at most `limit` blobs
-    that `keep` accepts; the store reads only as many rows as the page needs. `tenants_holding`
+    that `keep` accepts; the store reads only as many rows as the page needs, and at most
+    `scan_limit` (if given): a page cut short by it says `has_more`. `tenants_holding`
     names the tenants with a record or blob of a kind (for sweeps across tenants).
     """
 
@@ -173,5 +174,6 @@ class ContentStore(Protocol):
     def list_blobs(self, tenant: TenantRef, kind: str) -> list[StoredBlob]: ...
     def page_blobs(self, tenant: TenantRef, kind: str, *, limit: int, after: str | None = None,
                    descending: bool = True,
-                   keep: Callable[[StoredBlob], bool] | None = None) -> BlobPage: ...
+                   keep: Callable[[StoredBlob], bool] | None = None,
+                   scan_limit: int | None = None) -> BlobPage: ...
     def tenants_holding(self, kind: str) -> list[str]: ...

@@ -42,6 +42,9 @@ class RecordRow(RegionBase):
 
 class BlobRow(RegionBase):
     __tablename__ = "blobs"
+    # Pages by keyset in (created_at, id) order (see migration 0004_blob_pages).
+    __table_args__ = (Index("ix_blobs_tenant_kind_created", "tenant_id", "kind", "created_at",
+                            "blob_id"),)
     tenant_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     kind: Mapped[str] = mapped_column(String(40), primary_key=True)
     blob_id: Mapped[str] = mapped_column(String(80), primary_key=True)

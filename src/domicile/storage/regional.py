@@ -343,11 +343,14 @@ class RegionalStore:
 
     def page_blobs(self, tenant: TenantRef, kind: str, *, limit: int, after: str | None = None,
                    descending: bool = True,
-                   keep: Callable[[StoredBlob], bool] | None = None) -> BlobPage:
+                   keep: Callable[[StoredBlob], bool] | None = None,
+                   scan_limit: int | None = None) -> BlobPage:
         """A page of the tenant's blobs of `kind` in (created_at, id) order, after the blob
-        `after`. Rows are read in batches of the page's size by keyset (never an OFFSET, never
-        the whole list), and read on only while `keep` (which sees the opened metadata)
-        turns rows down."""
+        `after`. Rows are read by keyset along the index on (tenant, kind, created_at, id)
+        (never an OFFSET, never the whole list): first the page's size and one more, then,
+        once `keep` (which sees the opened metadata) has turned rows down, `PAGE_BATCH` rows at
+        a time, so a filter that matches few rows costs a few reads, not one per row. After
+        `scan_limit` rows read the page ends short, with `has_more`."""
         if limit < 1:
             raise ValueError("limit must be at least 1")
         owned = (BlobRow.tenant_id == tenant.id, BlobRow.kind == kind)
@@ -357,6 +360,7 @@ class RegionalStore:
             order = (BlobRow.created_at.asc(), BlobRow.blob_id.asc())
         batch = min(limit + 1, PAGE_BATCH)
         kept: list[StoredBlob] = []
+        scanned = 0
         with self.engine.connect() as conn:
             position: tuple[datetime, str] | None = None
             if after is not None:
@@ -366,10 +370,15 @@ class RegionalStore:
                     raise UnknownCursor(after)
                 position = (at, after)
             while len(kept) <= limit:
+                if scan_limit is not None:
+                    if scanned >= scan_limit:
+                        return BlobPage(kept[:limit], True)
+                    batch = min(batch, scan_limit - scanned)
                 query = select(BlobRow).where(*owned)
                 if position is not None:
                     query = query.where(_beyond(position, descending))
                 rows = conn.execute(query.order_by(*order).limit(batch)).all()
+                scanned += len(rows)
                 for row in rows:
                     blob = self._stored_blob(tenant, row)
                     if keep is None or keep(blob):
@@ -379,6 +388,7 @@ class RegionalStore:
                 if len(rows) < batch:
                     break
                 position = (rows[-1].created_at, rows[-1].blob_id)
+                batch = PAGE_BATCH  # rows were turned down: read on in full batches
         return BlobPage(kept[:limit], len(kept) > limit)
 
     def tenants_holding(self, kind: str) -> list[str]:
