@@ -183,3 +183,76 @@ def test_a_refusal_never_quotes_a_clients_type(stack: Stack) -> None:
         assert answer.status_code == 400 and "CANARY" not in answer.text
     named = _post(stack, {"model": "dev-echo", "input": [{"type": "file_search_call"}]})
     assert "`file_search_call`" in named.json()["error"]["message"]
+
+
+# -- what a Response echoes is checked first ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"user": 5}, "user"),
+    ({"safety_identifier": ["x"]}, "safety_identifier"),
+    ({"prompt_cache_key": {}}, "prompt_cache_key"),
+    ({"instructions": 7}, "instructions"),
+    ({"max_output_tokens": "x"}, "max_output_tokens"),
+    ({"max_output_tokens": 0}, "max_output_tokens"),
+    ({"max_output_tokens": 1.5}, "max_output_tokens"),
+    ({"max_output_tokens": True}, "max_output_tokens"),
+    ({"metadata": [1]}, "metadata"),
+    ({"metadata": {"k": 1}}, "metadata"),
+    ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+    ({"metadata": {"k": "v" * 513}}, "metadata"),
+    ({"service_tier": "gold"}, "service_tier"),
+    ({"service_tier": ["auto"]}, "service_tier"),
+    ({"temperature": "hot"}, "temperature"),
+    ({"temperature": 2.5}, "temperature"),
+    ({"temperature": False}, "temperature"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"top_p": "1"}, "top_p"),
+    ({"top_logprobs": 21}, "top_logprobs"),
+    ({"max_tool_calls": "2"}, "max_tool_calls"),
+    ({"text": "plain"}, "text"),
+    ({"text": {"format": "text"}}, "text.format"),
+    ({"text": {"format": {"type": "xml"}}}, "text.format.type"),
+    ({"text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format.name"),
+    ({"text": {"format": {"type": "json_schema", "name": "s", "schema": []}}},
+     "text.format.schema"),
+    ({"text": {"verbosity": 3}}, "text.verbosity"),
+    ({"tool_choice": 5}, "tool_choice"),
+    ({"tool_choice": ["auto"]}, "tool_choice"),
+    ({"tool_choice": {"type": "function"}}, "tool_choice"),
+    ({"parallel_tool_calls": "yes"}, "parallel_tool_calls"),
+    ({"store": "yes"}, "store"),
+    ({"background": 1}, "background"),
+    ({"stream": "true"}, "stream"),
+    ({"previous_response_id": 5}, "previous_response_id"),
+    ({"tools": [{"type": "function", "name": "f", "parameters": "{}"}]}, "tools.parameters"),
+    ({"tools": [{"type": "function", "name": "f", "description": 1}]}, "tools.description"),
+    ({"tools": [{"type": "function", "name": "f", "strict": "yes"}]}, "tools.strict"),
+])
+def test_a_parameter_of_the_wrong_type_is_a_400_naming_it(
+        stack: Stack, extra: dict[str, Any], param: str) -> None:
+    error = _refused(_post(stack, {"model": "dev-echo", "input": "x", **extra}), param)
+    assert error["type"] == "invalid_request_error"
+    assert stack.store.records == {}
+
+
+def test_parameters_of_the_right_types_give_a_strictly_valid_response(stack: Stack) -> None:
+    client = stack.client(EU_REGIONAL_KEY)  # strict validation of every answer
+    response = client.responses.create(
+        model="dev-echo", input="x", user="u-1", safety_identifier="s-1",
+        prompt_cache_key="k-1", instructions="be brief", max_output_tokens=64,
+        metadata={"k": "v"}, service_tier="auto", temperature=0.5, top_p=0.9,
+        top_logprobs=0, max_tool_calls=2, parallel_tool_calls=False, store=True,
+        text={"format": {"type": "json_schema", "name": "answer", "strict": True,
+                         "schema": {"type": "object", "properties": {}}},
+              "verbosity": "low"},
+        tools=[{"type": "function", "name": "f", "description": "d", "strict": False,
+                "parameters": {"type": "object", "properties": {}}}],
+        tool_choice={"type": "function", "name": "f"})
+    assert (response.user, response.max_output_tokens, response.metadata) == (
+        "u-1", 64, {"k": "v"})
+    assert (response.temperature, response.top_p, response.service_tier) == (0.5, 0.9, "auto")
+    assert response.parallel_tool_calls is False
+    assert response.text is not None and response.text.verbosity == "low"
+    stored = client.responses.retrieve(response.id)
+    assert stored.user == "u-1" and stored.tool_choice.type == "function"  # type: ignore[union-attr]

@@ -58,7 +58,13 @@ from domicile.tenancy.grants import ApiKeyGrant
 
 from .http import Exchange, dump_json, mark_retrieved, model_of, parse_json_object
 from .residency import content_store_for, tenant_of
-from .responses_shapes import ChatRequest, ResponseDraft, output_from_chat, to_chat_request
+from .responses_shapes import (
+    ChatRequest,
+    ResponseDraft,
+    check_params,
+    output_from_chat,
+    to_chat_request,
+)
 from .responses_shapes import usage_object as _usage
 from .responses_stream import ResponseEventStream
 from .routes import Route
@@ -145,6 +151,7 @@ class ResponsesEndpoint:
     async def create(self, call: Exchange, grant: ApiKeyGrant) -> None:
         parsed = parse_json_object(await call.read_body())
         call.model = model_of(parsed)
+        check_params(parsed)  # what the Response echoes is of OpenAI's types, or a 400
         zero = grant.retention == "zero"
         background = parsed.get("background") is True
         streaming = parsed.get("stream") is True

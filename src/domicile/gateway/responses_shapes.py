@@ -29,6 +29,7 @@ __all__ = [
     "ChatRequest",
     "ResponseDraft",
     "assistant_message",
+    "check_params",
     "function_call_item",
     "message_item",
     "output_from_chat",
@@ -74,6 +75,122 @@ class ChatRequest:
     conversation: list[dict[str, Any]]
     has_image: bool
     items: list[dict[str, Any]] = field(default_factory=list)
+
+
+# -- parameters ----------------------------------------------------------------------------
+
+# What each parameter the Response echoes may be (null is "not given" for all of them), so
+# that every 200 validates against OpenAI's schema and a wrong one is OpenAI's 400 naming it.
+_STRING_PARAMS = ("user", "safety_identifier", "prompt_cache_key", "instructions",
+                  "previous_response_id")
+_BOOL_PARAMS = ("store", "background", "stream", "parallel_tool_calls")
+_NUMBER_PARAMS = (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0))
+_INT_PARAMS = (("max_output_tokens", 1, 2**31 - 1), ("top_logprobs", 0, 20),
+               ("max_tool_calls", 1, 2**31 - 1))
+_SERVICE_TIERS = frozenset({"auto", "default", "flex", "scale", "priority"})
+_VERBOSITY = frozenset({"low", "medium", "high"})
+_TOOL_CHOICES = frozenset({"none", "auto", "required"})
+_SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_MAX_METADATA = 16  # OpenAI's bounds: keys, a key's length, a value's length
+_MAX_METADATA_KEY = 64
+_MAX_METADATA_VALUE = 512
+
+
+def _invalid_type(param: str, expected: str) -> InvalidInput:
+    return InvalidInput(f"Invalid type for '{param}': expected {expected}.", param=param)
+
+
+def _check_metadata(metadata: object) -> None:
+    if not isinstance(metadata, dict):
+        raise _invalid_type("metadata", "an object of string values")
+    if len(metadata) > _MAX_METADATA:
+        raise InvalidInput(f"Invalid 'metadata': at most {_MAX_METADATA} keys.",
+                           param="metadata")
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            raise _invalid_type("metadata", "an object of string values")
+        if len(key) > _MAX_METADATA_KEY or len(value) > _MAX_METADATA_VALUE:
+            raise InvalidInput(f"Invalid 'metadata': keys are at most {_MAX_METADATA_KEY} "
+                               f"characters, values at most {_MAX_METADATA_VALUE}.",
+                               param="metadata")
+
+
+def _check_text(text: object) -> None:
+    if not isinstance(text, dict):
+        raise _invalid_type("text", "an object")
+    verbosity = text.get("verbosity")
+    if verbosity is not None and not _is(verbosity, _VERBOSITY):
+        raise InvalidInput("Invalid 'text.verbosity': expected low, medium or high.",
+                           param="text.verbosity")
+    fmt = text.get("format")
+    if fmt is None:
+        return
+    if not isinstance(fmt, dict):
+        raise _invalid_type("text.format", "an object")
+    kind = fmt.get("type")
+    if kind == "json_schema":
+        if not isinstance(fmt.get("name"), str) or not _SCHEMA_NAME.fullmatch(fmt["name"]):
+            raise InvalidInput("Invalid 'text.format.name': expected 1 to 64 letters, digits, "
+                               "underscores or dashes.", param="text.format.name")
+        if not isinstance(fmt.get("schema"), dict):
+            raise _invalid_type("text.format.schema", "an object")
+        if fmt.get("strict") is not None and not isinstance(fmt["strict"], bool):
+            raise _invalid_type("text.format.strict", "a boolean")
+        if fmt.get("description") is not None and not isinstance(fmt["description"], str):
+            raise _invalid_type("text.format.description", "a string")
+    elif kind not in ("text", "json_object"):
+        raise InvalidInput(f"text.format of {_named(kind)} is not supported: text, "
+                           "json_object or json_schema.", param="text.format.type")
+
+
+def _check_tool_choice(choice: object) -> None:
+    if _is(choice, _TOOL_CHOICES):
+        return
+    if not (isinstance(choice, dict) and choice.get("type") == "function"
+            and isinstance(choice.get("name"), str) and choice["name"]):
+        raise InvalidInput("`tool_choice` must be none, auto, required or "
+                           "{\"type\": \"function\", \"name\": ...}.", param="tool_choice")
+
+
+def check_params(parsed: dict[str, Any]) -> None:
+    """A request's parameters, by type and range, before anything is done with them: a 400
+    naming the first wrong one (never quoting its value)."""
+    for name in _STRING_PARAMS:
+        if parsed.get(name) is not None and not isinstance(parsed[name], str):
+            raise _invalid_type(name, "a string")
+    for name in _BOOL_PARAMS:
+        if parsed.get(name) is not None and not isinstance(parsed[name], bool):
+            raise _invalid_type(name, "a boolean")
+    for name, low, high in _NUMBER_PARAMS:
+        value = parsed.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _invalid_type(name, "a number")
+        if not low <= value <= high:
+            raise InvalidInput(f"Invalid '{name}': expected a value from {low:g} to "
+                               f"{high:g}.", param=name)
+    for name, low_int, high_int in _INT_PARAMS:
+        value = parsed.get(name)
+        if value is None:
+            continue
+        if type(value) is not int:
+            raise _invalid_type(name, "an integer")
+        if not low_int <= value <= high_int:
+            raise InvalidInput(f"Invalid '{name}': expected an integer from {low_int} to "
+                               f"{high_int}.", param=name)
+    tier = parsed.get("service_tier")
+    if tier is not None and not _is(tier, _SERVICE_TIERS):
+        raise InvalidInput("Invalid 'service_tier': expected one of "
+                           f"{', '.join(sorted(_SERVICE_TIERS))}.", param="service_tier")
+    if parsed.get("metadata") is not None:
+        _check_metadata(parsed["metadata"])
+    if parsed.get("text") is not None:
+        _check_text(parsed["text"])
+    if parsed.get("tool_choice") is not None:
+        _check_tool_choice(parsed["tool_choice"])
+    if parsed.get("tools") is not None:
+        _chat_tools(parsed["tools"])
 
 
 # -- input ---------------------------------------------------------------------------------
@@ -249,6 +366,11 @@ def _chat_tools(tools: object) -> list[dict[str, Any]]:
                                "in-region models take function tools only.", param="tools")
         if not isinstance(tool.get("name"), str) or not tool["name"]:
             raise InvalidInput("A function tool needs a `name`.", param="tools")
+        for key, kind, expected in (("description", str, "a string"),
+                                    ("parameters", dict, "an object"),
+                                    ("strict", bool, "a boolean")):
+            if tool.get(key) is not None and not isinstance(tool[key], kind):
+                raise _invalid_type(f"tools.{key}", expected)
         function = {key: tool[key] for key in ("name", "description", "parameters", "strict")
                     if tool.get(key) is not None}
         chat.append({"type": "function", "function": function})
