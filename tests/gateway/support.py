@@ -92,6 +92,9 @@ class _MemoryPending:
         pass
 
 
+_CLAIMS = threading.Lock()
+
+
 @dataclass
 class MemoryContentStore:
     """A `ContentStore` fake: refuses tenants of other regions, notes how blobs arrived.
@@ -130,15 +133,19 @@ class MemoryContentStore:
         return [(t, r) for (t, k, r) in self.records if k == kind]
 
     def claim_record(self, tenant: TenantRef, kind: str, record_id: str, plaintext: bytes,
-                     *, stale_after: float) -> bool:
+                     *, stale_after: float, expect: bytes | None = None) -> bool:
         self._check(tenant)
         key = (tenant.id, kind, record_id)
-        now = time.monotonic()
-        if key in self.records and now - self.written.get(key, now) <= stale_after:
-            return False
-        self.records[key] = plaintext
-        self.written[key] = now
-        return True
+        with _CLAIMS:  # callers are threads (asyncio.to_thread): one claim at a time
+            now = time.monotonic()
+            if expect is not None:
+                if self.records.get(key) != expect:
+                    return False
+            elif key in self.records and now - self.written.get(key, now) <= stale_after:
+                return False
+            self.records[key] = plaintext
+            self.written[key] = now
+            return True
 
     def replace_record(self, tenant: TenantRef, kind: str, record_id: str,
                        plaintext: bytes) -> bool:

@@ -543,7 +543,8 @@ def test_a_worker_stopped_half_way_resumes_with_every_line_once(stack: Stack) ->
     interrupted = stored_batch(store, batch_id)
     assert interrupted["status"] == "in_progress"
     assert interrupted["request_counts"] == {"total": 40, "completed": 30, "failed": 0}
-    assert (TENANT.id, LEASE_KIND, batch_id) not in store.records  # released on stop
+    # Released on stop: free for the next start at once.
+    assert json.loads(store.records[(TENANT.id, LEASE_KIND, batch_id)]) == {"owner": None}
     assert any(kind == PART_KIND for (_, kind, _) in store.records)
 
     second = HeldChat()
@@ -640,6 +641,48 @@ def test_a_batch_another_worker_holds_is_left_alone(stack: Stack) -> None:
     assert held.calls == {} and stored_batch(store, batch_id)["status"] == "validating"
 
 
+def test_two_workers_on_one_batch_end_it_once_with_every_line_once(stack: Stack) -> None:
+    """A worker that stalls past another's idea of staleness loses the batch: its renewal (a
+    compare-and-swap on the owner) fails and it stops without writing; the taker runs every
+    line no part holds, and the batch ends completed with each custom_id once."""
+    store = MemoryContentStore(region="eu")
+    ids = [f"two-{i}" for i in range(40)]
+    batch_id = make_batch(store, [chat_line(i, content=f"hold {i}") for i in ids])
+    held = HeldChat()
+    first = BatchWorker(store, "eu", held.routes, flush_s=0.05, lines_per_project=8)
+    taker = BatchWorker(store, "eu", held.routes, flush_s=0.05, lease_s=0.3, rescan_s=0.05)
+    lease = (TENANT.id, LEASE_KIND, batch_id)
+
+    async def until(check: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + DEADLINE_S
+        while not check():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+
+    async def run() -> None:
+        first.submit(TENANT.id, batch_id)
+        await until(lambda: held.holding >= 8)  # the first worker's lines wait upstream
+        await taker.start()  # judges the first one's lease stale after 0.3 s, takes it
+        await until(lambda: json.loads(store.records[lease])["owner"] == taker._owner)
+        held.gate.set()
+        await until(lambda: stored_batch(store, batch_id)["status"] == "completed"
+                    and not first._jobs and not taker._jobs)
+        await first.aclose()
+        await taker.aclose()
+
+    stack.loop.run(run())
+    done = stored_batch(store, batch_id)
+    assert done["status"] == "completed"
+    assert done["request_counts"] == {"total": 40, "completed": 40, "failed": 0}
+    output = [json.loads(line) for line in
+              b"".join(store.open_blob(TENANT, "file", done["output_file_id"])).splitlines()]
+    assert sorted(line["custom_id"] for line in output) == sorted(ids)
+    # Nothing left behind: no part, marker or lease; no file but the input and the output.
+    assert {kind for (_, kind, _) in store.records} == {KIND}
+    assert sorted(blob_id for (_, _, blob_id) in store.blobs) == sorted(
+        ["file-input0", done["output_file_id"]])
+
+
 # -- the store's additions, on real stores ------------------------------------------------------
 
 
@@ -653,6 +696,15 @@ def test_a_claim_is_taken_once_until_it_goes_stale(site: Site) -> None:
     assert store.get_record(tenant, LEASE_KIND, "batch_x") == b"one"
     assert store.claim_record(tenant, LEASE_KIND, "batch_x", b"three", stale_after=0)
     assert store.get_record(tenant, LEASE_KIND, "batch_x") == b"three"
+    # With `expect`: a compare-and-swap on what the record holds, whatever its age.
+    assert not store.claim_record(tenant, LEASE_KIND, "batch_x", b"four", stale_after=0,
+                                  expect=b"one")
+    assert store.claim_record(tenant, LEASE_KIND, "batch_x", b"four", stale_after=60,
+                              expect=b"three")
+    assert store.get_record(tenant, LEASE_KIND, "batch_x") == b"four"
+    assert not store.claim_record(tenant, LEASE_KIND, "batch_w", b"x", stale_after=0,
+                                  expect=b"x")
+    assert store.get_record(tenant, LEASE_KIND, "batch_w") is None
     other = site.directory.create_project(org.id, "other", "eu", retention="regional")
     store.put_record(TenantRef(other.id, "eu", org.id), ACTIVE_KIND, "batch_y", b"{}")
     store.put_record(tenant, ACTIVE_KIND, "batch_z", b"{}")

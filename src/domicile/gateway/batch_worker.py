@@ -61,6 +61,7 @@ LEASE_S = 60.0
 RESCAN_S = 30.0
 OUTPUT_PURPOSE = "batch_output"
 _ERASED = (TenantDataErased, TenantErased, DecryptionError)
+_RELEASED = json.dumps({"owner": None}).encode()  # a lease let go by a clean stop
 _DOING = {"load": "reading its input file", "run": "running its lines",
           "finalize": "writing its output files"}
 
@@ -126,6 +127,10 @@ class _Stop(Exception):
     """The batch stops here for this process (erased tenant, lost input): nothing to do."""
 
 
+class _LeaseLost(_Stop):
+    """Another process holds the batch's lease now: this one stops without writing."""
+
+
 @dataclass
 class _Job:
     tenant: TenantRef
@@ -135,12 +140,13 @@ class _Job:
     counts: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # ok, failed, in, out
     buffer: list[LineResult] = field(default_factory=list)
     seq: int = 0
-    stop: str | None = None  # "cancelled" | "expired" | "shutdown" | "erased"
+    stop: str | None = None  # "cancelled" | "expired" | "shutdown" | "erased" | "lost"
+    ended: bool = False  # ended and cleaned up: the lease is deleted, not released
     stage: str = "load"  # "load" | "run" | "finalize": where an unexpected failure is counted
     full: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    renewed: float = 0.0
     runners: list[asyncio.Task[None]] = field(default_factory=list)
+    keeper: asyncio.Task[None] | None = None  # renews the lease while the batch runs here
 
     @property
     def id(self) -> str:
@@ -168,6 +174,7 @@ class BatchWorker:
         self._lease_s = lease_s
         self._rescan_s = rescan_s
         self._owner = new_id("worker_")
+        self._lease = json.dumps({"owner": self._owner}).encode()
         self._limits: dict[str, asyncio.Semaphore] = {}
         self._jobs: dict[str, asyncio.Task[None]] = {}
         self._running: dict[str, _Job] = {}
@@ -259,10 +266,28 @@ class BatchWorker:
                               type(again).__name__)
         finally:
             job = self._running.pop(batch_id, None)
-            if job is not None and job.stop != "erased":
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(self._store.delete_record, job.tenant,
-                                            jobs.LEASE_KIND, batch_id)
+            if job is not None:
+                await self._let_go(job)
+
+    async def _let_go(self, job: _Job) -> None:
+        """The lease, when this process stops running the batch: deleted once the batch has
+        ended, else released (only if still this process's: a compare-and-swap) so that the
+        next start, here or elsewhere, takes the batch over at once."""
+        if job.keeper is not None:
+            job.keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job.keeper
+        if job.stop in ("erased", "lost"):
+            return
+        store = self._store
+        with contextlib.suppress(Exception):
+            if job.ended:
+                await asyncio.to_thread(store.delete_record, job.tenant, jobs.LEASE_KIND,
+                                        job.id)
+            else:
+                await asyncio.to_thread(store.claim_record, job.tenant, jobs.LEASE_KIND,
+                                        job.id, _RELEASED, stale_after=self._lease_s,
+                                        expect=self._lease)
 
     async def _run(self, tenant_id: str, batch_id: str) -> None:
         store = self._store
@@ -278,14 +303,13 @@ class BatchWorker:
         # was created under may be withdrawn before it ends (docs/BATCH.md).
         tenant = dataclasses.replace(tenant_of(record.grant, self._region),
                                      training_consent=False)
-        lease = json.dumps({"owner": self._owner}).encode()
-        if not await asyncio.to_thread(store.claim_record, tenant, jobs.LEASE_KIND, batch_id,
-                                       lease, stale_after=self._lease_s):
+        if not await asyncio.to_thread(self._claim, tenant, batch_id):
             raise _Stop  # another process runs it
         fresh = await asyncio.to_thread(store.get_record, reader, jobs.KIND, batch_id)
         job = _Job(tenant, BatchRecord.load(fresh or raw))
-        job.renewed = time.monotonic()
         self._running[batch_id] = job
+        job.keeper = asyncio.create_task(self._keep_lease(job),
+                                         name=f"domicile-batch-lease-{batch_id}")
         if job.record.status in jobs.TERMINAL:  # ended, but not cleaned up: a crash
             await self._cleanup(job)
             return
@@ -301,7 +325,7 @@ class BatchWorker:
             await self._check(job)
             if job.stop is None:
                 await self._run_lines(job)
-        if job.stop in ("shutdown", "erased"):
+        if job.stop in ("shutdown", "erased", "lost"):
             return
         job.stage = "finalize"
         await self._finalize(job)
@@ -336,6 +360,45 @@ class BatchWorker:
             if file_id is not None:
                 await asyncio.to_thread(store.delete_blob, tenant, FILE_KIND, file_id)
         await self._cleanup(job)
+
+    def _claim(self, tenant: TenantRef, batch_id: str) -> bool:
+        """Take the batch's lease: free (none, or released by a clean stop) or stale."""
+        store = self._store
+        return (store.claim_record(tenant, jobs.LEASE_KIND, batch_id, self._lease,
+                                   stale_after=self._lease_s)
+                or store.claim_record(tenant, jobs.LEASE_KIND, batch_id, self._lease,
+                                      stale_after=self._lease_s, expect=_RELEASED))
+
+    async def _renew(self, job: _Job) -> None:
+        """Renew the lease if this process still holds it (a compare-and-swap on the owner);
+        else stop the batch here at once, writing nothing more (`_LeaseLost`). Every write
+        of the batch follows a renewal, so a process that lost the lease (stalled past its
+        staleness, taken over elsewhere) never overwrites what the new holder writes."""
+        if job.stop == "lost":
+            raise _LeaseLost
+        held = await asyncio.to_thread(
+            self._store.claim_record, job.tenant, jobs.LEASE_KIND, job.id, self._lease,
+            stale_after=self._lease_s, expect=self._lease)
+        if not held:
+            log.warning("batch %s: its lease was taken over elsewhere; stopping here", job.id)
+            job.stop = "lost"
+            job.full.set()
+            for runner in job.runners:
+                runner.cancel()
+            raise _LeaseLost
+
+    async def _keep_lease(self, job: _Job) -> None:
+        """Renew the lease every third of its staleness while the batch is here, through a
+        long read of the input and a long finalize too."""
+        while True:
+            await asyncio.sleep(self._lease_s / 3)
+            try:
+                await self._renew(job)
+            except _LeaseLost:
+                return
+            except Exception as exc:  # the store, down for a moment: try again
+                log.error("batch %s: renewing its lease failed (%s)", job.id,
+                          type(exc).__name__)
 
     async def _load_lines(self, job: _Job) -> bool:
         """Read and validate the input file; a bad one fails the batch (False)."""
@@ -372,6 +435,11 @@ class BatchWorker:
         return sorted(r for r in self._store.list_records(job.tenant, jobs.PART_KIND)
                       if r.startswith(prefix))
 
+    def _part_id(self, job: _Job, seq: int) -> str:
+        """A part's id names the process that wrote it (`batch_….worker_….000001`): two
+        processes that both ran the batch never overwrite each other's results."""
+        return f"{job.id}.{self._owner}.{seq:06d}"
+
     def _results(self, job: _Job) -> Iterator[LineResult]:
         """Every stored result of the batch, each line index once (blocking)."""
         seen: set[int] = set()
@@ -392,8 +460,9 @@ class BatchWorker:
                 counts[0 if result.ok else 1] += 1
                 counts[2] += result.prompt_tokens
                 counts[3] += result.completion_tokens
-            parts = self._parts(job)
-            return done, counts, int(parts[-1].rsplit(".", 1)[1]) if parts else 0
+            mine = self._part_id(job, 0)[:-6]
+            seqs = [int(p[len(mine):]) for p in self._parts(job) if p.startswith(mine)]
+            return done, counts, max(seqs, default=0)
 
         job.done, job.counts, job.seq = await asyncio.to_thread(load)
 
@@ -401,7 +470,9 @@ class BatchWorker:
         ok, failed, prompt, completion = job.counts
         job.record.count(len(job.lines), ok, failed, prompt, completion)
 
-    async def _save(self, job: _Job) -> None:
+    async def _save(self, job: _Job, *, renewed: bool = False) -> None:
+        if not renewed:
+            await self._renew(job)
         await asyncio.to_thread(self._store.put_record, job.tenant, jobs.KIND, job.id,
                                 job.record.dump())
 
@@ -421,14 +492,10 @@ class BatchWorker:
                 job.stop = "cancelled"
             elif time.time() >= job.record.batch["expires_at"]:
                 job.stop = "expired"
-        if job.stop in ("cancelled", "expired", "erased"):
+        if job.stop in ("cancelled", "expired", "erased", "lost"):
             job.full.set()
             for runner in job.runners:
                 runner.cancel()
-        if time.monotonic() - job.renewed > self._lease_s / 3:
-            await asyncio.to_thread(self._store.put_record, job.tenant, jobs.LEASE_KIND,
-                                    job.id, json.dumps({"owner": self._owner}).encode())
-            job.renewed = time.monotonic()
 
     async def _run_lines(self, job: _Job) -> None:
         pending = deque(i for i in range(len(job.lines)) if i not in job.done)
@@ -477,8 +544,9 @@ class BatchWorker:
                 task.cancel()
             await asyncio.gather(*job.runners, return_exceptions=True)
             job.runners = []
-            # What completed is kept, whatever stopped the run (a shutdown included).
-            if job.stop != "erased":
+            # What completed is kept, whatever stopped the run (a shutdown included), unless
+            # the lease is lost: then the new holder runs those lines again.
+            if job.stop not in ("erased", "lost"):
                 await self._flush(job)
 
     def _account(self, job: _Job, route: Route, answer: LineAnswer) -> None:
@@ -498,8 +566,9 @@ class BatchWorker:
             if not job.buffer:
                 return
             results = list(job.buffer)
-            part = f"{job.id}.{job.seq + 1:06d}"
+            part = self._part_id(job, job.seq + 1)
             body = json.dumps([r.dump() for r in results]).encode()
+            await self._renew(job)
             try:
                 await asyncio.to_thread(self._store.put_record, job.tenant, jobs.PART_KIND,
                                         part, body)
@@ -516,7 +585,7 @@ class BatchWorker:
                 job.counts[2] += result.prompt_tokens
                 job.counts[3] += result.completion_tokens
             self._count(job)
-            await self._save(job)
+            await self._save(job, renewed=True)
 
     async def _finalize(self, job: _Job) -> None:
         record, batch = job.record, job.record.batch
@@ -536,7 +605,7 @@ class BatchWorker:
         self._count(job)
         batch["output_file_id"], batch["error_file_id"] = output, error
         record.move(record.ending)
-        await self._save(job)
+        await self._save(job)  # renewed first: a process that lost the lease writes no end
         await self._cleanup(job)
 
     def _write_files(self, job: _Job, ending: str) -> tuple[str | None, str | None, list[int]]:
@@ -585,3 +654,4 @@ class BatchWorker:
                 self._store.delete_record(job.tenant, kind, job.id)
 
         await asyncio.to_thread(clean)
+        job.ended = True

@@ -149,9 +149,12 @@ class ContentStore(Protocol):
         after a restart (the batch worker's unfinished batches)."""
         ...
     def claim_record(self, tenant: TenantRef, kind: str, record_id: str, plaintext: bytes,
-                     *, stale_after: float) -> bool:
+                     *, stale_after: float, expect: bytes | None = None) -> bool:
         """Write the record if there is none, or if the one there was last written more than
-        `stale_after` seconds ago; True if written. Atomic across processes: a lease."""
+        `stale_after` seconds ago; True if written. Atomic across processes: a lease.
+        With `expect`, a compare-and-swap instead: written only if the record is there and
+        holds `expect` (whatever its age), so a holder renewing its lease learns whether it
+        still holds it."""
         ...
     def replace_record(self, tenant: TenantRef, kind: str, record_id: str,
                        plaintext: bytes) -> bool:

@@ -191,11 +191,24 @@ class RegionalStore:
                 .order_by(RecordRow.created_at))]
 
     def claim_record(self, tenant: TenantRef, kind: str, record_id: str, plaintext: bytes,
-                     *, stale_after: float) -> bool:
+                     *, stale_after: float, expect: bytes | None = None) -> bool:
         context = self._sealing_context(tenant, kind, record_id)
         with self._refusing_erased():
             body = self.envelope.seal(plaintext, context)
         now = datetime.now(UTC)
+        if expect is not None:
+            # A compare-and-swap: sealed bodies cannot be compared in SQL, so the body read
+            # is opened and compared here, and the update applies only if that very
+            # ciphertext is still the row's (any write since, by anyone, changed it).
+            where = (RecordRow.tenant_id == tenant.id, RecordRow.kind == kind,
+                     RecordRow.record_id == record_id)
+            with self.engine.begin() as conn:
+                held = conn.scalar(select(RecordRow.body).where(*where))
+                if held is None or self.envelope.open(held, context) != expect:
+                    return False
+                changed = conn.execute(update(RecordRow).where(*where, RecordRow.body == held)
+                                       .values(body=body, updated_at=now))
+                return bool(changed.rowcount)
         values = {"tenant_id": tenant.id, "kind": kind, "record_id": record_id,
                   "region": self.region, "created_at": now, "updated_at": now, "body": body,
                   "training_consent": tenant.training_consent}
