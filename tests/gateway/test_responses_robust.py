@@ -256,3 +256,35 @@ def test_parameters_of_the_right_types_give_a_strictly_valid_response(stack: Sta
     assert response.text is not None and response.text.verbosity == "low"
     stored = client.responses.retrieve(response.id)
     assert stored.user == "u-1" and stored.tool_choice.type == "function"  # type: ignore[union-attr]
+
+
+# -- errors never quote client text ------------------------------------------------------------
+
+
+def test_a_not_found_quotes_only_ids_of_our_own_shape(stack: Stack) -> None:
+    http = stack.http()
+    canary = "CANARY" + "x" * 200
+    for answer in (
+            _post(stack, {"model": "dev-echo", "input": "x", "previous_response_id": canary}),
+            http.get(f"/v1/responses/{canary}", headers=AUTH),
+            http.delete(f"/v1/responses/{canary}", headers=AUTH),
+            http.post(f"/v1/responses/{canary}/cancel", headers=AUTH),
+            http.get(f"/v1/responses/resp_{canary}%0A", headers=AUTH)):
+        assert answer.status_code == 404
+        assert "CANARY" not in answer.text and "the given id" in answer.json()["error"]["message"]
+    response = stack.client(EU_REGIONAL_KEY).responses.create(model="dev-echo", input="x")
+    answer = http.get(f"/v1/responses/{response.id}/input_items?after={canary}", headers=AUTH)
+    assert answer.status_code == 404 and "CANARY" not in answer.text
+    assert _refused_404(answer)["param"] == "after"
+    # our own shapes are quoted, so a caller can tell which id was missing
+    for answer in (http.get("/v1/responses/resp_abc123", headers=AUTH),
+                   http.get(f"/v1/responses/{response.id}/input_items?after=msg_abc",
+                            headers=AUTH)):
+        assert answer.status_code == 404
+        assert "'resp_abc123'" in answer.text or "'msg_abc'" in answer.text
+
+
+def _refused_404(answer: httpx.Response) -> dict[str, Any]:
+    error: dict[str, Any] = answer.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    return error

@@ -75,6 +75,7 @@ log = logging.getLogger("domicile.gateway")
 
 KIND = "response"
 _RESPONSE_ID = re.compile(r"^resp_[A-Za-z0-9]{1,64}$")
+_ITEM_ID = re.compile(r"^(?:msg|fc|fco)_[A-Za-z0-9]{1,64}$")
 MAX_RUNNING = 8  # background responses running at once in one process
 MAX_WAITING = 256  # and waiting for a slot
 LEASE_S = 60.0  # how long a run's owner may stay silent before a reader takes it for dead
@@ -441,10 +442,11 @@ class ResponsesEndpoint:
     async def _load(self, store: ContentStore, tenant: TenantRef, response_id: object,
                     param: str) -> dict[str, Any]:
         raw = None
-        if isinstance(response_id, str) and _RESPONSE_ID.match(response_id):
+        if isinstance(response_id, str) and _RESPONSE_ID.fullmatch(response_id):
             raw = await asyncio.to_thread(store.get_record, tenant, KIND, response_id)
         if raw is None:
-            raise NotFound(f"Response with id '{response_id}' not found.", param=param)
+            raise NotFound(f"Response with id {_quoted(response_id, _RESPONSE_ID)} not found.",
+                           param=param)
         record: dict[str, Any] = json.loads(raw)
         if isinstance(response_id, str):
             record = await self._settled(store, tenant, response_id, record)
@@ -491,8 +493,8 @@ class ResponsesEndpoint:
         if after is not None:
             ids = [item.get("id") for item in items]
             if after not in ids:
-                raise NotFound(f"Input item '{after}' not found in response "
-                               f"'{response_id}'.", param="after")
+                raise NotFound(f"Input item {_quoted(after, _ITEM_ID)} not found in "
+                               f"response '{response_id}'.", param="after")
             items = items[ids.index(after) + 1:]
         page = items[:limit]
         await call.respond_json({
@@ -506,16 +508,25 @@ class ResponsesEndpoint:
         store, tenant = self._stored(grant, "Deleting a stored response")
         task = self._tasks.get(response_id)
         deleted = False
-        if _RESPONSE_ID.match(response_id):
+        if _RESPONSE_ID.fullmatch(response_id):
             # After any write of this process in flight: it cannot land after the delete.
             async with self._writes.holding(response_id):
                 deleted = await asyncio.to_thread(store.delete_record, tenant, KIND,
                                                   response_id)
         if not deleted:
-            raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
+            raise NotFound(f"Response with id {_quoted(response_id, _RESPONSE_ID)} not found.",
+                           param="response_id")
         if task is not None:  # a run whose response is gone has nothing left to write
             task.cancel()
         await call.respond_json({"id": response_id, "object": "response", "deleted": True})
+
+
+def _quoted(given: object, shape: re.Pattern[str]) -> str:
+    """An id as an error may quote it: only one of our own shapes; anything else is client
+    text (never echoed: errors land in logs, batch error files and stored records)."""
+    if isinstance(given, str) and shape.fullmatch(given):
+        return f"'{given}'"
+    return "the given id"
 
 
 class _KeyedLocks:
