@@ -602,6 +602,49 @@ def test_a_projects_batches_share_its_bound_on_lines_at_once(stack: Stack) -> No
     assert len(held.calls) == 10
 
 
+def test_batches_beyond_the_bound_wait_their_turn_unread(stack: Stack) -> None:
+    store = MemoryContentStore(region="eu")
+    names = ("batch_one0", "batch_two0", "batch_three0")
+    for batch_id in names:
+        store.put_blob(TENANT, "file", f"file-{batch_id[6:]}", "in.jsonl",
+                       [jsonl([chat_line(f"{batch_id}-{i}", content=f"hold {batch_id} {i}")
+                               for i in range(3)])], {"purpose": "batch"})
+        record = BatchRecord(batch_object(batch_id, f"file-{batch_id[6:]}",
+                                          "/v1/chat/completions", None), REGIONAL)
+        store.put_record(TENANT, ACTIVE_KIND, batch_id, b"{}")
+        store.put_record(TENANT, KIND, batch_id, record.dump())
+    held = HeldChat()
+    worker = BatchWorker(store, "eu", held.routes, flush_s=0.05, batches_at_once=1)
+    running: list[int] = []
+    handle = held.handle
+
+    async def noting(call: Exchange, grant: ApiKeyGrant) -> None:
+        running.append(len(worker._running))
+        await handle(call, grant)
+
+    held.handle = noting  # type: ignore[method-assign]
+
+    async def run() -> None:
+        deadline = time.monotonic() + DEADLINE_S
+        await worker.start()
+        # One batch runs (its lines wait upstream), the two others wait for its slot.
+        while not (held.holding == 3 and worker.queued == 2):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        assert len(worker._running) == 1
+        waiting = [b for b in names if b not in worker._running]
+        assert all(stored_batch(store, b)["status"] == "validating" for b in waiting)
+        assert all((TENANT.id, LEASE_KIND, b) not in store.records for b in waiting)
+        held.gate.set()
+        while any(stored_batch(store, b)["status"] != "completed" for b in names):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        await worker.aclose()
+
+    stack.loop.run(run())
+    assert len(held.calls) == 9 and max(running) == 1
+
+
 def test_a_batch_past_its_window_expires_with_every_line_in_the_error_file(
         stack: Stack) -> None:
     store = MemoryContentStore(region="eu")

@@ -4,7 +4,8 @@ Each input line goes through the gateway's own handler for its `url` (`run_line`
 with a synthetic `Exchange` whose `send` collects the answer: routing, failover, usage
 metadata and the answer's shape are exactly the endpoint's. Lines run under the grant kept
 with the batch when it was created (see docs/BATCH.md for why), at most `lines_per_project`
-at once per project, whatever the number of its batches.
+at once per project, whatever the number of its batches, and at most `batches_at_once`
+batches at once in the process (the others wait, unread).
 
 Durability, so a restart loses nothing and repeats nothing in the files:
 - a line is done once its result is in a `batch-part` record (written every `flush_s`, or
@@ -55,6 +56,9 @@ __all__ = ["BatchWorker", "LineAnswer", "run_line"]
 log = logging.getLogger("domicile.gateway.batches")
 
 LINES_PER_PROJECT = 32
+# Batches running at once in one serving process (each holds its input's requests in memory,
+# up to 200 MB); the others wait their turn, `validating` or `in_progress` as they were.
+BATCHES_AT_ONCE = 4
 FLUSH_LINES = 512
 FLUSH_S = 0.25
 LEASE_S = 60.0
@@ -161,7 +165,7 @@ class BatchWorker:
                  usage: UsageRecorder | None = None, offers: Callable[[str], bool] | None = None,
                  lines_per_project: int = LINES_PER_PROJECT, flush_lines: int = FLUSH_LINES,
                  flush_s: float = FLUSH_S, lease_s: float = LEASE_S,
-                 rescan_s: float = RESCAN_S) -> None:
+                 rescan_s: float = RESCAN_S, batches_at_once: int = BATCHES_AT_ONCE) -> None:
         self._store = store
         self._region = region
         self._region_header = region.encode()
@@ -180,6 +184,8 @@ class BatchWorker:
         self._running: dict[str, _Job] = {}
         self._scanner: asyncio.Task[None] | None = None
         self._closing = False
+        self._slots = asyncio.Semaphore(batches_at_once)
+        self.queued = 0  # batches waiting for one of the slots
 
     # -- life -------------------------------------------------------------------------------
 
@@ -246,6 +252,20 @@ class BatchWorker:
     # -- one batch --------------------------------------------------------------------------
 
     async def _guarded(self, tenant_id: str, batch_id: str) -> None:
+        # Nothing of a batch is read before it has a slot: a rescan after a restart finds
+        # every unfinished batch, and loads them one slot at a time.
+        self.queued += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.queued -= 1
+        try:
+            if not self._closing:
+                await self._attempt(tenant_id, batch_id)
+        finally:
+            self._slots.release()
+
+    async def _attempt(self, tenant_id: str, batch_id: str) -> None:
         try:
             await self._run(tenant_id, batch_id)
         except _ERASED:
