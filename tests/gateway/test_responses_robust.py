@@ -288,3 +288,29 @@ def _refused_404(answer: httpx.Response) -> dict[str, Any]:
     error: dict[str, Any] = answer.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     return error
+
+
+# -- an upstream's malformed answer is a 502 ---------------------------------------------------
+
+
+@pytest.mark.parametrize("garbage", [
+    b'{"choices": [{"message": "hi", "finish_reason": "stop"}]}',
+    b'{"choices": [{"message": ["hi"]}]}',
+    b'{"choices": [{"message": {"content": "x", "tool_calls": 5}}]}',
+    b'{"choices": {"0": {"message": {"content": "x"}}}}',
+    b'{"choices": 5}',
+    b'{"choices": ["x"]}',
+    b'{"choices": []}',
+    b'[1, 2]',
+    b'"text"',
+])
+def test_an_upstream_answer_that_is_not_a_chat_completion_is_a_502(
+        stack: Stack, garbage: bytes) -> None:
+    upstream = stack.upstreams["eu-solo"].behaviour
+    upstream.mode, upstream.garbage = "garbage", garbage
+    answer = stack.http().post("/v1/responses", headers=AUTH,
+                               json={"model": "solo-model", "input": "x"})
+    assert answer.status_code == 502, answer.text
+    error = answer.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == "upstream_error" and "eu-solo" in error["message"]

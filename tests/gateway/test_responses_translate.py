@@ -229,3 +229,16 @@ def test_every_snapshot_is_a_valid_response(status: str) -> None:
     parsed = validate_type(type_=Response, value=snapshot)
     assert parsed.status == status
     assert "user" not in snapshot  # not given: absent, never null
+
+
+@pytest.mark.parametrize("chunk", [
+    b'data: {"choices": [{"index": 0, "delta": "text"}]}\n\n',
+    b'data: {"choices": [{"index": 0, "delta": {"tool_calls": 5}}]}\n\n',
+    b'data: {"choices": ["x"]}\n\n',
+    b'data: {"choices": 5}\n\n',
+])
+def test_a_chunk_that_is_not_a_chat_chunk_fails_the_response(chunk: bytes) -> None:
+    events, found = stream(draft(), chat_sse({"content": "a"}), chunk, chat_sse({}, "stop"))
+    assert events.upstream_error
+    assert found[-1]["type"] == "response.failed"
+    assert "not a chat chunk" in found[-1]["response"]["error"]["message"]

@@ -202,10 +202,16 @@ class ResponsesEndpoint:
         """(the Response, the assistant message to keep) of a provider's 200 answer."""
         try:
             chat_answer = json.loads(answer.body)
-            choice = (chat_answer.get("choices") or [{}])[0]
-            message = choice.get("message") or {}
-        except (ValueError, AttributeError, IndexError):
+        except ValueError:
             raise UpstreamError(f"Provider {provider} answered with invalid JSON.") from None
+        # Any shape but chat's is the provider's fault: a 502, never a 500 of ours.
+        choices = chat_answer.get("choices") if isinstance(chat_answer, dict) else None
+        choice = choices[0] if isinstance(choices, list) and choices else None
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if (not isinstance(choice, dict) or not isinstance(message, dict)
+                or not isinstance(message.get("tool_calls") or [], list)):
+            raise UpstreamError(f"Provider {provider} answered with something that is not a "
+                                "chat completion (no choice with a message object).")
         if isinstance(chat_answer.get("model"), str) and chat_answer["model"]:
             draft.model = chat_answer["model"]
         output, incomplete, assistant = output_from_chat(message, choice.get("finish_reason"))
@@ -279,6 +285,8 @@ class ResponsesEndpoint:
                 raise
             else:
                 closing = events.finish()
+                if events.upstream_error:
+                    call.status = 502
             if keep and events.response is not None:  # kept before the client hears the end
                 closing += await self._keep_streamed(call, grant, events, request)
             await call.stream(closing + events.end())

@@ -142,13 +142,19 @@ class ResponseEventStream:
         if isinstance(chunk.get("model"), str) and chunk["model"]:
             self._draft.model = chunk["model"]
         choices = chunk.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        if choices is None or choices == []:
+            return b""  # the usage chunk, or a provider's own kind of chunk
+        if not isinstance(choices, list) or not isinstance(choices[0], dict):
+            self.upstream_error = True  # not a chat chunk: the answer cannot be trusted
             return b""
         choice = choices[0]
         if isinstance(choice.get("finish_reason"), str):
             self.finish_reason = choice["finish_reason"]
         delta = choice.get("delta")
-        if not isinstance(delta, dict):
+        if delta is None:
+            return b""
+        if not isinstance(delta, dict) or not isinstance(delta.get("tool_calls") or [], list):
+            self.upstream_error = True
             return b""
         out: list[bytes] = []
         text = delta.get("content")
@@ -239,8 +245,9 @@ class ResponseEventStream:
         (`self.response`) is `completed`, or `incomplete` when the model stopped at the token
         limit or a filter. `end()` gives its last event."""
         if self.upstream_error:
-            return self.fail("The provider reported an error in the middle of the stream; "
-                             "the answer is incomplete.")
+            return self.fail("The provider reported an error in the middle of the stream, "
+                             "or sent a chunk that is not a chat chunk; the answer is "
+                             "incomplete.")
         incomplete = _FINISH.get(self.finish_reason or "")
         status = "incomplete" if incomplete else "completed"
         out = b""
