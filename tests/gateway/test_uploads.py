@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +22,12 @@ import httpx
 import openai
 import pytest
 
+from domicile.gateway import create_gateway_app
 from domicile.gateway import uploads as gateway_uploads
 from domicile.storage.interfaces import TenantRef
 from tests.conftest import scan_for_canary
 from tests.gateway.conftest import EU_REGIONAL_KEY, EU_ZERO_KEY, Stack
+from tests.gateway.support import ServedApp
 from tests.gateway.test_files import Clock, Disk, disk  # noqa: F401 - a fixture
 
 TENANT = "proj_key_eu_regional"
@@ -374,3 +378,125 @@ def test_completing_streams_the_parts_into_one_sealed_file(upload_disk: Disk) ->
                        headers={"Authorization": f"Bearer {upload_disk.key}"}).content
     assert got == b"".join(pieces)
     assert len(upload_disk.files_on_disk()) == 1  # the file; its parts are gone
+
+
+# -- complete and cancel across servers: one store-level transition --------------------------
+
+
+@pytest.fixture
+def second_server(upload_disk: Disk, served: Stack) -> Iterator[ServedApp]:
+    """Another gateway (a replica) over the same real store as `upload_disk`'s."""
+    app = create_gateway_app(upload_disk.site.settings, "eu",
+                             authenticator=upload_disk.site.directory,
+                             usage_sink=upload_disk.store, content_store=upload_disk.store,
+                             providers=[])
+    serving = ServedApp(served.loop, app)
+    yield serving
+    serving.stop()
+
+
+def _at_once(*calls: Callable[[], httpx.Response]) -> list[httpx.Response]:
+    start = threading.Barrier(len(calls))
+
+    def run(call: Callable[[], httpx.Response]) -> httpx.Response:
+        start.wait()
+        return call()
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(run, calls))
+
+
+@pytest.mark.parametrize("second", ["cancel", "complete"])
+def test_complete_racing_a_cancel_or_complete_on_another_server_has_one_winner(
+        upload_disk: Disk, second_server: ServedApp, second: str) -> None:
+    client = _disk_client(upload_disk)
+    store = upload_disk.store
+    with upload_disk.http() as one, httpx.Client(
+            base_url=second_server.url, timeout=30,
+            headers={"Authorization": f"Bearer {upload_disk.key}"}) as other:
+        for _ in range(8):
+            pieces = [os.urandom(200_000) for _ in range(4)]
+            upload = _new(client, sum(map(len, pieces)))
+            ids = [client.uploads.parts.create(upload_id=upload.id, data=p).id for p in pieces]
+            files_before = set(upload_disk.listed(one))
+            path = f"/v1/uploads/{upload.id}"
+            answers = _at_once(
+                lambda: one.post(f"{path}/complete", json={"part_ids": ids}),
+                lambda: other.post(f"{path}/{second}",
+                                   json={"part_ids": ids} if second == "complete" else {}))
+            codes = [a.status_code for a in answers]
+            assert codes.count(200) == 1 and set(codes) <= {200, 400, 409}, [
+                a.text for a in answers]
+            loser = next(a for a in answers if a.status_code != 200)
+            assert loser.json()["error"]["type"] == "invalid_request_error"
+            winner = next(a for a in answers if a.status_code == 200).json()
+            made = set(upload_disk.listed(one)) - files_before
+            (project,) = store.tenants_holding("upload")
+            tenant = TenantRef(project, "eu", "")
+            kept = gateway_uploads._load(store, tenant, upload.id)
+            assert kept is not None and kept.status == winner["status"]
+            if winner["status"] == "completed":
+                assert made == {winner["file"]["id"]}
+                assert one.get(f"/v1/files/{winner['file']['id']}/content").content == (
+                    b"".join(pieces))
+            else:
+                assert winner["status"] == "cancelled" and made == set()
+            assert store.list_blobs(tenant, "upload-part") == []
+
+
+def test_the_sweep_leaves_the_parts_of_an_upload_being_completed(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = stack.client(EU_REGIONAL_KEY)
+    upload = _new(client, 6)
+    ids = [client.uploads.parts.create(upload_id=upload.id, data=d).id for d in (b"abc", b"def")]
+    opened = stack.store.open_blob
+    swept: list[int] = []
+
+    def sweep_first(*args: Any) -> Iterator[bytes]:
+        if not swept:  # a sweep runs while the parts are read, the upload's hour just over
+            swept.append(gateway_uploads.sweep_expired_uploads(
+                stack.store, now=time.time() + 3600).total)
+        return opened(*args)
+
+    monkeypatch.setattr(stack.store, "open_blob", sweep_first)
+    done = client.uploads.complete(upload_id=upload.id, part_ids=ids)
+    assert swept == [0] and done.status == "completed" and done.file is not None
+    assert client.files.content(done.file.id).read() == b"abcdef"
+
+
+def test_a_part_gone_during_completion_is_409_and_the_upload_stays_pending(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = stack.client(EU_REGIONAL_KEY)
+    upload = _new(client, 6)
+    ids = [client.uploads.parts.create(upload_id=upload.id, data=d).id for d in (b"abc", b"def")]
+    opened = stack.store.open_blob
+
+    def deleted_meanwhile(tenant: TenantRef, kind: str, blob_id: str) -> Iterator[bytes]:
+        if blob_id.endswith(ids[1]):  # deleted by another server after the parts were listed
+            stack.store.delete_blob(tenant, kind, blob_id)
+        return opened(tenant, kind, blob_id)
+
+    monkeypatch.setattr(stack.store, "open_blob", deleted_meanwhile)
+    with pytest.raises(openai.ConflictError) as caught:
+        client.uploads.complete(upload_id=upload.id, part_ids=ids)
+    assert caught.value.param == "part_ids"  # type: ignore[attr-defined]
+    assert _files(stack) == []
+    monkeypatch.undo()
+    assert client.uploads.cancel(upload.id).status == "cancelled"  # pending again
+
+
+def test_a_completing_upload_refuses_cancel_parts_and_completion_with_409(
+        stack: Stack) -> None:
+    client = stack.client(EU_REGIONAL_KEY)
+    upload = _new(client, 3)
+    tenant = TenantRef(TENANT, "eu", "")
+    held = gateway_uploads._load(stack.store, tenant, upload.id)
+    assert held is not None
+    stack.store.put_record(tenant, "upload", upload.id,
+                           held.with_status("completing").to_record())
+    for attempt in (lambda: client.uploads.cancel(upload.id),
+                    lambda: client.uploads.complete(upload_id=upload.id, part_ids=[]),
+                    lambda: client.uploads.parts.create(upload_id=upload.id, data=b"abc")):
+        with pytest.raises(openai.ConflictError):
+            attempt()
+    assert _parts(stack) == []

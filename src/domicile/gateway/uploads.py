@@ -10,9 +10,14 @@ taken on the way), then deletes the parts. Cancelling deletes them at once; the 
 (`sweep_expired_uploads`, run by `domicile serve`) deletes an upload and whatever parts it
 still has once its hour is over, and the parts of uploads no longer pending.
 
-Completing and cancelling an upload are serialised within a server (a lock per upload); a
-part that lands while its upload completes or is cancelled is deleted by whichever looks
-last (the part, after storing itself, or the completion, after marking the upload done).
+Completing and cancelling are serialised across every server of the region by the store:
+each begins with a compare-and-swap of the upload's record (`claim_record` with `expect`), from
+`pending` to `completing` (or `cancelled`), so of two requests (on any replica) one wins and
+the other is a 409. A `completing` upload takes no part, no cancel and no second completion
+(409), and the sweep leaves its parts alone; a completion that fails puts it back to
+`pending`. A part that lands while its upload completes or is cancelled is deleted by
+whichever looks last (the part, after storing itself, or the completion, after marking the
+upload done), or by the sweep.
 """
 
 from __future__ import annotations
@@ -24,12 +29,11 @@ import json
 import logging
 import re
 import time
-import weakref
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from domicile.errors import BodyTooLarge, InvalidInput, NotFound
+from domicile.errors import BodyTooLarge, Conflict, InvalidInput, NotFound
 from domicile.inference.providers.shapes import new_id
 from domicile.storage.interfaces import ContentStore, StagedBlob, StoredBlob, TenantRef
 from domicile.tenancy.grants import ApiKeyGrant
@@ -84,7 +88,7 @@ class Upload:
     bytes: int
     mime_type: str
     created_at: int
-    status: str  # pending, completed, cancelled
+    status: str  # pending, completing (claimed by a completion), completed, cancelled
     expires_after: int | None = None  # the File's, once made
     file: dict[str, Any] | None = None  # the File object, once completed
 
@@ -97,7 +101,9 @@ class Upload:
 
     def shown(self, now: float) -> dict[str, Any]:
         """OpenAI's Upload object."""
-        status = "expired" if self.status == "pending" and self.expired(now) else self.status
+        # `completing` is ours: OpenAI's Upload (and the SDK's strict types) know `pending`.
+        status = "pending" if self.status == "completing" else self.status
+        status = "expired" if status == "pending" and self.expired(now) else status
         return {
             "id": self.id, "object": "upload", "bytes": self.bytes,
             "created_at": self.created_at, "expires_at": self.expires_at,
@@ -139,10 +145,50 @@ def _part_blob_id(upload_id: str, part_id: str) -> str:
 
 
 def _load(store: ContentStore, tenant: TenantRef, upload_id: str) -> Upload | None:
+    found = _load_raw(store, tenant, upload_id)
+    return None if found is None else found[0]
+
+
+def _load_raw(store: ContentStore, tenant: TenantRef,
+              upload_id: str) -> tuple[Upload, builtins.bytes] | None:
+    """The upload and its record as stored (what a compare-and-swap of it expects)."""
     if not _UPLOAD_ID.match(upload_id):
         return None
     body = store.get_record(tenant, UPLOAD_KIND, upload_id)
-    return None if body is None else Upload.from_record(upload_id, body)
+    return None if body is None else (Upload.from_record(upload_id, body), body)
+
+
+def _swap(store: ContentStore, tenant: TenantRef, upload_id: str, expect: builtins.bytes,
+          new: Upload) -> bool:
+    """Write `new` only if the record still holds `expect` (atomic across servers)."""
+    return store.claim_record(tenant, UPLOAD_KIND, upload_id, new.to_record(),
+                              stale_after=0, expect=expect)
+
+
+def _check_pending(upload: Upload | None, upload_id: str, now: float) -> Upload:
+    """The upload, if it still takes parts, completion or cancellation; else 404/409/400."""
+    if upload is None:
+        raise NotFound(f"No such Upload object: {upload_id}", param="upload_id")
+    if upload.status == "completing":
+        raise Conflict("This upload is being completed by another request.",
+                       param="upload_id")
+    if upload.status != "pending":
+        raise InvalidInput(f"This upload is {upload.status}.", param="upload_id")
+    if upload.expired(now):
+        raise InvalidInput("This upload has expired (an upload lives one hour).",
+                           param="upload_id")
+    return upload
+
+
+def _completing_abandoned(upload: Upload, now: float) -> bool:
+    """A completion that never finished (its server died): swept an hour after the upload
+    expired, never while a completion may still be running."""
+    return upload.status == "completing" and now >= upload.expires_at + UPLOAD_LIFETIME_S
+
+
+def _sweepable(upload: Upload, now: float) -> bool:
+    return ((upload.expired(now) and upload.status != "completing")
+            or _completing_abandoned(upload, now))
 
 
 def _parts_of(store: ContentStore, tenant: TenantRef, upload_id: str) -> list[StoredBlob]:
@@ -172,9 +218,14 @@ def _assemble(store: ContentStore, tenant: TenantRef, upload: Upload, part_ids: 
 
     def chunks() -> Iterator[bytes]:
         for blob_id in blob_ids:
-            for chunk in store.open_blob(tenant, PART_KIND, blob_id):
-                digest.update(chunk)
-                yield chunk
+            try:
+                opened = store.open_blob(tenant, PART_KIND, blob_id)
+                for chunk in opened:
+                    digest.update(chunk)
+                    yield chunk
+            except KeyError:  # deleted meanwhile (by a cancel or sweep elsewhere)
+                raise Conflict("A part of this upload was deleted while it was completed.",
+                               param="part_ids") from None
 
     staged = store.stage_blob(tenant, files.KIND, new_id("file-"), chunks())
     try:
@@ -190,7 +241,9 @@ def _assemble(store: ContentStore, tenant: TenantRef, upload: Upload, part_ids: 
                                file_meta(upload.purpose, upload.expires_after))
     done = upload.with_status("completed", file_object(stored))
     try:
-        store.put_record(tenant, UPLOAD_KIND, upload.id, done.to_record())
+        if not _swap(store, tenant, upload.id, upload.to_record(), done):
+            raise Conflict("This upload was changed while it was completed.",
+                           param="upload_id")
     except BaseException:
         store.delete_blob(tenant, files.KIND, stored.id)
         raise
@@ -198,10 +251,33 @@ def _assemble(store: ContentStore, tenant: TenantRef, upload: Upload, part_ids: 
     return done
 
 
-def _cancel(store: ContentStore, tenant: TenantRef, upload: Upload) -> Upload:
+def _complete(store: ContentStore, tenant: TenantRef, upload_id: str, part_ids: list[str],
+              md5: str | None) -> Upload:
+    """Claim the upload (pending -> completing, atomically: one completion or cancel wins,
+    on whichever server) and make its File; a completion that fails puts it back."""
+    found = _load_raw(store, tenant, upload_id)
+    upload = _check_pending(found[0] if found else None, upload_id, time.time())
+    assert found is not None
+    completing = upload.with_status("completing")
+    if not _swap(store, tenant, upload_id, found[1], completing):
+        raise Conflict("This upload was completed or cancelled by another request.",
+                       param="upload_id")
+    try:
+        return _assemble(store, tenant, completing, part_ids, md5)
+    except BaseException:
+        _swap(store, tenant, upload_id, completing.to_record(), upload)  # pending again
+        raise
+
+
+def _cancel(store: ContentStore, tenant: TenantRef, upload_id: str) -> Upload:
+    found = _load_raw(store, tenant, upload_id)
+    upload = _check_pending(found[0] if found else None, upload_id, time.time())
+    assert found is not None
     cancelled = upload.with_status("cancelled")
-    store.put_record(tenant, UPLOAD_KIND, upload.id, cancelled.to_record())
-    _delete_parts(store, tenant, upload.id)
+    if not _swap(store, tenant, upload_id, found[1], cancelled):
+        raise Conflict("This upload was completed or cancelled by another request.",
+                       param="upload_id")
+    _delete_parts(store, tenant, upload_id)
     return cancelled
 
 
@@ -216,14 +292,15 @@ def sweep_expired_uploads(store: ContentStore, now: float | None = None) -> Uplo
         tenant = TenantRef(tenant_id, store.region, org_id="")
         for upload_id in store.list_records(tenant, UPLOAD_KIND):
             upload = _load(store, tenant, upload_id)
-            if upload is not None and upload.expired(now):
+            if upload is not None and _sweepable(upload, now):
                 parts += _delete_parts(store, tenant, upload_id)
                 uploads += store.delete_record(tenant, UPLOAD_KIND, upload_id)
     for tenant_id in store.tenants_holding(PART_KIND):
         tenant = TenantRef(tenant_id, store.region, org_id="")
         for part in store.list_blobs(tenant, PART_KIND):
             upload = _load(store, tenant, part.id.split(".", 1)[0])
-            if upload is None or upload.status != "pending" or upload.expired(now):
+            if (upload is None or upload.status in ("completed", "cancelled")
+                    or _sweepable(upload, now)):
                 parts += store.delete_blob(tenant, PART_KIND, part.id)
     return UploadSweep(uploads, parts)
 
@@ -303,8 +380,6 @@ class UploadsEndpoint:
         self._region = region
         self._sweep_interval_s = sweep_interval_s
         self._sweeper: asyncio.Task[None] | None = None
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
-            weakref.WeakValueDictionary())
 
     def routes(self) -> list[Route]:
         return [
@@ -334,23 +409,10 @@ class UploadsEndpoint:
     def _scope(self, grant: ApiKeyGrant) -> tuple[ContentStore, TenantRef]:
         return content_store_for(grant, self._store, FEATURE), tenant_of(grant, self._region)
 
-    def _lock(self, upload_id: str) -> asyncio.Lock:
-        lock = self._locks.get(upload_id)
-        if lock is None:
-            lock = self._locks[upload_id] = asyncio.Lock()
-        return lock
-
     async def _pending(self, store: ContentStore, tenant: TenantRef, upload_id: str) -> Upload:
-        """The upload, if it still takes parts, completion or cancellation; else 404/400."""
+        """The upload, if it still takes parts, completion or cancellation; else 404/409/400."""
         upload = await asyncio.to_thread(_load, store, tenant, upload_id)
-        if upload is None:
-            raise NotFound(f"No such Upload object: {upload_id}", param="upload_id")
-        if upload.status != "pending":
-            raise InvalidInput(f"This upload is {upload.status}.", param="upload_id")
-        if upload.expired(time.time()):
-            raise InvalidInput("This upload has expired (an upload lives one hour).",
-                               param="upload_id")
-        return upload
+        return _check_pending(upload, upload_id, time.time())
 
     async def create(self, call: Exchange, grant: ApiKeyGrant) -> None:
         store, tenant = self._scope(grant)
@@ -415,15 +477,11 @@ class UploadsEndpoint:
         if set(parsed) - {"part_ids", "md5"}:
             raise InvalidInput("Unknown parameter: completing takes `part_ids` and `md5`.")
         part_ids, md5 = _part_ids(parsed), _md5(parsed)
-        async with self._lock(upload_id):
-            upload = await self._pending(store, tenant, upload_id)
-            done = await asyncio.to_thread(_assemble, store, tenant, upload, part_ids, md5)
+        done = await asyncio.to_thread(_complete, store, tenant, upload_id, part_ids, md5)
         await call.respond_json(done.shown(time.time()))
 
     async def cancel(self, call: Exchange, grant: ApiKeyGrant) -> None:
         store, tenant = self._scope(grant)
         upload_id = call.params[0]
-        async with self._lock(upload_id):
-            upload = await self._pending(store, tenant, upload_id)
-            cancelled = await asyncio.to_thread(_cancel, store, tenant, upload)
+        cancelled = await asyncio.to_thread(_cancel, store, tenant, upload_id)
         await call.respond_json(cancelled.shown(time.time()))
