@@ -12,12 +12,14 @@ routes with a handler the test holds; the store's two additions run on real stor
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -261,6 +263,71 @@ def test_create_checks_the_file_endpoint_window_and_metadata(
             regional.batches.create(**arguments)
         assert caught.value.param == param  # type: ignore[attr-defined]
     assert not any(kind == KIND for (_, kind, _) in stack.store.records)
+
+
+@pytest.mark.parametrize("query", [
+    "limit=%C2%B2", "limit=" + "9" * 5000, "limit=0", "limit=101", "limit=2&limit=3",
+    "CLIENTTEXT=1", "%FF=1", "after=CLIENTTEXT", "after=batch_CLIENTTEXT0",
+])
+def test_a_hostile_list_query_is_a_400_that_quotes_nothing(
+        stack: Stack, regional: openai.OpenAI, query: str) -> None:
+    # The rule of GET /v1/files: unknown parameters and an `after` naming nothing are 400s.
+    response = stack.http().get(f"/v1/batches?{query}",
+                                headers={"Authorization": f"Bearer {EU_REGIONAL_KEY}"})
+    assert response.status_code == 400, response.text
+    assert "CLIENTTEXT" not in response.text and "999" not in response.text
+
+
+def test_404s_quote_an_id_only_when_it_has_our_shape(
+        stack: Stack, regional: openai.OpenAI) -> None:
+    auth = {"Authorization": f"Bearer {EU_REGIONAL_KEY}"}
+    for path in ("/v1/batches/CLIENTTEXT", "/v1/batches/CLIENTTEXT/cancel"):
+        response = stack.http().request("POST" if path.endswith("cancel") else "GET", path,
+                                        headers=auth)
+        assert response.status_code == 404 and "CLIENTTEXT" not in response.text
+    known_shape = stack.http().get("/v1/batches/batch_unknown0000", headers=auth)
+    assert known_shape.status_code == 404 and "batch_unknown0000" in known_shape.text
+    for file_id, quoted in (("CLIENTTEXT", False), ("file-doesnotexist", True)):
+        with pytest.raises(openai.NotFoundError) as caught:
+            regional.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
+                                    completion_window="24h")
+        assert (file_id in caught.value.message) is quoted
+
+
+def test_an_expired_input_file_is_a_404_like_an_unknown_one(
+        stack: Stack, regional: openai.OpenAI) -> None:
+    file_id = upload(regional, [chat_line("a")])
+    key = (TENANT.id, "file", file_id)
+    blob, data = stack.store.blobs[key]
+    stack.store.blobs[key] = (dataclasses.replace(
+        blob, created_at=blob.created_at - timedelta(days=31)), data)  # batch files: 30 days
+    with pytest.raises(openai.NotFoundError) as caught:
+        regional.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
+                                completion_window="24h")
+    assert caught.value.param == "input_file_id"  # type: ignore[attr-defined]
+    assert not any(kind == KIND for (_, kind, _) in stack.store.records)
+
+
+def test_a_cancel_landing_after_the_batch_ended_leaves_no_record(
+        stack: Stack, regional: openai.OpenAI, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = stack.store
+    record = BatchRecord(batch_object("batch_late0", "file-input0", "/v1/chat/completions",
+                                      None), REGIONAL)
+    record.move("in_progress")
+    store.put_record(TENANT, KIND, "batch_late0", record.dump())
+    put = store.put_record
+
+    def finished_first(tenant: TenantRef, kind: str, record_id: str, body: bytes) -> None:
+        if kind == CANCEL_KIND:  # the worker finalized and cleaned up just before this write
+            record.move("completed")
+            put(tenant, KIND, "batch_late0", record.dump())
+        put(tenant, kind, record_id, body)
+
+    monkeypatch.setattr(store, "put_record", finished_first)
+    with pytest.raises(openai.ConflictError):
+        regional.batches.cancel("batch_late0")
+    assert (TENANT.id, CANCEL_KIND, "batch_late0") not in store.records
+    assert regional.batches.retrieve("batch_late0").status == "completed"
 
 
 def test_a_bad_input_file_fails_the_batch_with_errors_per_line(

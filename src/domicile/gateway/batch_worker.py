@@ -47,6 +47,7 @@ from domicile.tenancy.grants import ApiKeyGrant
 from . import batch_jobs as jobs
 from .batch_jobs import BatchRecord, InputLine, LineResult
 from .files import KIND as FILE_KIND
+from .files import find_file
 from .http import JSON, Exchange, Message
 from .residency import tenant_of
 from .routes import Route, RouteTable
@@ -426,11 +427,11 @@ class BatchWorker:
         store, tenant = self._store, job.tenant
 
         def read() -> tuple[list[InputLine], list[dict[str, Any]]]:
-            blob = store.get_blob(tenant, FILE_KIND, batch["input_file_id"])
+            blob = find_file(store, tenant, batch["input_file_id"])
             if blob is None:
                 return [], [{"code": "input_file_not_found", "message": "The input file was "
-                             "deleted before the batch ran.", "param": "input_file_id",
-                             "line": None}]
+                             "deleted (or expired) before the batch ran.",
+                             "param": "input_file_id", "line": None}]
             try:
                 chunks = store.open_blob(tenant, FILE_KIND, blob.id)
             except KeyError:

@@ -19,7 +19,7 @@ import re
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import unquote_to_bytes
 
 from domicile.errors import Conflict, InvalidInput, NotFound
 from domicile.inference.providers.shapes import new_id
@@ -30,8 +30,7 @@ from domicile.tenancy.grants import ApiKeyGrant
 from . import batch_jobs as jobs
 from .batch_jobs import BatchRecord
 from .batch_worker import BatchWorker
-from .files import KIND as FILE_KIND
-from .files import valid_file_id
+from .files import find_file, valid_file_id
 from .http import Exchange, parse_json_object
 from .residency import content_store_for, tenant_of
 from .routes import Route, RouteTable
@@ -41,6 +40,47 @@ __all__ = ["FEATURE", "BatchesEndpoint"]
 FEATURE = "/v1/batches"
 _BATCH_ID = re.compile(r"^batch_[A-Za-z0-9]{1,64}$")
 _CANCELLABLE = frozenset({"validating", "in_progress"})
+_DIGITS = re.compile(r"[0-9]{1,10}")  # ASCII only: `str.isdigit` takes "²" and "٣"
+_LIST_PARAMS = ("after", "limit")
+MAX_LIST = 100
+
+
+def _no_batch(batch_id: str) -> NotFound:
+    # Client text is never quoted back (it lands in logs): an id only if it has our shape.
+    shown = f" with id '{batch_id}'" if _BATCH_ID.match(batch_id) else ""
+    return NotFound(f"No batch found{shown}.", param="batch_id")
+
+
+def parse_list_query(raw: bytes) -> tuple[int, str | None]:
+    """`limit` (1 to 100, default 20) and `after` (a batch id) of GET /v1/batches, by the
+    rule of GET /v1/files: each parameter once, UTF-8, none other; anything else is a 400
+    that never quotes the client's text."""
+    found: dict[str, str] = {}
+    for field in raw.split(b"&"):
+        if not field:
+            continue
+        name_raw, _, value_raw = field.partition(b"=")
+        try:
+            name = unquote_to_bytes(name_raw.replace(b"+", b" ")).decode()
+            value = unquote_to_bytes(value_raw.replace(b"+", b" ")).decode()
+        except UnicodeDecodeError:
+            raise InvalidInput("The query string must be UTF-8 text.") from None
+        if name not in _LIST_PARAMS:
+            raise InvalidInput("Unknown query parameter: this list takes `after` and `limit`.")
+        if name in found:
+            raise InvalidInput(f"`{name}` is given more than once.", param=name)
+        found[name] = value
+    limit = 20
+    if "limit" in found:
+        text = found["limit"]
+        if not _DIGITS.fullmatch(text) or not 1 <= int(text) <= MAX_LIST:
+            raise InvalidInput(f"`limit` must be an integer from 1 to {MAX_LIST}.",
+                               param="limit")
+        limit = int(text)
+    after = found.get("after")
+    if after is not None and not _BATCH_ID.match(after):
+        raise InvalidInput("`after` must be the id of a batch (`batch_…`).", param="after")
+    return limit, after
 
 
 class BatchesEndpoint:
@@ -92,11 +132,11 @@ class BatchesEndpoint:
         input_file_id = parsed.get("input_file_id")
         if not isinstance(input_file_id, str):
             raise InvalidInput("`input_file_id` must be a file id.", param="input_file_id")
-        blob = None
-        if valid_file_id(input_file_id):
-            blob = await asyncio.to_thread(store.get_blob, tenant, FILE_KIND, input_file_id)
+        # Unknown, of another shape, of another project or expired: all the same 404.
+        blob = await asyncio.to_thread(find_file, store, tenant, input_file_id)
         if blob is None:
-            raise NotFound(f"No such File object: {input_file_id}", param="input_file_id")
+            shown = f": {input_file_id}" if valid_file_id(input_file_id) else "."
+            raise NotFound(f"No such File object{shown}", param="input_file_id")
         if blob.meta.get("purpose") != "batch":
             raise InvalidInput("The input file must be uploaded with purpose \"batch\".",
                                param="input_file_id")
@@ -136,7 +176,7 @@ class BatchesEndpoint:
 
         batch = await asyncio.to_thread(load) if _BATCH_ID.match(batch_id) else None
         if batch is None:
-            raise NotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
+            raise _no_batch(batch_id)
         return batch
 
     async def retrieve(self, call: Exchange, grant: ApiKeyGrant) -> None:
@@ -145,15 +185,12 @@ class BatchesEndpoint:
 
     async def list(self, call: Exchange, grant: ApiKeyGrant) -> None:
         store, tenant = self._scope(grant)
-        query = parse_qs(call.scope.get("query_string", b"").decode("latin-1"))
-        raw_limit = query.get("limit", ["20"])[0]
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
-            raise InvalidInput("`limit` must be an integer from 1 to 100.", param="limit")
-        limit = int(raw_limit)
-        after = query.get("after", [None])[0]
+        limit, after = parse_list_query(call.scope.get("query_string", b""))
         ids = list(reversed(await asyncio.to_thread(store.list_records, tenant, jobs.KIND)))
         if after is not None:
-            ids = ids[ids.index(after) + 1:] if after in ids else []
+            if after not in ids:
+                raise InvalidInput("`after` names no batch of this project.", param="after")
+            ids = ids[ids.index(after) + 1:]
         data = [await self._load(store, tenant, batch_id) for batch_id in ids[:limit]]
         await call.respond_json({
             "object": "list", "data": data, "has_more": len(ids) > limit,
@@ -174,8 +211,26 @@ class BatchesEndpoint:
         now = int(time.time())
         # The worker alone writes the batch record; a cancel is a record of its own, seen by
         # whichever process runs the batch.
-        await asyncio.to_thread(store.put_record, tenant, jobs.CANCEL_KIND, batch_id,
-                                json.dumps({"at": now}).encode())
+        def ask() -> BatchRecord | None:
+            """The cancel record, kept unless the batch ended meanwhile: then its worker's
+            cleanup may have run before this write, and nothing else would delete it."""
+            store.put_record(tenant, jobs.CANCEL_KIND, batch_id,
+                             json.dumps({"at": now}).encode())
+            raw = store.get_record(tenant, jobs.KIND, batch_id)
+            record = None if raw is None else BatchRecord.load(raw)
+            if record is None or record.status in jobs.TERMINAL:
+                store.delete_record(tenant, jobs.CANCEL_KIND, batch_id)
+            return record
+
+        seen = await asyncio.to_thread(ask)
+        if seen is None:
+            raise _no_batch(batch_id)
+        if seen.status in jobs.TERMINAL:
+            if seen.status == "cancelled":
+                await call.respond_json(seen.batch)
+                return
+            raise Conflict(f"Cannot cancel a batch with status '{seen.status}'.",
+                           param="batch_id")
         if self.worker is not None:
             self.worker.cancel(batch_id)
         await call.respond_json({**batch, "status": "cancelling", "cancelling_at": now})
