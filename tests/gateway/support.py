@@ -197,8 +197,9 @@ class MemoryContentStore:
     def delete_blob(self, tenant: TenantRef, kind: str, blob_id: str) -> bool:
         return self.blobs.pop((tenant.id, kind, blob_id), None) is not None
 
-    def list_blobs(self, tenant: TenantRef, kind: str) -> list[StoredBlob]:
-        return [b for (t, k, _), (b, _) in self.blobs.items() if t == tenant.id and k == kind]
+    def list_blobs(self, tenant: TenantRef, kind: str, *, prefix: str = "") -> list[StoredBlob]:
+        return [b for (t, k, i), (b, _) in self.blobs.items()
+                if t == tenant.id and k == kind and i.startswith(prefix)]
 
     def page_blobs(self, tenant: TenantRef, kind: str, *, limit: int, after: str | None = None,
                    descending: bool = True,

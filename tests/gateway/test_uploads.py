@@ -380,6 +380,40 @@ def test_completing_streams_the_parts_into_one_sealed_file(upload_disk: Disk) ->
     assert len(upload_disk.files_on_disk()) == 1  # the file; its parts are gone
 
 
+def test_a_part_opens_only_its_own_uploads_parts(upload_disk: Disk,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    client = _disk_client(upload_disk)
+    busy = _new(client, 40)
+    for _ in range(20):
+        client.uploads.parts.create(upload_id=busy.id, data=b"ab")
+    opened: list[str] = []
+    store = upload_disk.store
+    stored_blob = store._stored_blob
+
+    def counted(tenant: TenantRef, row: Any) -> Any:
+        opened.append(row.blob_id)
+        return stored_blob(tenant, row)
+
+    monkeypatch.setattr(store, "_stored_blob", counted)
+    other = _new(client, 6)
+    first = client.uploads.parts.create(upload_id=other.id, data=b"abc")
+    client.uploads.parts.create(upload_id=other.id, data=b"def")
+    assert opened == [f"{other.id}.{first.id}"]  # the other upload's 20 parts never opened
+
+
+def test_a_part_past_the_most_an_upload_takes_is_refused(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gateway_uploads, "MAX_PARTS", 2)
+    client = stack.client(EU_REGIONAL_KEY)
+    upload = _new(client, 10)
+    for _ in range(2):
+        client.uploads.parts.create(upload_id=upload.id, data=b"a")
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.uploads.parts.create(upload_id=upload.id, data=b"a")
+    assert caught.value.param == "data"  # type: ignore[attr-defined]
+    assert len(_parts(stack)) == 2
+
+
 # -- complete and cancel across servers: one store-level transition --------------------------
 
 

@@ -193,3 +193,13 @@ def test_pages_are_read_along_the_blob_index(site: Site, tenant: TenantRef) -> N
             plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(
                 f"EXPLAIN QUERY PLAN {compiled}"))
         assert "ix_blobs_tenant_kind_created" in plan and "TEMP B-TREE" not in plan, plan
+
+
+def test_blobs_listed_by_prefix_are_only_those(site: Site, tenant: TenantRef) -> None:
+    store = site.store("eu")
+    for blob_id in ("upload_a.part_1", "upload_a.part_2", "upload_ab.part_1", "upload_b.part_1",
+                    "upload_a_part_x", "upload_a/part"):
+        store.put_blob(tenant, "upload-part", blob_id, "part", [b"x"])
+    assert sorted(b.id for b in store.list_blobs(tenant, "upload-part", prefix="upload_a.")) == [
+        "upload_a.part_1", "upload_a.part_2"]
+    assert len(store.list_blobs(tenant, "upload-part")) == 6

@@ -192,8 +192,8 @@ def _sweepable(upload: Upload, now: float) -> bool:
 
 
 def _parts_of(store: ContentStore, tenant: TenantRef, upload_id: str) -> list[StoredBlob]:
-    prefix = upload_id + "."
-    return [b for b in store.list_blobs(tenant, PART_KIND) if b.id.startswith(prefix)]
+    """This upload's parts, looked up by their ids' prefix: never the tenant's other parts."""
+    return store.list_blobs(tenant, PART_KIND, prefix=upload_id + ".")
 
 
 def _delete_parts(store: ContentStore, tenant: TenantRef, upload_id: str) -> int:
@@ -440,7 +440,10 @@ class UploadsEndpoint:
         declared = header(call.scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise BodyTooLarge(f"A part may hold at most {MAX_PART} bytes.")
-        held = sum(p.size for p in await asyncio.to_thread(_parts_of, store, tenant, upload_id))
+        parts = await asyncio.to_thread(_parts_of, store, tenant, upload_id)
+        if len(parts) >= MAX_PARTS:
+            raise InvalidInput(f"An upload takes at most {MAX_PARTS} parts.", param="data")
+        held = sum(p.size for p in parts)
         reader = MultipartReader(call.receive, boundary, limit=limit)
         part_id = new_id("part_")
         blob_id = _part_blob_id(upload_id, part_id)

@@ -347,11 +347,15 @@ class RegionalStore:
                 BlobRow.tenant_id == tenant.id, BlobRow.kind == kind, BlobRow.blob_id == blob_id))
         return bool(result.rowcount)
 
-    def list_blobs(self, tenant: TenantRef, kind: str) -> list[StoredBlob]:
+    def list_blobs(self, tenant: TenantRef, kind: str, *, prefix: str = "") -> list[StoredBlob]:
+        query = select(BlobRow).where(BlobRow.tenant_id == tenant.id, BlobRow.kind == kind)
+        if prefix:
+            # A range of the primary key (not LIKE, whose `_` is a wildcard): only the rows
+            # asked for are read and opened.
+            following = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+            query = query.where(BlobRow.blob_id >= prefix, BlobRow.blob_id < following)
         with self.engine.connect() as conn:
-            rows = conn.execute(select(BlobRow).where(
-                BlobRow.tenant_id == tenant.id, BlobRow.kind == kind)
-                .order_by(BlobRow.created_at)).all()
+            rows = conn.execute(query.order_by(BlobRow.created_at)).all()
         return [self._stored_blob(tenant, row) for row in rows]
 
     def page_blobs(self, tenant: TenantRef, kind: str, *, limit: int, after: str | None = None,
