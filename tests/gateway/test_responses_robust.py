@@ -5,6 +5,7 @@ malformed answer is a 502."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -314,3 +315,34 @@ def test_an_upstream_answer_that_is_not_a_chat_completion_is_a_502(
     error = answer.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["code"] == "upstream_error" and "eu-solo" in error["message"]
+
+
+# -- a background run's tokens count like a foreground request's -------------------------------
+
+
+def test_a_background_runs_usage_is_recorded_and_counts_against_the_token_limit(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = "dk-eu-tpm-background000000000"
+    monkeypatch.setitem(stack.auth.keys, key,
+                        grant("key_tpm_background", retention="regional", tpm=15))
+    client = stack.client(key)
+    queued = client.responses.with_raw_response.create(model="fo-model", input="count me",
+                                                       background=True)
+    response = queued.parse()
+    # polled without the key: a GET after the run's charge would be over the limit already
+    until(lambda: not stack.eu_app._responses._tasks, "the background run to end")
+    stored = json.loads(stack.store.records[("proj_key_tpm_background", "response",
+                                              response.id)])
+    assert stored["response"]["status"] == "completed"
+    stack.loop.run(stack.eu_app.usage.flush())
+    rows = [r for r in stack.sink.records
+            if r.key_id == "key_tpm_background" and r.completion_tokens]
+    assert len(rows) == 1
+    (row,) = rows
+    assert (row.endpoint, row.model, row.provider, row.status) == (
+        "/v1/responses", "fo-model", "eu-a", 200)
+    assert (row.prompt_tokens, row.completion_tokens) == (11, 7)
+    assert row.request_id == queued.headers["x-request-id"]  # the request that created it
+    # its 18 tokens are over the key's 15 a minute: the next request waits
+    with pytest.raises(openai.RateLimitError):
+        client.responses.create(model="dev-echo", input="more")

@@ -144,7 +144,7 @@ class GatewayApp:
         self._store = content_store
         self._fallback = fallback_app
         self._mounted = _MountedLifespan(fallback_app) if fallback_app is not None else None
-        self._responses = ResponsesEndpoint(self.router, content_store)
+        self._responses = ResponsesEndpoint(self.router, content_store, self.usage, self._limiter)
         self._files = FilesEndpoint(content_store, region)
         self._uploads = UploadsEndpoint(content_store, region)
         self._batches = BatchesEndpoint(content_store, region, lambda: self.routes,

@@ -36,6 +36,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -52,11 +53,13 @@ from domicile.inference.providers import Provider, ProviderResponse, UpstreamRej
 from domicile.inference.providers.base import ProviderUnavailable
 from domicile.inference.providers.shapes import new_id
 from domicile.inference.routing import ModelRouter
+from domicile.inference.usage import UsageRecorder
 from domicile.storage.faults import store_fault
 from domicile.storage.interfaces import ContentStore, TenantRef
 from domicile.tenancy.grants import ApiKeyGrant
 
 from .http import Exchange, dump_json, mark_retrieved, model_of, parse_json_object
+from .ratelimit import RateLimiter
 from .residency import content_store_for, tenant_of
 from .responses_shapes import (
     ChatRequest,
@@ -101,9 +104,15 @@ def _record(response: dict[str, Any], items: list[dict[str, Any]],
 
 
 class ResponsesEndpoint:
-    def __init__(self, router: ModelRouter, store: ContentStore | None) -> None:
+    def __init__(self, router: ModelRouter, store: ContentStore | None,
+                 usage: UsageRecorder | None = None, limiter: RateLimiter | None = None
+                 ) -> None:
         self._router = router
         self._store = store
+        # A background run's tokens, recorded and charged as the foreground request's are
+        # (the app does that for a request, once it has answered: a run ends later).
+        self._usage = usage
+        self._limiter = limiter
         self._boot = new_id("boot_")  # this process's runs; another's are judged by lease
         self._slots = asyncio.Semaphore(MAX_RUNNING)
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -334,7 +343,8 @@ class ResponsesEndpoint:
         record = _record(queued, request.items, request.conversation, self._lease())
         await asyncio.to_thread(store.put_record, tenant, KIND, draft.id, dump_json(record))
         task = asyncio.create_task(self._run(store, tenant, draft, request, call.model,
-                                             providers), name="domicile-background-response")
+                                             providers, _Origin(grant, call.request_id)),
+                                   name="domicile-background-response")
         task.add_done_callback(mark_retrieved)
         self._tasks[draft.id] = task
         self._running[draft.id] = (store, tenant)
@@ -366,14 +376,15 @@ class ResponsesEndpoint:
                                            dump_json(record))
 
     async def _run(self, store: ContentStore, tenant: TenantRef, draft: ResponseDraft,
-                   request: ChatRequest, model: str, providers: Sequence[Provider]) -> None:
+                   request: ChatRequest, model: str, providers: Sequence[Provider],
+                   origin: _Origin) -> None:
         try:
             async with self._slots:
                 if not await self._update(store, tenant, draft.id,
                                           draft.snapshot("in_progress"), running=True,
                                           only_if=frozenset({"queued"})):
                     return  # cancelled while it waited
-                await self._run_once(store, tenant, draft, request, model, providers)
+                await self._run_once(store, tenant, draft, request, model, providers, origin)
         except asyncio.CancelledError:
             if self._closing:  # the server stops: say so rather than leave it running
                 with contextlib.suppress(Exception):
@@ -389,8 +400,10 @@ class ResponsesEndpoint:
             self._running.pop(draft.id, None)
 
     async def _run_once(self, store: ContentStore, tenant: TenantRef, draft: ResponseDraft,
-                        request: ChatRequest, model: str, providers: Sequence[Provider]
-                        ) -> None:
+                        request: ChatRequest, model: str, providers: Sequence[Provider],
+                        origin: _Origin) -> None:
+        provider: Provider | None = None
+        answer: ProviderResponse | None = None
         try:
             provider, answer = await self._ask(model, providers, request)
             if answer.status != 200:
@@ -398,11 +411,35 @@ class ResponsesEndpoint:
                                     f"(HTTP {answer.status}).")
             response, assistant = self._finished(draft, provider.name, answer)
         except DomicileError as exc:  # no provider, region busy, an upstream refusal
+            await self._account(origin, model, provider, answer,
+                                answer.status if answer is not None else exc.status)
             await self._update(store, tenant, draft.id,
                                draft.snapshot("failed", error=exc.message))
             return
+        await self._account(origin, model, provider, answer, 200)
         await self._update(store, tenant, draft.id, response,
                            conversation=[*request.conversation, assistant])
+
+    async def _account(self, origin: _Origin, model: str, provider: Provider | None,
+                       answer: ProviderResponse | None, status: int) -> None:
+        """A background run's usage row and its tokens charged to the key's limit, as the
+        app does for a request (`GatewayApp._account`)."""
+        prompt, completion = ((answer.prompt_tokens, answer.completion_tokens)
+                              if answer is not None else (0, 0))
+        grant = origin.grant
+        if self._limiter is not None and grant.tpm_limit is not None and prompt + completion:
+            try:
+                await self._limiter.charge(grant, prompt + completion)
+            except Exception as exc:  # a shared limiter's store may be down: log, go on
+                log.error("rate limiter charge failed (%s) for a background response of "
+                          "request %s", type(exc).__name__, origin.request_id)
+        if self._usage is not None:
+            # A model name not offered here is client text like any other: not kept (G4).
+            self._usage.add(grant.project_id, grant.key_id, "/v1/responses",
+                            model if self._router.offers(model) else "",
+                            provider.name if provider is not None else None, status, prompt,
+                            completion, (time.perf_counter() - origin.started) * 1000,
+                            origin.request_id)
 
     async def _renew(self) -> None:
         """Every `LEASE_S / 3` s: this process's unfinished runs are still alive."""
@@ -535,6 +572,15 @@ def _quoted(given: object, shape: re.Pattern[str]) -> str:
     if isinstance(given, str) and shape.fullmatch(given):
         return f"'{given}'"
     return "the given id"
+
+
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    """Whose background run this is, for its usage: the key, and the creating request."""
+
+    grant: ApiKeyGrant
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
 
 
 class _KeyedLocks:
