@@ -793,6 +793,48 @@ def test_two_workers_on_one_batch_end_it_once_with_every_line_once(stack: Stack)
         ["file-input0", done["output_file_id"]])
 
 
+def test_the_lease_is_renewed_while_the_input_is_read(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = MemoryContentStore(region="eu")
+    batch_id = make_batch(store, [chat_line("a")])
+    reading = threading.Event()
+    go_on = threading.Event()
+    parse = parse_input
+
+    def slow_parse(chunks: Any, endpoint: str) -> Any:
+        reading.set()
+        assert go_on.wait(DEADLINE_S)  # a long read of a big input file
+        return parse(chunks, endpoint)
+
+    monkeypatch.setattr("domicile.gateway.batch_jobs.parse_input", slow_parse)
+    held = HeldChat()
+    held.gate.set()
+    worker = BatchWorker(store, "eu", held.routes, flush_s=0.05, lease_s=0.3)
+    lease = (TENANT.id, LEASE_KIND, batch_id)
+
+    async def run() -> None:
+        deadline = time.monotonic() + DEADLINE_S
+        worker.submit(TENANT.id, batch_id)
+        while not reading.is_set():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        claimed = store.written[lease]
+        # Renewed (every 0.1 s) while the read goes on: another process never sees it stale.
+        while store.written[lease] < claimed + 0.25:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        assert json.loads(store.records[lease])["owner"] == worker._owner
+        go_on.set()
+        await worker._jobs[batch_id]
+        await worker.aclose()
+
+    try:
+        stack.loop.run(run())
+    finally:
+        go_on.set()
+    assert stored_batch(store, batch_id)["status"] == "completed"
+
+
 # -- the store's additions, on real stores ------------------------------------------------------
 
 
