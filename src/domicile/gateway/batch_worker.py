@@ -589,8 +589,8 @@ class BatchWorker:
             results = list(job.buffer)
             part = self._part_id(job, job.seq + 1)
             body = json.dumps([r.dump() for r in results]).encode()
-            await self._renew(job)
             try:
+                await self._renew(job)
                 await asyncio.to_thread(self._store.put_record, job.tenant, jobs.PART_KIND,
                                         part, body)
             except _ERASED:
