@@ -11,8 +11,11 @@ Durability, so a restart loses nothing and repeats nothing in the files:
 - a line is done once its result is in a `batch-part` record (written every `flush_s`, or
   sooner once `flush_lines` results wait); the batch record's counts follow;
 - at start (and every `rescan_s`) the worker lists the `batch-active` records of every tenant
-  and takes over those whose lease (`batch-lease`, renewed while running, released on a clean
-  stop) is free or stale; it then runs only the lines no part holds;
+  and takes over those whose lease (`batch-lease`, released on a clean stop) is free or
+  stale; it then runs only the lines no part holds;
+- the holder renews the lease every third of `lease_s` and before every write, each time a
+  compare-and-swap on the owner: a process that lost the lease stops without writing, and
+  parts carry their writer's id, so two holders never overwrite each other;
 - finalizing writes the output and error files from the parts (each line index once) under
   ids chosen before the first write, so a finalize cut short is redone with the same ids.
 A line whose answer had not been flushed when the server stopped is run again after the
