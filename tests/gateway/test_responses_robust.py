@@ -346,3 +346,63 @@ def test_a_background_runs_usage_is_recorded_and_counts_against_the_token_limit(
     # its 18 tokens are over the key's 15 a minute: the next request waits
     with pytest.raises(openai.RateLimitError):
         client.responses.create(model="dev-echo", input="more")
+
+
+# -- GET ?stream=true replays a finished response's events -------------------------------------
+
+
+def _kinds(events: list[Any]) -> list[str]:
+    """Event types, a run of deltas counted once (a replay sends each text in one delta)."""
+    kinds: list[str] = []
+    for event in events:
+        if not (kinds and event.type == kinds[-1] and event.type.endswith(".delta")):
+            kinds.append(event.type)
+    return kinds
+
+
+def test_retrieve_with_stream_replays_a_finished_response(stack: Stack) -> None:
+    client = stack.client(EU_REGIONAL_KEY)
+    live = list(client.responses.create(model="fo-model", input="say it again",
+                                        stream=True))
+    final = live[-1].response  # type: ignore[union-attr]
+    replayed = list(client.responses.retrieve(final.id, stream=True))
+    assert _kinds(replayed) == _kinds(live)
+    assert [e.sequence_number for e in replayed] == list(range(len(replayed)))
+    assert replayed[-1].type == "response.completed"
+    assert replayed[-1].response == client.responses.retrieve(final.id)  # type: ignore[union-attr]
+    deltas = "".join(e.delta for e in replayed if e.type == "response.output_text.delta")
+    assert deltas == final.output_text == "eu-a says: say it again"
+    rest = list(client.responses.retrieve(final.id, stream=True, starting_after=3))
+    assert [e.sequence_number for e in rest] == list(range(4, len(replayed)))
+    assert [e.type for e in rest] == [e.type for e in replayed[4:]]
+
+
+def test_retrieve_with_stream_replays_function_calls(stack: Stack) -> None:
+    stack.upstreams["eu-a"].behaviour.tool_calls = [("get_weather", '{"city":"Paris"}')]
+    client = stack.client(EU_REGIONAL_KEY)
+    created = client.responses.create(model="fo-model", input="weather?", tools=[
+        {"type": "function", "name": "get_weather", "parameters": {"type": "object"},
+         "strict": False}])
+    replayed = list(client.responses.retrieve(created.id, stream=True))
+    done = next(e for e in replayed if e.type == "response.function_call_arguments.done")
+    assert (done.name, done.arguments) == ("get_weather", '{"city":"Paris"}')
+    assert replayed[-1].response.output == created.output  # type: ignore[union-attr]
+
+
+def test_retrieve_with_stream_refuses_what_has_no_end_yet(stack: Stack) -> None:
+    gate = threading.Event()
+    stack.upstreams["eu-a"].behaviour.hold = gate
+    client = stack.client(EU_REGIONAL_KEY)
+    queued = client.responses.create(model="fo-model", input="slow", background=True)
+    try:
+        with pytest.raises(openai.BadRequestError) as caught:
+            list(client.responses.retrieve(queued.id, stream=True))
+        assert caught.value.param == "stream"  # type: ignore[attr-defined]
+        assert "Poll it" in caught.value.message
+    finally:
+        gate.set()
+    http = stack.http()
+    for query in ("stream=maybe", "stream=true&starting_after=-1",
+                  "stream=true&starting_after=%C2%B2"):
+        answer = http.get(f"/v1/responses/{queued.id}?{query}", headers=AUTH)
+        assert answer.status_code == 400 and "maybe" not in answer.text

@@ -13,7 +13,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 
 from domicile.errors import InvalidInput
 from domicile.gateway.responses_shapes import ResponseDraft, output_from_chat, to_chat_request
-from domicile.gateway.responses_stream import ResponseEventStream
+from domicile.gateway.responses_stream import ResponseEventStream, replay
 
 TOOLS = [{"type": "function", "name": "get_weather", "description": "Weather of a city",
           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
@@ -242,3 +242,27 @@ def test_a_chunk_that_is_not_a_chat_chunk_fails_the_response(chunk: bytes) -> No
     assert events.upstream_error
     assert found[-1]["type"] == "response.failed"
     assert "not a chat chunk" in found[-1]["response"]["error"]["message"]
+
+
+@pytest.mark.parametrize("status", ["completed", "incomplete", "failed"])
+def test_a_replay_is_a_valid_event_sequence(status: str) -> None:
+    output = [{"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+               "content": [{"type": "output_text", "text": "hi", "annotations": [],
+                            "logprobs": []}]},
+              {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "f",
+               "arguments": "{}", "status": "completed"}]
+    response = draft(tools=TOOLS).snapshot(
+        status, output, incomplete="max_output_tokens" if status == "incomplete" else None,
+        error="broke" if status == "failed" else None)
+    events = replay(response)
+    found = events_of(b"".join(events))  # each one validated strictly
+    assert [e["sequence_number"] for e in found] == list(range(len(found)))
+    assert [e["type"] for e in found] == [
+        "response.created", "response.in_progress",
+        "response.output_item.added", "response.content_part.added",
+        "response.output_text.delta", "response.output_text.done",
+        "response.content_part.done", "response.output_item.done",
+        "response.output_item.added", "response.function_call_arguments.delta",
+        "response.function_call_arguments.done", "response.output_item.done",
+        f"response.{status}"]
+    assert found[-1]["response"] == response

@@ -69,7 +69,7 @@ from .responses_shapes import (
     to_chat_request,
 )
 from .responses_shapes import usage_object as _usage
-from .responses_stream import ResponseEventStream
+from .responses_stream import ResponseEventStream, replay
 from .routes import Route
 
 __all__ = ["LEASE_S", "MAX_RUNNING", "MAX_WAITING", "ResponsesEndpoint", "to_chat_request"]
@@ -83,6 +83,7 @@ MAX_RUNNING = 8  # background responses running at once in one process
 MAX_WAITING = 256  # and waiting for a slot
 LEASE_S = 60.0  # how long a run's owner may stay silent before a reader takes it for dead
 _UNFINISHED = frozenset({"queued", "in_progress"})
+_REPLAYABLE = frozenset({"completed", "incomplete", "failed"})  # those with a closing event
 _ORPHANED = ("The server that was running this background response stopped before it "
              "finished; nothing more will come of it. Create the response again.")
 _STOPPED = ("The server stopped before this background response finished; create the "
@@ -500,8 +501,22 @@ class ResponsesEndpoint:
     async def retrieve(self, call: Exchange, grant: ApiKeyGrant) -> None:
         response_id = call.params[0]
         store, tenant = self._stored(grant, "Reading a stored response")
+        streaming, starting_after = _retrieve_params(call.scope.get("query_string", b""))
         record = await self._load(store, tenant, response_id, "response_id")
-        await call.respond_json(record["response"])
+        response = record["response"]
+        if not streaming:
+            await call.respond_json(response)
+            return
+        if response["status"] not in _REPLAYABLE:
+            raise InvalidInput(f"Response '{response_id}' is {response['status']}: only a "
+                               "completed, incomplete or failed response can be streamed "
+                               "again. Poll it with GET (without `stream`) until it ends.",
+                               param="stream")
+        # A finished response's events, again (as OpenAI does): after `starting_after`.
+        events = replay(response)[starting_after + 1:]
+        await call.start_stream()
+        await call.stream(b"".join(events))
+        await call.end_stream()
 
     async def cancel(self, call: Exchange, grant: ApiKeyGrant) -> None:
         response_id = call.params[0]
@@ -608,6 +623,23 @@ class _KeyedLocks:
             users[0] -= 1
             if not users[0]:
                 del self._locks[key]
+
+
+def _retrieve_params(query: bytes) -> tuple[bool, int]:
+    """`stream` (`true`/`false`) and `starting_after` (a sequence number) of a GET."""
+    try:
+        params = parse_qs(query.decode("latin-1"), keep_blank_values=True)
+    except ValueError:
+        params = {}
+    stream = (params.get("stream") or ["false"])[-1].lower()
+    if stream not in ("true", "false"):
+        raise InvalidInput("`stream` must be true or false.", param="stream")
+    afters = params.get("starting_after")
+    after = afters[-1] if afters else None
+    if after is not None and not _DIGITS.fullmatch(after):
+        raise InvalidInput("`starting_after` must be a sequence number (an integer from 0).",
+                           param="starting_after")
+    return stream == "true", int(after) if after is not None else -1
 
 
 def _page_params(query: bytes) -> tuple[int, str | None, str]:

@@ -43,7 +43,7 @@ from .responses_shapes import (
     usage_object,
 )
 
-__all__ = ["ResponseEventStream"]
+__all__ = ["ResponseEventStream", "replay"]
 
 # A str as a JSON string, as `dump_json` writes it (ensure_ascii off): the C encoder.
 _json_string: Callable[[str], str] = json.encoder.encode_basestring
@@ -282,3 +282,47 @@ class ResponseEventStream:
                   "function": {"name": item.name, "arguments": item.value()}}
                  for item in self._items if item.kind == "function_call"]
         return assistant_message(text or (None if calls else ""), calls)
+
+
+def replay(response: dict[str, Any]) -> list[bytes]:
+    """The events of a finished Response (`completed`, `incomplete` or `failed`), in the
+    order and shapes a live stream sends them, one SSE event per entry (entry n has
+    `sequence_number` n): what `GET /v1/responses/{id}?stream=true` sends again. Each text
+    and each call's arguments come as one delta."""
+    events: list[bytes] = []
+
+    def event(kind: str, payload: dict[str, Any]) -> None:
+        data = dump_json({"type": kind, "sequence_number": len(events), **payload})
+        events.append(b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n")
+
+    opening = {**response, "status": "in_progress", "output": [], "usage": None,
+               "error": None, "incomplete_details": None}
+    opening.pop("completed_at", None)
+    event("response.created", {"response": opening})
+    event("response.in_progress", {"response": opening})
+    for index, item in enumerate(response["output"]):
+        where = {"item_id": item["id"], "output_index": index}
+        if item["type"] == "message":
+            event("response.output_item.added", {"output_index": index, "item": {
+                **item, "status": "in_progress", "content": []}})
+            for number, part in enumerate(item["content"]):
+                at = {**where, "content_index": number}
+                text = part.get("text", "")
+                event("response.content_part.added", {**at, "part": {**part, "text": ""}})
+                if text:
+                    event("response.output_text.delta", {**at, "delta": text, "logprobs": []})
+                event("response.output_text.done", {**at, "text": text, "logprobs": []})
+                event("response.content_part.done", {**at, "part": part})
+        elif item["type"] == "function_call":
+            event("response.output_item.added", {"output_index": index, "item": {
+                **item, "status": "in_progress", "arguments": ""}})
+            if item["arguments"]:
+                event("response.function_call_arguments.delta",
+                      {**where, "delta": item["arguments"]})
+            event("response.function_call_arguments.done",
+                  {**where, "name": item["name"], "arguments": item["arguments"]})
+        else:  # not an item this gateway writes; sent whole
+            event("response.output_item.added", {"output_index": index, "item": item})
+        event("response.output_item.done", {"output_index": index, "item": item})
+    event(f"response.{response['status']}", {"response": response})
+    return events
