@@ -310,6 +310,33 @@ def test_stalled_uploads_end_408_after_the_idle_bound_and_store_nothing(
     poll(lambda: gateway_files.STREAMS.busy == 0, "an ended upload kept its thread")
 
 
+def test_a_download_stops_reading_when_its_client_leaves(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = stack.client(EU_REGIONAL_KEY)
+    file_id = client.files.create(file=("big.bin", bytes(20_000_000)), purpose="batch").id
+    total = len(list(stack.store.open_blob(TenantRef("proj_key_eu_regional", "eu", ""),
+                                           "file", file_id)))
+    opened = stack.store.open_blob
+    read: list[int] = []
+    closed: list[bool] = []
+
+    def counted(*args: Any) -> Iterator[bytes]:
+        try:
+            for chunk in opened(*args):
+                read.append(len(chunk))
+                yield chunk
+        finally:
+            closed.append(True)
+
+    monkeypatch.setattr(stack.store, "open_blob", counted)
+    with socket.create_connection(("127.0.0.1", stack.eu.port), timeout=30) as sock:
+        sock.sendall(f"GET /v1/files/{file_id}/content HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     f"Authorization: Bearer {EU_REGIONAL_KEY}\r\n\r\n".encode())
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    poll(lambda: bool(closed), "the blob was never closed")
+    assert len(read) < total // 2, (len(read), total)  # read: far fewer than all chunks
+
+
 # -- what reaches the disk: a real site's store behind its own gateway ----------------------
 
 

@@ -49,7 +49,7 @@ from domicile.storage.interfaces import (
 from domicile.tenancy.grants import ApiKeyGrant
 from domicile.web.multipart import MultipartReader, boundary_of
 
-from .http import Exchange, header
+from .http import Exchange, header, mark_retrieved
 from .residency import content_store_for, tenant_of
 from .routes import Route
 
@@ -393,6 +393,27 @@ def parse_list_query(raw: bytes) -> ListQuery:
     return ListQuery(limit, after, order == "desc", purpose)
 
 
+async def _relay(call: Exchange, chunks: Iterator[bytes]) -> None:
+    """Send `chunks` (read in threads, one at a time); the generator is closed however this
+    ends (its file handle released), once no thread is reading it any more."""
+    reading: asyncio.Future[bytes | None] | None = None
+    try:
+        while True:
+            reading = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
+            chunk = await asyncio.shield(reading)  # cancelled: the read in flight finishes
+            reading = None
+            if chunk is None:
+                return
+            await call.stream(chunk)
+    finally:
+        if reading is not None:
+            await asyncio.wait((reading,))
+            reading.add_done_callback(mark_retrieved)
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            await asyncio.to_thread(close)
+
+
 class FilesEndpoint:
     """The `/v1/files` routes of one region's gateway; every one keeps content (G4)."""
 
@@ -524,8 +545,9 @@ class FilesEndpoint:
         except KeyError:  # a row whose bytes are gone (a delete that failed half-way)
             raise NotFound(f"No such File object: {file_id}", param="id") from None
         await call.start_stream(b"application/octet-stream")
-        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
-            await call.stream(chunk)
+        # A client that leaves stops the reading and decrypting (a send after it left would
+        # return quietly, and the whole blob would be read for nobody).
+        await call.unless_disconnected(_relay(call, chunks))
         await call.end_stream()
 
     async def delete(self, call: Exchange, grant: ApiKeyGrant) -> None:
