@@ -24,7 +24,12 @@ record names its owner (this process's boot id) and a lease the owner renews eve
 `LEASE_S / 3` s. A process that stops ends its runs as `failed`; one that dies cannot, so a
 read that finds a run whose owner's lease has lapsed (or, in the owner itself, a run with no
 task) marks it `failed` with an error saying so: nothing stays `queued` forever, and a run
-still alive on another replica is never taken for dead.
+still alive on another replica is never taken for dead. A run records its usage and charges
+its tokens to the key's limit when it ends, as the app does for a request. A run writes its
+state only while the record exists (`replace_record`), so a DELETE is never undone.
+
+`GET /v1/responses/{id}?stream=true` replays a finished response's events
+(`responses_stream.replay`).
 """
 
 from __future__ import annotations
