@@ -245,6 +245,9 @@ def test_a_part_over_the_part_limit_is_413_and_stores_nothing(
     ({"bytes": 1, "filename": "a", "mime_type": "t", "purpose": "batch",
       "expires_after": {"anchor": "created_at", "seconds": 60}}, "expires_after"),
     ({"bytes": 1, "filename": "a", "mime_type": "t", "purpose": "batch", "extra": 1}, None),
+    ({"bytes": 1, "filename": "a", "mime_type": "t", "purpose": ["batch"]}, "purpose"),
+    ({"bytes": 1, "filename": "a", "mime_type": "t", "purpose": {}}, "purpose"),
+    ({"bytes": 1, "filename": "a", "mime_type": "t", "purpose": 7}, "purpose"),
 ])
 def test_a_bad_upload_is_400_and_keeps_nothing(stack: Stack, body: dict[str, Any],
                                                param: str | None) -> None:

@@ -422,7 +422,7 @@ class UploadsEndpoint:
                                "`mime_type`, `purpose` and `expires_after`.")
         filename = files.clean_filename(_text(parsed, "filename", 1024))
         purpose = parsed.get("purpose")
-        if purpose not in PURPOSES:
+        if not isinstance(purpose, str) or purpose not in PURPOSES:  # a list is unhashable
             raise InvalidInput(f"`purpose` must be one of {sorted(PURPOSES)}.", param="purpose")
         upload = Upload(new_id("upload_"), filename, purpose, _size(parsed),
                         _text(parsed, "mime_type", 255), int(time.time()), "pending",
