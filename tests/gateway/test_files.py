@@ -148,6 +148,19 @@ def test_ids_that_are_not_ours_are_404(stack: Stack) -> None:
             client.files.retrieve(file_id)
 
 
+@pytest.mark.parametrize(("method", "suffix"), [("GET", ""), ("GET", "/content"),
+                                               ("DELETE", "")])
+def test_a_404_quotes_only_a_file_id_of_our_shape(stack: Stack, method: str,
+                                                  suffix: str) -> None:
+    for file_id, shown in (("CANARY-" + "x" * 300, "the given id"),
+                           ("file-missing", "file-missing")):
+        response = stack.http().request(method, f"/v1/files/{file_id}{suffix}", headers={
+            "Authorization": f"Bearer {EU_REGIONAL_KEY}"})
+        assert response.status_code == 404, response.text
+        message = response.json()["error"]["message"]
+        assert message == f"No such File object: {shown}" and "CANARY" not in message
+
+
 def test_regional_retention_without_a_store_is_503(stack: Stack) -> None:
     secret = "dk-global-regional00000000"
     stack.auth.keys[secret] = grant("key_roaming_regional", region="global",

@@ -180,6 +180,17 @@ def test_an_unknown_upload_is_404(stack: Stack) -> None:
             client.uploads.cancel(upload_id)
 
 
+@pytest.mark.parametrize("action", ["parts", "complete", "cancel"])
+def test_a_404_quotes_only_an_id_of_our_shape(stack: Stack, action: str) -> None:
+    hostile = "upload_CANARY<script>" + "x" * 200
+    for upload_id, shown in ((hostile, "the given id"), ("upload_abc", "upload_abc")):
+        response = stack.http().post(f"/v1/uploads/{upload_id}/{action}", headers=AUTH,
+                                     json={"part_ids": []} if action == "complete" else {})
+        assert response.status_code == 404, response.text
+        message = response.json()["error"]["message"]
+        assert message == f"No such Upload object: {shown}" and "CANARY" not in message
+
+
 def _multipart(fields: list[tuple[str, bytes]], boundary: str = "XyZ") -> bytes:
     body = b"".join(
         f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="blob"'

@@ -111,6 +111,12 @@ def valid_file_id(file_id: str) -> bool:
     return _FILE_ID.match(file_id) is not None
 
 
+def _no_such_file(file_id: str) -> NotFound:
+    """A 404 that quotes the path's id (client text) only when it has the shape of ours."""
+    shown = file_id if valid_file_id(file_id) else "the given id"
+    return NotFound(f"No such File object: {shown}", param="id")
+
+
 def unix(moment: datetime) -> int:
     """Seconds since the epoch; a store's naive datetime is UTC (SQLite keeps no zone)."""
     if moment.tzinfo is None:
@@ -528,7 +534,7 @@ class FilesEndpoint:
     async def _blob(self, store: ContentStore, tenant: TenantRef, file_id: str) -> StoredBlob:
         blob = await asyncio.to_thread(find_file, store, tenant, file_id)
         if blob is None:
-            raise NotFound(f"No such File object: {file_id}", param="id")
+            raise _no_such_file(file_id)
         return blob
 
     async def retrieve(self, call: Exchange, grant: ApiKeyGrant) -> None:
@@ -543,7 +549,7 @@ class FilesEndpoint:
         try:
             chunks = await asyncio.to_thread(store.open_blob, tenant, KIND, file_id)
         except KeyError:  # a row whose bytes are gone (a delete that failed half-way)
-            raise NotFound(f"No such File object: {file_id}", param="id") from None
+            raise _no_such_file(file_id) from None
         await call.start_stream(b"application/octet-stream")
         # A client that leaves stops the reading and decrypting (a send after it left would
         # return quietly, and the whole blob would be read for nobody).
@@ -563,5 +569,5 @@ class FilesEndpoint:
                     and (blob is None or is_live(blob, time.time())))
 
         if not await asyncio.to_thread(delete):
-            raise NotFound(f"No such File object: {file_id}", param="id")
+            raise _no_such_file(file_id)
         await call.respond_json({"id": file_id, "object": "file", "deleted": True})

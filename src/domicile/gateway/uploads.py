@@ -168,7 +168,9 @@ def _swap(store: ContentStore, tenant: TenantRef, upload_id: str, expect: builti
 def _check_pending(upload: Upload | None, upload_id: str, now: float) -> Upload:
     """The upload, if it still takes parts, completion or cancellation; else 404/409/400."""
     if upload is None:
-        raise NotFound(f"No such Upload object: {upload_id}", param="upload_id")
+        # A path's id is client text: quoted only when it has the shape of ours.
+        shown = upload_id if _UPLOAD_ID.match(upload_id) else "the given id"
+        raise NotFound(f"No such Upload object: {shown}", param="upload_id")
     if upload.status == "completing":
         raise Conflict("This upload is being completed by another request.",
                        param="upload_id")
