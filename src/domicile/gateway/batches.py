@@ -19,13 +19,13 @@ import re
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
 from domicile.errors import Conflict, InvalidInput, NotFound
 from domicile.inference.providers.shapes import new_id
 from domicile.inference.usage import UsageRecorder
 from domicile.storage.interfaces import ContentStore, TenantRef
 from domicile.tenancy.grants import ApiKeyGrant
+from domicile.web.query import int_param, query_params
 
 from . import batch_jobs as jobs
 from .batch_jobs import BatchRecord
@@ -40,7 +40,6 @@ __all__ = ["FEATURE", "BatchesEndpoint"]
 FEATURE = "/v1/batches"
 _BATCH_ID = re.compile(r"^batch_[A-Za-z0-9]{1,64}$")
 _CANCELLABLE = frozenset({"validating", "in_progress"})
-_DIGITS = re.compile(r"[0-9]{1,10}")  # ASCII only: `str.isdigit` takes "²" and "٣"
 _LIST_PARAMS = ("after", "limit")
 MAX_LIST = 100
 
@@ -55,28 +54,8 @@ def parse_list_query(raw: bytes) -> tuple[int, str | None]:
     """`limit` (1 to 100, default 20) and `after` (a batch id) of GET /v1/batches, by the
     rule of GET /v1/files: each parameter once, UTF-8, none other; anything else is a 400
     that never quotes the client's text."""
-    found: dict[str, str] = {}
-    for field in raw.split(b"&"):
-        if not field:
-            continue
-        name_raw, _, value_raw = field.partition(b"=")
-        try:
-            name = unquote_to_bytes(name_raw.replace(b"+", b" ")).decode()
-            value = unquote_to_bytes(value_raw.replace(b"+", b" ")).decode()
-        except UnicodeDecodeError:
-            raise InvalidInput("The query string must be UTF-8 text.") from None
-        if name not in _LIST_PARAMS:
-            raise InvalidInput("Unknown query parameter: this list takes `after` and `limit`.")
-        if name in found:
-            raise InvalidInput(f"`{name}` is given more than once.", param=name)
-        found[name] = value
-    limit = 20
-    if "limit" in found:
-        text = found["limit"]
-        if not _DIGITS.fullmatch(text) or not 1 <= int(text) <= MAX_LIST:
-            raise InvalidInput(f"`limit` must be an integer from 1 to {MAX_LIST}.",
-                               param="limit")
-        limit = int(text)
+    found = query_params(raw, _LIST_PARAMS)
+    limit = int_param(found, "limit", 20, 1, MAX_LIST)
     after = found.get("after")
     if after is not None and not _BATCH_ID.match(after):
         raise InvalidInput("`after` must be the id of a batch (`batch_…`).", param="after")

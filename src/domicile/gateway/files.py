@@ -34,7 +34,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
-from urllib.parse import unquote_to_bytes
 
 from domicile.errors import BodyTooLarge, InvalidInput, NotFound, ServerBusy
 from domicile.failures import describe
@@ -48,6 +47,7 @@ from domicile.storage.interfaces import (
 )
 from domicile.tenancy.grants import ApiKeyGrant
 from domicile.web.multipart import MultipartReader, boundary_of
+from domicile.web.query import int_param, query_params
 
 from .http import Exchange, header, mark_retrieved
 from .residency import content_store_for, tenant_of
@@ -354,38 +354,10 @@ class ListQuery:
     purpose: str | None = None
 
 
-def _query_pairs(raw: bytes) -> dict[str, str]:
-    """A query string's parameters, each once, as UTF-8 text; anything else is a 400 that
-    never quotes the client's text."""
-    found: dict[str, str] = {}
-    for field in raw.split(b"&"):
-        if not field:
-            continue
-        name_raw, _, value_raw = field.partition(b"=")
-        try:
-            name = unquote_to_bytes(name_raw.replace(b"+", b" ")).decode()
-            value = unquote_to_bytes(value_raw.replace(b"+", b" ")).decode()
-        except UnicodeDecodeError:
-            raise InvalidInput("The query string must be UTF-8 text.") from None
-        if name not in _LIST_PARAMS:
-            raise InvalidInput("Unknown query parameter: this list takes "
-                               f"{', '.join(f'`{p}`' for p in _LIST_PARAMS)}.")
-        if name in found:
-            raise InvalidInput(f"`{name}` is given more than once.", param=name)
-        found[name] = value
-    return found
-
-
 def parse_list_query(raw: bytes) -> ListQuery:
     """`limit` (1 to 10000), `after` (a file id), `order` (`asc`/`desc`), `purpose`."""
-    params = _query_pairs(raw)
-    limit = MAX_LIST
-    if "limit" in params:
-        text = params["limit"]
-        if not _DIGITS.fullmatch(text) or not 1 <= int(text) <= MAX_LIST:
-            raise InvalidInput(f"`limit` must be an integer from 1 to {MAX_LIST}.",
-                               param="limit")
-        limit = int(text)
+    params = query_params(raw, _LIST_PARAMS)
+    limit = int_param(params, "limit", MAX_LIST, 1, MAX_LIST)
     order = params.get("order", "desc")
     if order not in ("asc", "desc"):
         raise InvalidInput("`order` must be `asc` or `desc`.", param="order")

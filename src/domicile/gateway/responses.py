@@ -43,7 +43,6 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs
 
 from domicile.errors import (
     DomicileError,
@@ -62,6 +61,7 @@ from domicile.inference.usage import UsageRecorder
 from domicile.storage.faults import store_fault
 from domicile.storage.interfaces import ContentStore, TenantRef
 from domicile.tenancy.grants import ApiKeyGrant
+from domicile.web.query import int_param, query_params
 
 from .http import Exchange, dump_json, mark_retrieved, model_of, parse_json_object
 from .ratelimit import RateLimiter
@@ -94,7 +94,6 @@ _ORPHANED = ("The server that was running this background response stopped befor
 _STOPPED = ("The server stopped before this background response finished; create the "
             "response again.")
 _MAX_ITEMS_PAGE = 100
-_DIGITS = re.compile(r"[0-9]{1,10}")  # ASCII only: `str.isdigit` takes "²" and "٣"
 
 
 def _record(response: dict[str, Any], items: list[dict[str, Any]],
@@ -632,35 +631,20 @@ class _KeyedLocks:
 
 def _retrieve_params(query: bytes) -> tuple[bool, int]:
     """`stream` (`true`/`false`) and `starting_after` (a sequence number) of a GET."""
-    try:
-        params = parse_qs(query.decode("latin-1"), keep_blank_values=True)
-    except ValueError:
-        params = {}
-    stream = (params.get("stream") or ["false"])[-1].lower()
+    # Options the SDK may send that change nothing here (`include[]`) are let through.
+    params = query_params(query, ("stream", "starting_after"), ignore_unknown=True)
+    stream = params.get("stream", "false").lower()
     if stream not in ("true", "false"):
         raise InvalidInput("`stream` must be true or false.", param="stream")
-    afters = params.get("starting_after")
-    after = afters[-1] if afters else None
-    if after is not None and not _DIGITS.fullmatch(after):
-        raise InvalidInput("`starting_after` must be a sequence number (an integer from 0).",
-                           param="starting_after")
-    return stream == "true", int(after) if after is not None else -1
+    return stream == "true", int_param(params, "starting_after", -1, 0, 2**31 - 1)
 
 
 def _page_params(query: bytes) -> tuple[int, str | None, str]:
     """`limit` (1-100, default 20), `after` and `order` (`asc`/`desc`, default `desc`) of an
     input_items list, as OpenAI takes them."""
-    try:
-        params = parse_qs(query.decode("latin-1"), keep_blank_values=True)
-    except ValueError:
-        params = {}
-    limit_text = (params.get("limit") or ["20"])[-1]
-    if not _DIGITS.fullmatch(limit_text) or not 1 <= int(limit_text) <= _MAX_ITEMS_PAGE:
-        raise InvalidInput(f"`limit` must be an integer from 1 to {_MAX_ITEMS_PAGE}.",
-                           param="limit")
-    order = (params.get("order") or ["desc"])[-1]
+    params = query_params(query, ("limit", "after", "order"), ignore_unknown=True)
+    limit = int_param(params, "limit", 20, 1, _MAX_ITEMS_PAGE)
+    order = params.get("order", "desc")
     if order not in ("asc", "desc"):
         raise InvalidInput("`order` must be `asc` or `desc`.", param="order")
-    afters = params.get("after")
-    after = afters[-1] if afters and afters[-1] else None
-    return int(limit_text), after, order
+    return limit, params.get("after") or None, order
