@@ -37,6 +37,7 @@ __all__ = [
     "RegionBusy",
     "RegionImmutable",
     "ReplyInProgress",
+    "RequestTimeout",
     "ServerBusy",
     "StorageError",
     "StoreUnavailable",
@@ -152,6 +153,13 @@ class ReplyInProgress(Conflict):
     """A message to a conversation whose reply is still being written."""
 
     code = "reply_in_progress"
+
+
+class RequestTimeout(InvalidInput):
+    """A request body that stopped arriving (an upload idle past its bound): nothing stored."""
+
+    status = 408
+    code = "request_timeout"
 
 
 class ZeroRetentionViolation(InvalidInput):

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from domicile.errors import BodyTooLarge, InvalidInput, NotFound, ServerBusy
+from domicile.errors import BodyTooLarge, InvalidInput, NotFound, RequestTimeout, ServerBusy
 from domicile.failures import describe
 from domicile.inference.providers.shapes import new_id
 from domicile.storage.interfaces import (
@@ -59,7 +59,6 @@ __all__ = [
     "PURPOSES",
     "SYSTEM_PURPOSES",
     "FilesEndpoint",
-    "IdleUpload",
     "ListQuery",
     "UploadStreams",
     "clean_filename",
@@ -199,13 +198,6 @@ def _purpose(raw: bytes) -> str:
 # -- store-level helpers (blocking unless async; shared with uploads and batches) -----------
 
 
-class IdleUpload(InvalidInput):
-    """An upload whose client sent nothing for `IDLE_READ_S` seconds: ended, nothing stored."""
-
-    status = 408
-    code = "request_timeout"
-
-
 class UploadStreams:
     """The threads uploads are streamed into the store with, at most `size` at once.
 
@@ -273,7 +265,7 @@ async def stage_chunks(store: ContentStore, tenant: TenantRef, kind: str, blob_i
         try:
             return await asyncio.wait_for(anext(chunks), idle)
         except TimeoutError:
-            raise IdleUpload(f"No bytes of the upload arrived for {idle:g} seconds; nothing "
+            raise RequestTimeout(f"No bytes of the upload arrived for {idle:g} seconds; nothing "
                              "was stored.") from None
 
     def pull() -> Iterator[bytes]:  # runs in the store's thread

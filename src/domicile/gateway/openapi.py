@@ -219,6 +219,8 @@ _ERROR_RESPONSES: dict[str, dict[str, Any]] = {
     "Conflict": _error("`conflict`: the request conflicts with its object's state now "
                        "(cancelling a finished batch, completing a cancelled upload)."),
     "Gone": _error("`tenant_erased`: the project's data in this region was erased."),
+    "RequestTimeout": _error("`request_timeout`: an upload that sent no bytes for 60 s; "
+                             "nothing of it is stored."),
     "RequestTooLarge": _error("`request_too_large`: a JSON body over 32 MiB, an upload over "
                               "512 MiB."),
     "RateLimited": _error(
@@ -364,6 +366,12 @@ def _amend(document: dict[str, Any]) -> None:
         for name, field in batch["properties"].items():
             if name not in batch["required"]:
                 batch["properties"][name] = {"anyOf": [field, {"type": "null"}]}
+    response = schemas.get("Response")
+    if response is not None:  # no usage yet in a run's first events: null, as OpenAI sends
+        for part in response.get("allOf", ()):
+            usage = part.get("properties", {}).get("usage")
+            if usage is not None:
+                part["properties"]["usage"] = {"anyOf": [usage, {"type": "null"}]}
     if "Embedding" in schemas:  # OpenAI's spec knows only the float list
         schemas["Embedding"]["properties"]["embedding"] = _EMBEDDING_VECTOR
     for schema in schemas.values():  # a list's ends: null when it is empty, as OpenAI sends
@@ -371,10 +379,29 @@ def _amend(document: dict[str, Any]) -> None:
         for end in ("first_id", "last_id"):
             if ends.get(end, {}).get("type") == "string":
                 ends[end] = {**ends[end], "type": ["string", "null"]}
+    replay = document["paths"].get("/v1/responses/{response_id}", {}).get("get")
+    if replay is not None:  # `?stream=true` replays a finished response's events
+        replay["responses"]["200"]["content"]["text/event-stream"] = {
+            "schema": {"$ref": "#/components/schemas/ResponseStreamEvent"}}
+    for item in document["paths"].values():
+        for operation in item.values():
+            for answer in operation.get("responses", {}).values():
+                stream = answer.get("content", {}).get("text/event-stream")
+                if stream is not None and "schema" in stream:
+                    stream["itemSchema"] = _sse_event(stream.pop("schema"))
     download = document["paths"].get("/v1/files/{file_id}/content", {}).get("get")
     if download is not None:  # the file's bytes, not a JSON string
         download["responses"]["200"]["content"] = {
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+
+
+def _sse_event(data: dict[str, Any]) -> dict[str, Any]:
+    """One server-sent event whose `data` is JSON of `data`'s schema (OpenAPI 3.2's
+    `itemSchema`: OpenAI's spec gives the data's schema as the stream's)."""
+    return {"type": "object", "required": ["data"], "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string", "contentMediaType": "application/json",
+                 "contentSchema": data}}}
 
 
 _AMENDMENTS = (_amend,)
@@ -398,6 +425,10 @@ def _parameters(route: Route) -> list[dict[str, Any]]:
             for name in re.findall(r"{(\w+)}", route.template)]
 
 
+# Operations whose body is streamed into the store, with an idle bound.
+_STREAMED_UPLOADS = frozenset({"createFile", "addUploadPart"})
+
+
 def _errors(route: Route) -> dict[str, str]:
     """The error answers a route may give, status -> `_ERROR_RESPONSES` name."""
     # 404 everywhere: an id in the path or the body (`input_file_id`, `previous_response_id`)
@@ -412,6 +443,8 @@ def _errors(route: Route) -> dict[str, str]:
         errors["413"] = "RequestTooLarge"
         errors["410"] = "Gone"
         errors["507"] = "InsufficientStorage"
+    if route.operation in _STREAMED_UPLOADS:
+        errors["408"] = "RequestTimeout"
     if routed:
         errors["502"] = "UpstreamError"
         errors["4XX"] = "ProviderRefusal"
