@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import secrets
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from openai.types import Batch
 from tests.conftest import scan_for_canary
 from tests.e2e.conftest import MODEL, Deployment, deployed
 from tests.e2e.harness import Server
+from tests.gateway.support import jsonl_file, wait_for_batch
 from tests.gateway.upstream import FakeUpstream
 
 DEADLINE_S = 180.0
@@ -84,21 +84,12 @@ def submit(client: openai.OpenAI, lines: list[dict[str, Any]]) -> Batch:
 
 
 def wait_for(client: openai.OpenAI, batch_id: str,
-             done: Callable[[Batch], bool] = lambda b: b.status in (
-                 "completed", "failed", "cancelled", "expired")) -> Batch:
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        batch = client.batches.retrieve(batch_id)
-        if done(batch):
-            return batch
-        assert time.monotonic() < deadline, f"batch still {batch.status}"
-        time.sleep(0.05)
+             done: Callable[[Batch], bool] | None = None) -> Batch:
+    batch: Batch = wait_for_batch(client, batch_id, done, deadline_s=DEADLINE_S)
+    return batch
 
 
-def lines_of(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
-    if file_id is None:
-        return []
-    return [json.loads(line) for line in client.files.content(file_id).text.splitlines()]
+lines_of = jsonl_file
 
 
 def test_a_batch_of_1000_chat_requests_completes_with_its_output_file(live: Served) -> None:

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 import time
@@ -305,3 +306,28 @@ __all__ = [
     "provider",
     "region_table",
 ]
+
+
+# -- batches ---------------------------------------------------------------------------------
+
+BATCH_ENDED = ("completed", "failed", "cancelled", "expired")
+
+
+def wait_for_batch(client: Any, batch_id: str, done: Callable[[Any], bool] | None = None, *,
+                   deadline_s: float = 30.0) -> Any:
+    """Poll a batch (through the SDK) until `done` (default: it ended); fail past the
+    deadline. Polling, not sleeping for a guess: a busy machine only makes it slower."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        if (done(batch) if done is not None else batch.status in BATCH_ENDED):
+            return batch
+        assert time.monotonic() < deadline, f"batch still {batch.status}"
+        time.sleep(0.02)
+
+
+def jsonl_file(client: Any, file_id: str | None) -> list[dict[str, Any]]:
+    """The lines of a JSONL file read back through the SDK ([] for no file)."""
+    if file_id is None:
+        return []
+    return [json.loads(line) for line in client.files.content(file_id).text.splitlines()]

@@ -58,8 +58,10 @@ from tests.gateway.support import (
     MemoryContentStore,
     ServedApp,
     grant,
+    jsonl_file,
     make_settings,
     provider,
+    wait_for_batch,
 )
 from tests.gateway.upstream import HOLD_LIMIT_S, FakeUpstream
 
@@ -86,21 +88,12 @@ def upload(client: openai.OpenAI, lines: list[Any], purpose: str = "batch") -> s
 
 
 def wait_for(client: openai.OpenAI, batch_id: str,
-             done: Callable[[Batch], bool] = lambda b: b.status in (
-                 "completed", "failed", "cancelled", "expired")) -> Batch:
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        batch = client.batches.retrieve(batch_id)
-        if done(batch):
-            return batch
-        assert time.monotonic() < deadline, f"batch still {batch.status}"
-        time.sleep(0.02)
+             done: Callable[[Batch], bool] | None = None) -> Batch:
+    batch: Batch = wait_for_batch(client, batch_id, done, deadline_s=DEADLINE_S)
+    return batch
 
 
-def file_lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
-    if file_id is None:
-        return []
-    return [json.loads(line) for line in client.files.content(file_id).text.splitlines()]
+file_lines = jsonl_file
 
 
 @pytest.fixture
