@@ -139,16 +139,19 @@ class RegionalStore:
     # -- records ----------------------------------------------------------------------------
 
     def put_record(self, tenant: TenantRef, kind: str, record_id: str, plaintext: bytes) -> None:
-        context = self._sealing_context(tenant, kind, record_id)
-        with self._refusing_erased():
-            body = self.envelope.seal(plaintext, context)
-        now = datetime.now(UTC)
-        values = {"tenant_id": tenant.id, "kind": kind, "record_id": record_id,
-                  "region": self.region, "created_at": now, "updated_at": now, "body": body,
-                  "training_consent": tenant.training_consent}
+        values = self._record_row(tenant, kind, record_id,
+                                  self.seal(tenant, kind, record_id, plaintext))
         with self.engine.begin() as conn:
             conn.execute(self._upsert(RecordRow, values,
                                       ("body", "updated_at", "training_consent")))
+
+    def _record_row(self, tenant: TenantRef, kind: str, record_id: str,
+                    body: bytes) -> dict[str, object]:
+        """A records row of `body` (already sealed), written now."""
+        now = datetime.now(UTC)
+        return {"tenant_id": tenant.id, "kind": kind, "record_id": record_id,
+                "region": self.region, "created_at": now, "updated_at": now, "body": body,
+                "training_consent": tenant.training_consent}
 
     def _upsert(self, model: type[RecordRow] | type[BlobRow], values: dict[str, object],
                 changed: Sequence[str]) -> Any:
@@ -193,9 +196,10 @@ class RegionalStore:
     def claim_record(self, tenant: TenantRef, kind: str, record_id: str, plaintext: bytes,
                      *, stale_after: float, expect: bytes | None = None) -> bool:
         context = self._sealing_context(tenant, kind, record_id)
-        with self._refusing_erased():
-            body = self.envelope.seal(plaintext, context)
-        now = datetime.now(UTC)
+        body = self.seal(tenant, kind, record_id, plaintext)
+        values = self._record_row(tenant, kind, record_id, body)
+        now = values["updated_at"]
+        assert isinstance(now, datetime)
         if expect is not None:
             # A compare-and-swap: sealed bodies cannot be compared in SQL, so the body read
             # is opened and compared here, and the update applies only if that very
@@ -209,9 +213,6 @@ class RegionalStore:
                 changed = conn.execute(update(RecordRow).where(*where, RecordRow.body == held)
                                        .values(body=body, updated_at=now))
                 return bool(changed.rowcount)
-        values = {"tenant_id": tenant.id, "kind": kind, "record_id": record_id,
-                  "region": self.region, "created_at": now, "updated_at": now, "body": body,
-                  "training_consent": tenant.training_consent}
         is_sqlite = self.engine.dialect.name == "sqlite"
         insert_row = (sqlite.insert if is_sqlite else postgresql.insert)(RecordRow).values(
             **values)
@@ -227,9 +228,7 @@ class RegionalStore:
 
     def replace_record(self, tenant: TenantRef, kind: str, record_id: str,
                        plaintext: bytes) -> bool:
-        context = self._sealing_context(tenant, kind, record_id)
-        with self._refusing_erased():
-            body = self.envelope.seal(plaintext, context)
+        body = self.seal(tenant, kind, record_id, plaintext)
         # One UPDATE: a row deleted meanwhile (by any process) stays deleted.
         statement = update(RecordRow).where(
             RecordRow.tenant_id == tenant.id, RecordRow.kind == kind,
