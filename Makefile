@@ -48,14 +48,15 @@ run: install
 	$(BIN)/domicile serve --config $(SITE)/domicile.toml
 
 # Two workers, a test file each at a time (a module's served site is started once); the
-# browser tests after, alone, so Chromium is never starved by a parallel end-to-end server.
+# browser tests after, on their own two workers, so Chromium never competes with a parallel
+# end-to-end server.
 TEST_WORKERS ?= 2
 
 test: install-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --ignore=tests/ui
-	$(BIN)/pytest tests/ui
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile tests/ui
 
 lint:
 	$(BIN)/ruff check src tests bench
