@@ -253,17 +253,25 @@ def _assemble(store: ContentStore, tenant: TenantRef, upload: Upload, part_ids: 
     return done
 
 
+def _leave_pending(store: ContentStore, tenant: TenantRef, upload_id: str,
+                   status: str) -> tuple[Upload, Upload]:
+    """(the pending upload, the same now `status`), swapped atomically in the store: of a
+    completion and a cancel on any servers, one wins and the other gets a 409."""
+    found = _load_raw(store, tenant, upload_id)
+    upload = _check_pending(found[0] if found else None, upload_id, time.time())
+    assert found is not None
+    changed = upload.with_status(status)
+    if not _swap(store, tenant, upload_id, found[1], changed):
+        raise Conflict("This upload was completed or cancelled by another request.",
+                       param="upload_id")
+    return upload, changed
+
+
 def _complete(store: ContentStore, tenant: TenantRef, upload_id: str, part_ids: list[str],
               md5: str | None) -> Upload:
     """Claim the upload (pending -> completing, atomically: one completion or cancel wins,
     on whichever server) and make its File; a completion that fails puts it back."""
-    found = _load_raw(store, tenant, upload_id)
-    upload = _check_pending(found[0] if found else None, upload_id, time.time())
-    assert found is not None
-    completing = upload.with_status("completing")
-    if not _swap(store, tenant, upload_id, found[1], completing):
-        raise Conflict("This upload was completed or cancelled by another request.",
-                       param="upload_id")
+    upload, completing = _leave_pending(store, tenant, upload_id, "completing")
     try:
         return _assemble(store, tenant, completing, part_ids, md5)
     except BaseException:
@@ -272,13 +280,7 @@ def _complete(store: ContentStore, tenant: TenantRef, upload_id: str, part_ids: 
 
 
 def _cancel(store: ContentStore, tenant: TenantRef, upload_id: str) -> Upload:
-    found = _load_raw(store, tenant, upload_id)
-    upload = _check_pending(found[0] if found else None, upload_id, time.time())
-    assert found is not None
-    cancelled = upload.with_status("cancelled")
-    if not _swap(store, tenant, upload_id, found[1], cancelled):
-        raise Conflict("This upload was completed or cancelled by another request.",
-                       param="upload_id")
+    _, cancelled = _leave_pending(store, tenant, upload_id, "cancelled")
     _delete_parts(store, tenant, upload_id)
     return cancelled
 
