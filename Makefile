@@ -18,7 +18,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
-	$(BIN)/pip install --quiet -e '.[embeddings,test,bench]'
+	$(BIN)/pip install --quiet -e '.[embeddings,test,bench,otel]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -22,6 +22,9 @@ from tests.pgserver import (
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# moto (S3, KMS) and Redis fixtures: tests/services.py
+pytest_plugins = ["tests.services"]
+
 BACKENDS = ("sqlite", "postgresql")
 # An admin URL of a server to use instead of a throwaway one (DOMICILE_TEST_PG: its old name).
 POSTGRES_URL_ENV = ("DOMICILE_TEST_POSTGRES_URL", "DOMICILE_TEST_PG")

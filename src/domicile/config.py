@@ -24,7 +24,10 @@ __all__ = [
     "CONFIG_ENV",
     "Capability",
     "DirectorySettings",
+    "AwsKmsSettings",
     "KeyProviderSettings",
+    "ObservabilitySettings",
+    "VaultTransitSettings",
     "ProviderSettings",
     "RegionSettings",
     "ServerSettings",
@@ -47,6 +50,9 @@ DEFAULT_CAPABILITIES: Mapping[str, tuple[Capability, ...]] = {
     "dev-echo": ("chat", "embeddings", "vision", "images"),
 }
 # A region name is part of key prefixes (`dk-eu-…`) and URLs: keep it to a simple token.
+# `s3://bucket/prefix?…`: the endpoint (an S3-compatible service), the bucket's region, and
+# server-side encryption asked of the service as well as ours (defence in depth).
+S3_OPTIONS = frozenset({"endpoint_url", "region", "region_name", "sse", "sse_kms_key_id"})
 REGION_NAME = re.compile(r"[a-z][a-z0-9]{1,15}")
 RESERVED_REGION_NAMES = frozenset({"global", "directory"})
 
@@ -90,8 +96,44 @@ class ProviderSettings(_Frozen):
 
 
 class KeyProviderSettings(_Frozen):
+    """The embedded default: a 32-byte KEK file (`path`, relative to data_dir)."""
+
     kind: Literal["local"] = "local"
     path: Path
+
+
+class AwsKmsSettings(_Frozen):
+    """AWS KMS (or an emulator speaking its API): data keys from GenerateDataKey under
+    `key_id`, unwrapped with Decrypt; credentials from boto3's usual chain, never here."""
+
+    kind: Literal["aws-kms"]
+    key_id: Annotated[str, Field(min_length=1, max_length=2048)]
+    region: Annotated[str, Field(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")]
+    endpoint_url: str | None = None
+
+
+class VaultTransitSettings(_Frozen):
+    """HashiCorp Vault / OpenBao transit engine: data keys from `datakey/plaintext/<key_name>`,
+    unwrapped with `decrypt/<key_name>`; the token is read from the env var `token_env`."""
+
+    kind: Literal["vault-transit"]
+    url: str
+    key_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
+    mount: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,127}$")] = "transit"
+    token_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")] = "VAULT_TOKEN"
+    namespace: str | None = None
+    ca_file: Path | None = None
+    timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+
+    def token(self) -> SecretStr | None:
+        """The Vault token, read from the environment variable the config names."""
+        value = os.environ.get(self.token_env)
+        return SecretStr(value) if value else None
+
+
+AnyKeyProvider = Annotated[
+    KeyProviderSettings | AwsKmsSettings | VaultTransitSettings, Field(discriminator="kind")
+]
 
 
 class RegionSettings(_Frozen):
@@ -101,7 +143,19 @@ class RegionSettings(_Frozen):
     public_url: str
     database_url: str
     blob_url: str
-    key_provider: KeyProviderSettings
+    key_provider: AnyKeyProvider
+    # Where the wrapped data keys live. Default: a SQLite file beside a local KEK. A
+    # postgresql:// region must name a shared keystore database here (every replica reads
+    # the same keys; back it up on its own schedule: docs/deploy.md).
+    keystore_url: str | None = None
+    # How long a process keeps an unwrapped data key: the bound within which a shred made
+    # by another replica (or process) is seen everywhere (docs/KEYS.md).
+    key_cache_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
+    # Shared rate limits and quotas for the region's replicas; unset: in-memory, per process.
+    redis_url: str | None = None
+    # Folder of the region's own key files (the audit signing key); default: the folder of
+    # a local KEK, else <data_dir>/<region>.
+    key_dir: Path | None = None
     default_retention: Literal["zero", "regional"] = "zero"
     providers: tuple[ProviderSettings, ...] = ()
 
@@ -112,6 +166,19 @@ class RegionSettings(_Frozen):
     @property
     def port(self) -> int:
         return _split_listen(self.listen)[1]
+
+    @property
+    def keystore_path(self) -> Path | None:
+        """The SQLite keystore file (absolute after loading), else None (a shared keystore)."""
+        url = self.keystore_url
+        return Path(url.removeprefix("sqlite:///")) if url and url.startswith("sqlite:///") \
+            else None
+
+    @property
+    def kek_path(self) -> Path | None:
+        """The local KEK file, else None (the KEK is held by a KMS)."""
+        provider = self.key_provider
+        return provider.path if isinstance(provider, KeyProviderSettings) else None
 
     @property
     def blob_path(self) -> Path | None:
@@ -172,6 +239,17 @@ class WorkspaceSettings(_Frozen):
     knowledge_passages: Annotated[int, Field(ge=1, le=50)] = 4
 
 
+class ObservabilitySettings(_Frozen):
+    """Metrics, logs and traces: counts and timings only, never content (`[observability]`)."""
+
+    # `GET /metrics` on every region's address (Prometheus text format).
+    metrics: bool = True
+    # "text" for people, "json" for log collectors (one object per line).
+    log_format: Literal["text", "json"] = "text"
+    # Send OpenTelemetry traces (spans named by route template) to this OTLP/HTTP endpoint.
+    otlp_endpoint: str | None = None
+
+
 class DirectorySettings(_Frozen):
     database_url: str
     # The per-site secret that keys the HMAC of API keys and workspace tokens.
@@ -185,6 +263,7 @@ class Settings(_Frozen):
     regions: Mapping[str, RegionSettings]
     server: ServerSettings = ServerSettings()
     workspace: WorkspaceSettings = WorkspaceSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
 
     def region(self, name: str) -> RegionSettings:
         try:
@@ -239,7 +318,7 @@ def load_settings(path: str | os.PathLike[str], *, check_files: bool = True) -> 
 def parse_settings(
     raw: Mapping[str, Any], *, config_path: Path, check_files: bool = True
 ) -> Settings:
-    allowed = {"data_dir", "directory", "regions", "server", "workspace"}
+    allowed = {"data_dir", "directory", "regions", "server", "workspace", "observability"}
     for key in raw:
         if key not in allowed:
             raise ConfigError(key, "unknown key")
@@ -286,6 +365,13 @@ def parse_settings(
                                   f"regions.{sibling.name} uses the same database")
         if region.database_url == directory.database_url:
             raise ConfigError(f"{prefix}.database_url", "the directory uses the same database")
+        for sibling in regions.values():
+            if sibling.keystore_url == region.keystore_url:
+                raise ConfigError(f"{prefix}.keystore_url",
+                                  f"regions.{sibling.name} uses the same keystore")
+        if region.keystore_url in (directory.database_url,
+                                   *(r.database_url for r in regions.values())):
+            raise ConfigError(f"{prefix}.keystore_url", "a content database is not a keystore")
         regions[name] = region
 
     server_raw = raw.get("server", {})
@@ -297,8 +383,15 @@ def parse_settings(
     if not isinstance(workspace_raw, Mapping):
         raise ConfigError("workspace", "must be a table")
     workspace = _validate(WorkspaceSettings, dict(workspace_raw), "workspace")
+    observability_raw = raw.get("observability", {})
+    if not isinstance(observability_raw, Mapping):
+        raise ConfigError("observability", "must be a table")
+    observability = _validate(ObservabilitySettings, dict(observability_raw), "observability")
+    if observability.otlp_endpoint is not None:
+        _http_url(observability.otlp_endpoint, "observability.otlp_endpoint")
     return Settings(config_path=config_path.resolve(), data_dir=data_dir, directory=directory,
-                    regions=regions, server=server, workspace=workspace)
+                    regions=regions, server=server, workspace=workspace,
+                    observability=observability)
 
 
 def _resolve_server_tls(server: ServerSettings, data_dir: Path, *,
@@ -316,12 +409,72 @@ def _resolve_server_tls(server: ServerSettings, data_dir: Path, *,
     return server.model_copy(update={"tls_cert": cert, "tls_key": key})
 
 
+def _resolve_key_provider(
+    region: RegionSettings, data_dir: Path, prefix: str, *, check_files: bool
+) -> dict[str, Any]:
+    """The resolved key provider, keystore URL and key folder of a region."""
+    provider = region.key_provider
+    field = f"{prefix}.key_provider"
+    if isinstance(provider, KeyProviderSettings):
+        key_path = data_dir / provider.path
+        if check_files and not key_path.is_file():
+            raise ConfigError(f"{field}.path", f"key file {key_path} does not exist")
+        provider = provider.model_copy(update={"path": key_path})
+        default_keystore = f"sqlite:///{key_path.with_name(key_path.name + '.keystore.db')}"
+        key_dir = key_path.parent
+    else:
+        if isinstance(provider, AwsKmsSettings) and provider.endpoint_url is not None:
+            _http_url(provider.endpoint_url, f"{field}.endpoint_url", tls_unless_loopback=True)
+        if isinstance(provider, VaultTransitSettings):
+            _http_url(provider.url, f"{field}.url", tls_unless_loopback=True)
+            if provider.ca_file is not None:
+                ca_file = data_dir / provider.ca_file
+                if check_files and not ca_file.is_file():
+                    raise ConfigError(f"{field}.ca_file", f"CA file {ca_file} does not exist")
+                provider = provider.model_copy(update={"ca_file": ca_file})
+        default_keystore = None
+        key_dir = data_dir / region.name
+    keystore = region.keystore_url
+    if keystore is None:
+        if region.database_url.split(":", 1)[0].startswith("postgres"):
+            raise ConfigError(f"{prefix}.keystore_url", "a postgresql:// region keeps its "
+                              "wrapped data keys in a keystore every replica shares: name its "
+                              "database here (postgresql://…), apart from the content's")
+        if default_keystore is None:
+            raise ConfigError(f"{prefix}.keystore_url", "a region whose KEK is in a KMS names "
+                              "where its wrapped data keys live (sqlite:///… or postgresql://…)")
+        keystore = default_keystore
+    else:
+        keystore = _database_url(keystore, data_dir, f"{prefix}.keystore_url")
+        if keystore == region.database_url:
+            raise ConfigError(f"{prefix}.keystore_url", "the keystore must not be the region's "
+                              "content database: a copy of the content must not carry its keys")
+    if region.key_dir is not None:
+        key_dir = data_dir / region.key_dir
+    if region.redis_url is not None:
+        parts = urlsplit(region.redis_url)
+        if parts.scheme not in ("redis", "rediss", "unix") or (
+                parts.scheme != "unix" and not parts.hostname):
+            raise ConfigError(f"{prefix}.redis_url",
+                              "must be a redis://, rediss:// or unix:// URL")
+    return {"key_provider": provider, "keystore_url": keystore, "key_dir": key_dir}
+
+
+def _http_url(url: str, field: str, *, tls_unless_loopback: bool = False) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(field, "must be an http(s) URL")
+    if parts.username or parts.password:
+        raise ConfigError(field, "must not carry credentials")
+    if tls_unless_loopback and parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise ConfigError(field, f"plain http to the non-loopback host {parts.hostname!r} is "
+                          "refused (G6); use https")
+
+
 def _resolve_region(
     region: RegionSettings, data_dir: Path, prefix: str, *, check_files: bool
 ) -> RegionSettings:
-    key_path = data_dir / region.key_provider.path
-    if check_files and not key_path.is_file():
-        raise ConfigError(f"{prefix}.key_provider.path", f"key file {key_path} does not exist")
+    keys = _resolve_key_provider(region, data_dir, prefix, check_files=check_files)
     seen: set[str] = set()
     providers = []
     for index, provider in enumerate(region.providers):
@@ -334,7 +487,7 @@ def _resolve_region(
         update={
             "database_url": _database_url(region.database_url, data_dir, f"{prefix}.database_url"),
             "blob_url": _blob_url(region.blob_url, data_dir, f"{prefix}.blob_url"),
-            "key_provider": region.key_provider.model_copy(update={"path": key_path}),
+            **keys,
             "providers": tuple(providers),
         }
     )
@@ -398,9 +551,21 @@ def _blob_url(url: str, data_dir: Path, field: str) -> str:
     if parts.scheme == "s3":
         if not parts.netloc:
             raise ConfigError(field, "an S3 URL names its bucket: s3://bucket/prefix")
-        unknown = set(parse_qs(parts.query)) - {"endpoint_url", "region_name"}
+        options = parse_qs(parts.query, keep_blank_values=True)
+        unknown = set(options) - S3_OPTIONS
         if unknown:
             raise ConfigError(field, f"unknown S3 option {sorted(unknown)[0]!r}")
+        for name, values in options.items():
+            if len(values) != 1 or not values[0]:
+                raise ConfigError(field, f"S3 option {name!r} takes exactly one value")
+        endpoint = options.get("endpoint_url", [None])[0]
+        if endpoint is not None:
+            _http_url(endpoint, field, tls_unless_loopback=True)
+        sse = options.get("sse", [None])[0]
+        if sse not in (None, "AES256", "aws:kms"):
+            raise ConfigError(field, "sse is AES256 or aws:kms")
+        if "sse_kms_key_id" in options and sse != "aws:kms":
+            raise ConfigError(field, "sse_kms_key_id needs sse=aws:kms")
         return url
     raise ConfigError(field, f"unsupported blob URL scheme {parts.scheme!r} (use file:// or s3://)")
 

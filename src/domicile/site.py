@@ -23,12 +23,13 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from domicile.compliance.audit import AuditLog, audit_key
-from domicile.compliance.receipts import signing_key_path
+from domicile.compliance.receipts import key_dir_field, signing_key_path
 from domicile.config import Settings, load_settings
-from domicile.crypto import LocalKeyProvider, keystore_path, write_new_kek
+from domicile.crypto import write_new_kek
+from domicile.crypto.providers import open_key_provider
 from domicile.errors import ConfigError, InvalidInput
 from domicile.failures import describe
-from domicile.storage.blobs import FileBlobStore
+from domicile.storage.blobs import FileBlobStore, open_blob_store
 from domicile.storage.db import make_engine, migrate, sqlite_path
 from domicile.storage.private import (
     folders_between,
@@ -120,9 +121,10 @@ def init_site(directory: Path = DEFAULT_SITE_DIR, *, port_base: int = 8400,
         _write_atomically(config_path, render_config(port_base, dev_tls=dev_tls))
         settings = load_settings(config_path, check_files=False)
         for region in settings.regions.values():
-            if not region.key_provider.path.exists():  # never overwrite a key
-                make_private_dirs(region.key_provider.path.parent)
-                write_new_kek(region.key_provider.path)
+            kek = region.kek_path
+            if kek is not None and not kek.exists():  # never overwrite a key
+                make_private_dirs(kek.parent)
+                write_new_kek(kek)
         if not settings.directory.secret_file.exists():
             write_site_secret(settings.directory.secret_file)
         site = Site(load_settings(config_path))
@@ -207,15 +209,13 @@ class Site:
     def store(self, region: str) -> RegionalStore:
         if region not in self._stores:
             config = self.settings.region(region)
-            blob_dir = config.blob_path
-            if blob_dir is None:
-                raise ConfigError(f"regions.{region}.blob_url",
-                                  "only file:// blob stores are available in this version")
+            blobs = open_blob_store(config.blob_url, field=f"regions.{region}.blob_url")
             engine = make_engine(config.database_url)
             self._engines.append(engine)
-            keys = LocalKeyProvider(region, config.key_provider.path)
-            self._stores[region] = RegionalStore(region, engine, FileBlobStore(blob_dir), keys,
-                                                 audit_key=audit_key(self.site_secret))
+            keys = open_key_provider(config)
+            self._stores[region] = RegionalStore(region, engine, blobs, keys,
+                                                 audit_key=audit_key(self.site_secret),
+                                                 key_cache_s=config.key_cache_s)
         return self._stores[region]
 
     def migrate(self) -> None:
@@ -268,11 +268,11 @@ class Site:
         region's key-encryption key, the audit chains' signing keys and the TLS key."""
         settings = self.settings
         keys = [("directory.secret_file", settings.directory.secret_file)]
-        keys += [(f"regions.{name}.key_provider.path", region.key_provider.path)
-                 for name, region in settings.regions.items()]
+        keys += [(f"regions.{name}.key_provider.path", region.kek_path)
+                 for name, region in settings.regions.items() if region.kek_path is not None]
         for chain in (DIRECTORY_CHAIN, *settings.regions):
             field = ("directory.secret_file" if chain == DIRECTORY_CHAIN
-                     else f"regions.{chain}.key_provider.path")
+                     else key_dir_field(settings, chain))
             with contextlib.suppress(ConfigError):  # a shared one: `audit head` says so
                 keys.append((field, signing_key_path(settings, chain)))
         if settings.server.tls_key is not None:
@@ -296,8 +296,7 @@ class Site:
         databases = [sqlite_path(self.settings.directory.database_url)]
         trees = []
         for region in self.settings.regions.values():
-            databases += (sqlite_path(region.database_url),
-                          keystore_path(region.key_provider.path))
+            databases += (sqlite_path(region.database_url), region.keystore_path)
             if region.blob_path is not None:
                 trees.append(region.blob_path)
         files += (path.with_name(path.name + suffix) for path in databases if path is not None

@@ -262,7 +262,7 @@ def test_two_chains_never_share_a_signing_key(audited: Site) -> None:
     settings = audited.settings
     eu = settings.region("eu")
     us = settings.region("us").model_copy(update={"key_provider": KeyProviderSettings(
-        path=eu.key_provider.path.parent / "us-kek.key")})
+        path=eu.key_provider.path.parent / "us-kek.key"), "key_dir": eu.key_dir})
     shared = settings.model_copy(update={"regions": {"eu": eu, "us": us}})
     with pytest.raises(ConfigError, match=r"regions\.us\.key_provider\.path"):
         signing_key_path(shared, "us")

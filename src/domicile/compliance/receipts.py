@@ -247,12 +247,21 @@ class AuditSigner:
                        self.public_key.public_bytes_raw().hex(), signature.hex())
 
 
+def key_dir_field(settings: Settings, region: str) -> str:
+    """The config field that decides where `region`'s own key files live."""
+    config = settings.region(region)
+    if config.kek_path is not None and config.key_dir == config.kek_path.parent:
+        return f"regions.{region}.key_provider.path"
+    return f"regions.{region}.key_dir"
+
+
 def signing_key_path(settings: Settings, chain: str) -> Path:
     """Where `chain`'s signing key lives (the module's rule); ConfigError for an unknown chain
     or for a key file two chains would share."""
     paths = {DIRECTORY_CHAIN: settings.directory.secret_file.parent / SIGNING_KEY_NAME}
     for name, region in settings.regions.items():
-        paths[name] = region.key_provider.path.parent / SIGNING_KEY_NAME
+        assert region.key_dir is not None  # resolved at load
+        paths[name] = region.key_dir / SIGNING_KEY_NAME
     if chain != DIRECTORY_CHAIN:
         settings.region(chain)  # ConfigError naming the configured regions
     path = paths[chain]
@@ -260,7 +269,7 @@ def signing_key_path(settings: Settings, chain: str) -> Path:
                      if name != chain and os.path.abspath(other) == os.path.abspath(path))
     if sharing:
         field = ("directory.secret_file" if chain == DIRECTORY_CHAIN
-                 else f"regions.{chain}.key_provider.path")
+                 else key_dir_field(settings, chain))
         raise ConfigError(field, f"the audit signing key of chain {chain!r} would be {path}, "
                                  f"which chain(s) {', '.join(sharing)} use too; give each "
                                  "region's key file (and the directory secret) a folder of "

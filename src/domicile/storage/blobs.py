@@ -20,6 +20,8 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from domicile.errors import ConfigError
+from domicile.storage.interfaces import BlobStore
 from domicile.storage.private import FILE_MODE, make_private_dirs
 
 __all__ = ["FileBlobStore", "PendingFile", "open_blob_store"]
@@ -188,8 +190,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def open_blob_store(url: str) -> FileBlobStore:
-    """The blob store a region's `blob_url` names (after config resolution)."""
+def open_blob_store(url: str, *, field: str = "blob_url") -> BlobStore:
+    """The blob store a region's `blob_url` names (after config resolution); `field` names
+    the setting in errors."""
     if url.startswith("file://"):
         return FileBlobStore(Path(url.removeprefix("file://")))
-    raise NotImplementedError(f"blob store {url.split(':', 1)[0]}:// is not available yet")
+    if url.startswith("s3://"):
+        from domicile.storage.s3 import S3BlobStore
+
+        return S3BlobStore.from_url(url, field=field)
+    raise ConfigError(field, f"unsupported blob store {url.split(':', 1)[0]}://")

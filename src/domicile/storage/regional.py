@@ -73,12 +73,13 @@ def claim_region(engine: Engine, region: str) -> None:
 
 class RegionalStore:
     def __init__(self, region: str, engine: Engine, blobs: BlobStore, keys: KeyProvider, *,
-                 audit_key: bytes) -> None:
+                 audit_key: bytes, key_cache_s: float = 60.0) -> None:
         self.region = region
         self.engine = engine
         self.blobs = blobs
         self.keys = keys
-        self.envelope = Envelope(keys)
+        # key_cache_s bounds how long a shred made elsewhere goes unseen here (docs/KEYS.md).
+        self.envelope = Envelope(keys, cache_ttl_s=key_cache_s)
         self.audit = AuditLog(engine, region, AUDIT_LOG, AUDIT_HEAD, key=audit_key)
         self._keyed_global_tenants: set[str] = set()
 
