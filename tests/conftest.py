@@ -139,7 +139,10 @@ def _move_to_postgres(settings: Settings, postgres: PostgresDatabases) -> Settin
     body = config.read_text()
     body = body.replace('"sqlite:///directory.db"', f'"{postgres.create("dir")}"')
     for region in settings.regions:
-        body = body.replace(f'"sqlite:///{region}/store.db"', f'"{postgres.create(region)}"')
+        # A postgresql region keeps its wrapped data keys in a shared keystore database.
+        body = body.replace(f'database_url = "sqlite:///{region}/store.db"',
+                            f'database_url = "{postgres.create(region)}"\n'
+                            f'keystore_url = "{postgres.create(region + "keys")}"')
     config.write_text(body)
     return load_settings(config)
 

@@ -56,7 +56,7 @@ class MotoServer:
         import boto3
 
         return boto3.client(service, endpoint_url=self.endpoint_url, region_name=self.region,
-                            aws_access_key_id="testing", aws_secret_access_key="testing")  # noqa: S106
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
 
     def bucket(self) -> str:
         """A new, empty bucket's name (a valid S3 name)."""
@@ -74,7 +74,7 @@ class MotoServer:
 
 def moto_environment() -> dict[str, str]:
     """Credentials for boto3 inside servers the tests start (moto accepts any)."""
-    return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",  # noqa: S106
+    return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": EMULATOR_REGION}
 
 
@@ -95,7 +95,7 @@ def start_moto(log_dir: Path) -> tuple[subprocess.Popen[bytes], MotoServer]:
             pytest.fail(f"moto_server exited with {process.returncode}: "
                         f"{(log_dir / 'moto.log').read_text(errors='replace')[-2000:]}")
         with contextlib.suppress(OSError, urllib.error.URLError):
-            with urllib.request.urlopen(server.endpoint_url + "/moto-api/", timeout=5):  # noqa: S310
+            with urllib.request.urlopen(server.endpoint_url + "/moto-api/", timeout=5):
                 return process, server
         if time.monotonic() > deadline:
             process.kill()

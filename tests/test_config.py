@@ -180,3 +180,101 @@ def test_dev_tls_config_names_the_files_and_https_urls(tmp_path: Path) -> None:
     assert settings.server.tls_key == tmp_path.resolve() / "tls" / "server.key"
     assert {r.public_url for r in settings.regions.values()} == {
         "https://127.0.0.1:8400", "https://127.0.0.1:8401"}
+
+
+# -- past one machine: keystores, KMS key providers, S3, Redis, observability -----------------
+
+PG = "postgresql://postgres@127.0.0.1:5432"
+KMS = ('key_provider = { kind = "aws-kms", key_id = "alias/eu-kek", region = "eu-central-1", '
+       'endpoint_url = "http://127.0.0.1:5000" }')
+
+
+def eu_edit(body: str, old: str, new: str) -> str:
+    assert old in body
+    return body.replace(old, new, 1)
+
+
+def test_a_local_kek_keeps_its_keystore_beside_it_by_default(good_config: Path) -> None:
+    eu = load_settings(good_config).regions["eu"]
+    assert eu.keystore_path == good_config.parent.resolve() / "eu" / "kek.key.keystore.db"
+    assert eu.kek_path == eu.key_dir / "kek.key"  # type: ignore[operator]
+
+
+def test_a_kms_region_names_its_key_and_keystore(tmp_path: Path) -> None:
+    body = eu_edit(render_config(8400), 'key_provider = { kind = "local", path = "eu/kek.key" }',
+                   KMS + '\nkeystore_url = "sqlite:///eu/keys.db"\nkey_cache_s = 5\n'
+                   'redis_url = "redis://127.0.0.1:6379/0"')
+    eu = load_settings(write_site(tmp_path, body)).regions["eu"]
+    assert eu.key_provider.kind == "aws-kms" and eu.kek_path is None
+    assert eu.keystore_path == tmp_path.resolve() / "eu" / "keys.db"
+    assert eu.key_dir == tmp_path.resolve() / "eu" and eu.key_cache_s == 5
+    assert eu.redis_url == "redis://127.0.0.1:6379/0"
+
+
+def test_a_vault_token_is_read_from_its_env_var_and_hidden(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EU_VAULT", "hvs.very-secret")
+    body = eu_edit(render_config(8400), 'key_provider = { kind = "local", path = "eu/kek.key" }',
+                   'key_provider = { kind = "vault-transit", url = "https://vault.eu.internal",'
+                   ' key_name = "eu-kek", token_env = "EU_VAULT" }\n'
+                   'keystore_url = "sqlite:///eu/keys.db"')
+    settings = load_settings(write_site(tmp_path, body))
+    provider = settings.regions["eu"].key_provider
+    assert provider.kind == "vault-transit" and provider.mount == "transit"
+    token = provider.token()
+    assert token is not None and token.get_secret_value() == "hvs.very-secret"
+    assert "very-secret" not in repr(settings)
+
+
+@pytest.mark.parametrize(("old", "new", "field", "message"), [
+    ('database_url = "sqlite:///eu/store.db"', f'database_url = "{PG}/eu"',
+     "regions.eu.keystore_url", "every replica shares"),
+    ('database_url = "sqlite:///eu/store.db"',
+     f'database_url = "{PG}/eu"\nkeystore_url = "sqlite:///eu/keys.db"',
+     "regions.eu.keystore_url", "would diverge"),
+    ('database_url = "sqlite:///eu/store.db"',
+     f'database_url = "{PG}/eu"\nkeystore_url = "{PG}/eu"',
+     "regions.eu.keystore_url", "must not be the region's content database"),
+    ('key_provider = { kind = "local", path = "eu/kek.key" }', KMS,
+     "regions.eu.keystore_url", "KEK is in a KMS"),
+    ('key_provider = { kind = "local", path = "eu/kek.key" }',
+     KMS.replace("http://127.0.0.1:5000", "http://kms.example.com") +
+     '\nkeystore_url = "sqlite:///eu/keys.db"',
+     "regions.eu.key_provider.endpoint_url", "plain http"),
+    ('key_provider = { kind = "local", path = "eu/kek.key" }',
+     'key_provider = { kind = "gcp-kms", key_id = "k" }', "regions.eu.key_provider", ""),
+    ('blob_url = "file://eu/blobs"', 'blob_url = "s3://b/p?sse=DES"', "regions.eu.blob_url",
+     "sse is AES256"),
+    ('blob_url = "file://eu/blobs"', 'blob_url = "s3://b/p?colour=red"', "regions.eu.blob_url",
+     "unknown S3 option"),
+    ('blob_url = "file://eu/blobs"', 'blob_url = "s3://b/p?endpoint_url=http://s3.example.com"',
+     "regions.eu.blob_url", "plain http"),
+    ('default_retention = "zero"', 'default_retention = "zero"\nredis_url = "http://x"',
+     "regions.eu.redis_url", "redis://"),
+])
+def test_scale_out_settings_are_checked(tmp_path: Path, old: str, new: str, field: str,
+                                        message: str) -> None:
+    error = refused(tmp_path, eu_edit(render_config(8400), old, new))
+    assert error.field == field and message in str(error)
+
+
+def test_two_regions_never_share_a_keystore(tmp_path: Path) -> None:
+    body = render_config(8400)
+    for region in ("eu", "us"):
+        body = eu_edit(body, f'database_url = "sqlite:///{region}/store.db"',
+                       f'database_url = "sqlite:///{region}/store.db"\n'
+                       'keystore_url = "sqlite:///keys.db"')
+    error = refused(tmp_path, body)
+    assert error.field == "regions.us.keystore_url" and "regions.eu" in str(error)
+
+
+def test_s3_options_and_observability_parse(tmp_path: Path) -> None:
+    url = ("s3://domicile-eu/blobs?endpoint_url=http://127.0.0.1:9000&region=eu-central-1"
+           "&sse=aws:kms&sse_kms_key_id=alias/eu")
+    body = eu_edit(render_config(8400), 'blob_url = "file://eu/blobs"', f'blob_url = "{url}"')
+    body += '\n[observability]\nlog_format = "json"\nmetrics = false\n'
+    settings = load_settings(write_site(tmp_path, body))
+    assert settings.regions["eu"].blob_url == url and settings.regions["eu"].blob_path is None
+    assert settings.observability.log_format == "json" and not settings.observability.metrics
+    error = refused(tmp_path, render_config(8400) + '\n[observability]\nlog_format = "xml"\n')
+    assert error.field == "observability.log_format"

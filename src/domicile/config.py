@@ -22,16 +22,16 @@ from domicile.errors import ConfigError
 
 __all__ = [
     "CONFIG_ENV",
+    "AwsKmsSettings",
     "Capability",
     "DirectorySettings",
-    "AwsKmsSettings",
     "KeyProviderSettings",
     "ObservabilitySettings",
-    "VaultTransitSettings",
     "ProviderSettings",
     "RegionSettings",
     "ServerSettings",
     "Settings",
+    "VaultTransitSettings",
     "WorkspaceSettings",
     "find_config",
     "load_settings",
@@ -120,7 +120,9 @@ class VaultTransitSettings(_Frozen):
     url: str
     key_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
     mount: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,127}$")] = "transit"
-    token_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")] = "VAULT_TOKEN"
+    token_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")] = (
+        "VAULT_TOKEN"  # noqa: S105 - the name of an env var, not a secret
+    )
     namespace: str | None = None
     ca_file: Path | None = None
     timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
@@ -446,7 +448,10 @@ def _resolve_key_provider(
         keystore = default_keystore
     else:
         keystore = _database_url(keystore, data_dir, f"{prefix}.keystore_url")
-        if keystore == region.database_url:
+        if region.database_url.startswith("postgres") and keystore.startswith("sqlite"):
+            raise ConfigError(f"{prefix}.keystore_url", "a postgresql:// region's replicas "
+                              "share one keystore: a local SQLite file would diverge")
+        if keystore == _database_url(region.database_url, data_dir, f"{prefix}.database_url"):
             raise ConfigError(f"{prefix}.keystore_url", "the keystore must not be the region's "
                               "content database: a copy of the content must not carry its keys")
     if region.key_dir is not None:

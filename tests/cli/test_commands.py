@@ -148,7 +148,8 @@ def test_audit_verify_with_an_unreachable_database_exits_1_in_one_line(
     config = Path(site_config)
     config.write_text(config.read_text().replace(
         'database_url = "sqlite:///us/store.db"',
-        'database_url = "postgresql://postgres@127.0.0.1:1/nope"'))  # nothing listens on 1
+        'database_url = "postgresql://postgres@127.0.0.1:1/nope"\n'  # nothing listens on 1
+        'keystore_url = "postgresql://postgres@127.0.0.1:1/nope_keys"'))
     human = cli("audit", "verify", "--config", site_config)
     assert human.code == 1
     assert human.stderr.count("\n") == 1 and "Traceback" not in human.stderr

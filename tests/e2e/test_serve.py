@@ -147,7 +147,8 @@ def break_database(site: Site, region: str) -> None:
     current = f'database_url = "sqlite:///{region}/store.db"'
     assert current in config
     unreachable = UNREACHABLE.format(region=region)
-    site.config.write_text(config.replace(current, f'database_url = "{unreachable}"'))
+    site.config.write_text(config.replace(
+        current, f'database_url = "{unreachable}"\nkeystore_url = "{unreachable}_keys"'))
 
 
 def test_a_region_whose_database_is_unreachable_is_named_and_the_others_serve(

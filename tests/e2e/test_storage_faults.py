@@ -31,7 +31,8 @@ def _until(found: Callable[[], T], what: str, timeout: float = 30) -> T:
     return value
 
 
-def _site_with_key(root: Path, eu_database_url: str | None = None) -> tuple[Site, str]:
+def _site_with_key(root: Path, eu_database_url: str | None = None,
+                   eu_keystore_url: str | None = None) -> tuple[Site, str]:
     """A site made in process (no CLI start-ups), without the embedding model (seconds per
     server start), eu's store where asked, and a key of an eu project with regional
     retention."""
@@ -44,7 +45,8 @@ def _site_with_key(root: Path, eu_database_url: str | None = None) -> tuple[Site
             'kind = "local-embeddings"\nmodels = ["all-minilm-l6-v2"]\n', "")
     if eu_database_url is not None:
         body = body.replace('database_url = "sqlite:///eu/store.db"',
-                            f'database_url = "{eu_database_url}"')
+                            f'database_url = "{eu_database_url}"\n'
+                            f'keystore_url = "{eu_keystore_url}"')
     config.write_text(body)
     opened = sites.Site(load_settings(config))
     try:
@@ -104,8 +106,10 @@ def test_a_stopped_postgresql_is_503_and_the_region_recovers(
                           isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text('CREATE DATABASE "eu_store"'))
+        conn.execute(text('CREATE DATABASE "eu_keys"'))
     admin.dispose()
-    site, key = _site_with_key(tmp_path / "site", postgres.url("eu_store"))
+    site, key = _site_with_key(tmp_path / "site", postgres.url("eu_store"),
+                               postgres.url("eu_keys"))
     server = Server(site, tmp_path)
     auth = {"Authorization": f"Bearer {key}"}
     blob_files = site.root / "eu" / "blobs"

@@ -378,9 +378,12 @@ def _canary_site(root: Path, backend: str, request: pytest.FixtureRequest) -> tu
     database = f"ws_canary_{secrets.token_hex(4)}"
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{database}"'))
+        conn.execute(text(f'CREATE DATABASE "{database}_keys"'))
     admin.dispose()
-    body = site.config.read_text().replace('database_url = "sqlite:///eu/store.db"',
-                                           f'database_url = "{postgres.url(database)}"')
+    body = site.config.read_text().replace(
+        'database_url = "sqlite:///eu/store.db"',
+        f'database_url = "{postgres.url(database)}"\n'
+        f'keystore_url = "{postgres.url(database + "_keys")}"')
     site.config.write_text(body)
     return site, [postgres.data]
 
