@@ -5,8 +5,8 @@ beside the key (`.<name>.<12 hex>.tmp`, mode 0600, locked by its writer) and are
 committing renames the temp file into place and fsyncs the folder, so a reader sees a whole
 blob or none, and a staged write that is never committed is never seen. Temp files whose
 writer died (a crash, kill -9) are removed by `sweep_staged`; a live writer holds its temp
-file's lock, so a sweep never takes a write in progress. It is the only `BlobStore` there is:
-`open_blob_store` refuses any other scheme than `file://`.
+file's lock, so a sweep never takes a write in progress. `open_blob_store` opens it for
+`file://`, and the S3-compatible store (domicile.storage.s3) for `s3://`.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ import secrets
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from domicile.errors import ConfigError
 from domicile.storage.interfaces import BlobStore
 from domicile.storage.private import FILE_MODE, make_private_dirs
 
-__all__ = ["FileBlobStore", "PendingFile", "open_blob_store"]
+__all__ = ["FileBlobStore", "PendingFile", "check_range", "open_blob_store"]
 
 # No segment starts with a dot: those names are the store's own (temp files).
 KEY = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*$")
@@ -106,14 +107,18 @@ class FileBlobStore:
             raise
         return pending.size
 
-    def get(self, key: str) -> Iterator[bytes]:
-        """The blob's bytes; KeyError if there is none."""
+    def get(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """The blob's bytes `[start, end)` (to its end if `end` is None; none past its end);
+        KeyError if there is none."""
+        check_range(start, end)
         path = self._path(key)
         try:
             handle = open(path, "rb")  # noqa: SIM115 - closed by the generator
         except FileNotFoundError:
             raise KeyError(key) from None
-        return _read(handle)
+        if start:
+            handle.seek(start)
+        return _read(handle, None if end is None else end - start)
 
     def delete(self, key: str) -> bool:
         path = self._path(key)
@@ -176,9 +181,20 @@ def _remove_if_abandoned(temp: Path) -> bool:
         os.close(fd)
 
 
-def _read(handle: object) -> Iterator[bytes]:
-    with handle as stream:  # type: ignore[attr-defined]
-        while chunk := stream.read(READ_SIZE):
+def check_range(start: int, end: int | None) -> None:
+    """ValueError unless `[start, end)` is a range of byte offsets (`end` None: to the end)."""
+    if start < 0 or (end is not None and end < start):
+        raise ValueError(f"invalid byte range [{start}, {end})")
+
+
+def _read(handle: BinaryIO, remaining: int | None) -> Iterator[bytes]:
+    with handle as stream:
+        while remaining is None or remaining > 0:
+            chunk = stream.read(READ_SIZE if remaining is None else min(READ_SIZE, remaining))
+            if not chunk:
+                return
+            if remaining is not None:
+                remaining -= len(chunk)
             yield chunk
 
 
