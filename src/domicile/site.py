@@ -29,7 +29,7 @@ from domicile.crypto import write_new_kek
 from domicile.crypto.providers import open_key_provider
 from domicile.errors import ConfigError, InvalidInput
 from domicile.failures import describe
-from domicile.storage.blobs import FileBlobStore, open_blob_store
+from domicile.storage.blobs import open_blob_store
 from domicile.storage.db import make_engine, migrate, sqlite_path
 from domicile.storage.private import (
     folders_between,
@@ -237,7 +237,7 @@ class Site:
     def open_for_serving(self, regions: Sequence[str] = ()) -> None:
         """Run once by a server before its workers start: check the modes of the site's own
         files and folders, tightening any looser than 0600/0700, and sweep the temp blobs that
-        crashed uploads left in the blob folders of `regions` (default: all). Needs no
+        crashed uploads left in the blob stores of `regions` (default: all). Needs no
         database. Logs a line for each; a failure here is logged, never fatal."""
         try:
             tightened, failed = tighten(*self._private_paths())
@@ -250,12 +250,11 @@ class Site:
             else:
                 log.info("data folder: every file is 0600 and every folder 0700")
         for name in regions or self.settings.regions:
-            blob_dir = self.settings.region(name).blob_path
-            if blob_dir is None:
-                continue
             try:
-                swept = FileBlobStore(blob_dir).sweep_staged()
-            except OSError as exc:
+                # file://: temp files no writer holds; s3://: multipart uploads idle an hour.
+                swept = open_blob_store(self.settings.region(name).blob_url,
+                                        field=f"regions.{name}.blob_url").sweep_staged()
+            except Exception as exc:  # an S3 store out of reach: ClientError, BotoCoreError
                 log.warning("region %s: temporary blobs not swept (%s)", name,
                             describe(exc, text=False))
                 continue

@@ -330,6 +330,12 @@ class Erasure:
         if isinstance(store.blobs, FileBlobStore):
             # Temp files of interrupted uploads, and the tenant's now empty folders.
             shutil.rmtree(store.blobs.root / tenant.id, ignore_errors=True)
+        else:
+            from domicile.storage.s3 import S3BlobStore  # boto3: loaded for S3 sites only
+
+            if isinstance(store.blobs, S3BlobStore):
+                # Parts of uploads never completed: S3 keeps them, unlisted, until aborted.
+                store.blobs.abort_staged(f"{tenant.id}/")
         return deleted, files
 
 

@@ -118,9 +118,11 @@ class PendingUpload:
 class S3BlobStore:
     """Blobs as objects `<prefix>/<key>` of one bucket. Thread-safe (boto3 clients are)."""
 
+    stale_after: float = STALE_AFTER  # seconds an upload is idle before a sweep takes it
+
     def __init__(self, bucket: str, prefix: str, *, client: S3Client, sse: SSE | None = None,
                  sse_kms_key_id: str | None = None, part_size: int = PART_SIZE,
-                 stale_after: float = STALE_AFTER) -> None:
+                 stale_after: float | None = None) -> None:
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size is at least {MIN_PART_SIZE} bytes (S3's floor)")
         if sse_kms_key_id is not None and sse != "aws:kms":
@@ -129,7 +131,8 @@ class S3BlobStore:
         self.prefix = prefix.strip("/")
         self.client = client
         self.part_size = part_size
-        self.stale_after = stale_after
+        if stale_after is not None:
+            self.stale_after = stale_after
         self.sse_args: _SSEArgs = {}
         if sse is not None:
             self.sse_args["ServerSideEncryption"] = sse
