@@ -110,6 +110,7 @@ def build_region_app(site: Site, region: str, *, secure: bool = False) -> Any:
     """The region's ASGI app: the gateway (`/v1`), with the workspace mounted beside it on the
     same providers (one router, one set of connections). `secure`: served over TLS (the
     workspace's cookies are then `Secure`)."""
+    from domicile.admin_api import mount_admin
     from domicile.gateway import create_gateway_app
     from domicile.inference.providers import build_providers
     from domicile.inference.routing import ModelRouter
@@ -125,7 +126,7 @@ def build_region_app(site: Site, region: str, *, secure: bool = False) -> Any:
         providers=providers,
     )
     services.chat.usage = gateway.usage.add  # one usage recorder per region, batched
-    return gateway
+    return mount_admin(site, region, gateway)  # `/admin/v1`: the whole directory's admin API
 
 
 def _bind(region: RegionSettings) -> socket.socket:

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from domicile.cli import admin as admin_commands
 from domicile.cli import audit, data, keys, residency, training
 from domicile.cli._common import (
     ConfigOption,
@@ -46,7 +47,7 @@ for sub, name in ((org_app, "org"), (project_app, "project"), (key_app, "key"),
                   (retention_app, "retention")):
     app.add_typer(sub, name=name)
 # The trust center's commands, one module each: audit, residency, export/erase, training, keys.
-for module in (audit, residency, data, training, keys):
+for module in (audit, residency, data, training, keys, admin_commands):
     module.register(app)
 
 # -- site ---------------------------------------------------------------------------------

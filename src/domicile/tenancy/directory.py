@@ -132,6 +132,38 @@ class Directory:
                             {"training_opt_in": opt_in})
         return org
 
+    def get_org(self, org_id: str) -> Org:
+        with Session(self._engine, expire_on_commit=False) as session:
+            return self._get(session, Org, org_id, "org")
+
+    def list_orgs(self) -> list[Org]:
+        """Every org (erased ones included, marked), oldest first."""
+        with Session(self._engine, expire_on_commit=False) as session:
+            return list(session.scalars(select(Org).order_by(Org.created_at, Org.id)))
+
+    def rename(self, kind: Literal["project", "workspace"], tenant_id: str, name: str, *,
+               actor: str = "cli") -> Project | Workspace:
+        """A project's or workspace's new name (audited in its region's chain). The name is
+        all that changes: there is no region setter (G1)."""
+        name = _name(name, "name")
+        with Session(self._engine, expire_on_commit=False) as session, session.begin():
+            tenant: Project | Workspace = (
+                self._get_live(session, Project, tenant_id, kind) if kind == "project"
+                else self._get_live(session, Workspace, tenant_id, kind))
+            if tenant.name != name:
+                tenant.name = name
+                session.flush()
+                self._audit(session, self._chain(tenant.region), actor, f"{kind}.rename",
+                            tenant.id, {})
+        return tenant
+
+    def list_api_keys(self, project_id: str) -> list[ApiKey]:
+        """A project's API keys, revoked ones included, oldest first (never their secrets)."""
+        with Session(self._engine, expire_on_commit=False) as session:
+            self._get(session, Project, project_id, "project")
+            return list(session.scalars(select(ApiKey).where(ApiKey.project_id == project_id)
+                                        .order_by(ApiKey.created_at, ApiKey.id)))
+
     # -- projects and API keys --------------------------------------------------------------
 
     def create_project(

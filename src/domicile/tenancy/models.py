@@ -94,3 +94,17 @@ class WorkspaceToken(DirectoryBase):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AdminKey(DirectoryBase):
+    """A credential of the admin API (`da-…`, tenancy.admin_keys). Revoked, never deleted:
+    its id is the actor of the audit entries it made."""
+
+    __tablename__ = "admin_keys"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    hint: Mapped[str] = mapped_column(String(32))  # "da-" and a few characters; not a secret
+    # HMAC-SHA256(site secret, key): the only form in which a key is kept.
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
