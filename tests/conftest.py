@@ -19,6 +19,7 @@ from tests.pgserver import (
     PostgresUnavailable,
     ThrowawayPostgres,
 )
+from tests.services import MotoServer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -122,8 +123,11 @@ def make_site(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SiteFa
     def factory(backend: str = "sqlite", port_base: int = 18400) -> Site:
         root = tmp_path / f"site{len(sites)}"
         settings = init_site(root, port_base=port_base)
-        if backend == "postgresql":
+        if backend in ("postgresql", "scale"):
             settings = _move_to_postgres(settings, request.getfixturevalue("postgres"))
+        if backend == "scale":
+            settings = move_to_scale(settings.config_path, request.getfixturevalue("moto"),
+                                     request.getfixturevalue("redis_url"))
         site = Site(settings)
         site.migrate()
         sites.append(site)
@@ -143,6 +147,27 @@ def _move_to_postgres(settings: Settings, postgres: PostgresDatabases) -> Settin
         body = body.replace(f'database_url = "sqlite:///{region}/store.db"',
                             f'database_url = "{postgres.create(region)}"\n'
                             f'keystore_url = "{postgres.create(region + "keys")}"')
+    config.write_text(body)
+    return load_settings(config)
+
+
+def move_to_scale(config: Path, moto: MotoServer, redis_url: str,
+                  regions: tuple[str, ...] = ("eu", "us")) -> Settings:
+    """Put `regions` of a site already on PostgreSQL on the rest of the scale-out parts: blobs
+    in an S3 bucket, the KEK in KMS, rate limits in Redis (moto's server mode emulates S3 and
+    KMS). The region's keystore stays the PostgreSQL one `_move_to_postgres` named."""
+    body = config.read_text()
+    for region in regions:
+        old_blobs = f'blob_url = "file://{region}/blobs"'
+        old_keys = f'key_provider = {{ kind = "local", path = "{region}/kek.key" }}'
+        assert old_blobs in body and old_keys in body, "not a config `domicile init` wrote"
+        bucket = moto.bucket()
+        body = body.replace(old_blobs, f'blob_url = "s3://{bucket}/{region}?endpoint_url='
+                                       f'{moto.endpoint_url}&region={moto.region}"')
+        body = body.replace(old_keys, f'key_provider = {{ kind = "aws-kms", key_id = '
+                                      f'"{moto.kms_key()}", region = "{moto.region}", '
+                                      f'endpoint_url = "{moto.endpoint_url}" }}\n'
+                                      f'redis_url = "{redis_url}"')
     config.write_text(body)
     return load_settings(config)
 
