@@ -7,7 +7,9 @@ oracle out of *why* it failed (the pyca Fernet / Tink habit).
 
 from __future__ import annotations
 
-__all__ = ["DecryptionError", "KeyFileError", "KeyNotFound", "TenantErased"]
+from domicile.errors import DomicileError
+
+__all__ = ["DecryptionError", "KeyFileError", "KeyNotFound", "TenantErased", "TenantKeyRefused"]
 
 
 class DecryptionError(Exception):
@@ -27,3 +29,20 @@ class KeyFileError(ValueError):
 
 class TenantErased(KeyNotFound):
     """The tenant's data keys were destroyed (crypto-shredded): none is ever made again."""
+
+
+class TenantKeyRefused(DecryptionError, DomicileError):
+    """The key service refused the KEK that wraps the tenant's data keys (a customer-managed
+    key disabled, scheduled for deletion or its access revoked: the EKM promise), so nothing
+    of the tenant opens or is sealed until it is usable again. Unlike other `DecryptionError`s
+    it says why: the state of a KEK is not something a ciphertext can probe. A 403 for API
+    callers; no key id, no key material."""
+
+    status = 403
+    code = "tenant_key_refused"
+    type = "invalid_request_error"
+
+    def __init__(self) -> None:
+        super().__init__("this tenant's content cannot be opened: the key service refused its "
+                         "key-encryption key (disabled, scheduled for deletion or access "
+                         "revoked); it opens again once that key is usable")

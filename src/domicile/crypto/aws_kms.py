@@ -13,8 +13,9 @@ the configured one is refused: the client talks to one regional endpoint only.
 
 Failures: KMS refusing a key or a wrap (`DisabledException`, `KMSInvalidStateException`,
 `NotFoundException`, `AccessDeniedException`, `IncorrectKeyException`,
-`InvalidCiphertextException`) raises `KeyNotFound`; throttling, 5xx, timeouts and
-connection errors (after botocore's retries) raise `KeyServiceUnavailable`. Messages name the
+`InvalidCiphertextException`) raises `KekRefused` (a `KeyNotFound`; opening the tenant's
+content then fails with `TenantKeyRefused`, a 403); throttling, 5xx, timeouts and connection
+errors (after botocore's retries) raise `KeyServiceUnavailable` (a 503). Messages name the
 key id, the operation and KMS's error code; never a plaintext, a ciphertext or a context.
 """
 
@@ -29,8 +30,7 @@ from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from domicile.config import AwsKmsSettings
 
-from ._errors import KeyNotFound
-from .wrapping import KeyServiceUnavailable
+from .wrapping import KekRefused, KeyServiceUnavailable
 
 if TYPE_CHECKING:
     from mypy_boto3_kms import KMSClient
@@ -120,7 +120,7 @@ class AwsKmsWrapper:
             _raise_mapped(exc, "Decrypt", kek_id)
         dek = opened["Plaintext"]
         if len(dek) != DATA_KEY_BYTES:
-            raise KeyNotFound(f"KMS key {kek_id}: the wrap holds no {DATA_KEY_BYTES}-byte "
+            raise KekRefused(f"KMS key {kek_id}: the wrap holds no {DATA_KEY_BYTES}-byte "
                               "data key")
         return dek
 
@@ -134,7 +134,7 @@ def _arn_region(key_id: str) -> str | None:
 
 
 def _raise_mapped(exc: ClientError | BotoCoreError, operation: str, kek_id: str) -> NoReturn:
-    """`KeyNotFound` for a refusal, `KeyServiceUnavailable` for anything that may pass. The
+    """`KekRefused` for a refusal, `KeyServiceUnavailable` for anything that may pass. The
     original exception is not chained: its text is KMS's, and this message is enough."""
     if isinstance(exc, ParamValidationError):
         raise ValueError(f"KMS {operation}: invalid parameters") from None
@@ -143,7 +143,7 @@ def _raise_mapped(exc: ClientError | BotoCoreError, operation: str, kek_id: str)
         code = str(error.get("Code", "Unknown"))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if code in _REFUSALS:
-            raise KeyNotFound(f"KMS key {kek_id} refused {operation} ({code})") from None
+            raise KekRefused(f"KMS key {kek_id} refused {operation} ({code})") from None
         # Throttling, KMSInternalException, DependencyTimeoutException, KeyUnavailable, bad or
         # expired credentials: nothing says the key is gone, so the caller answers 503.
         raise KeyServiceUnavailable(

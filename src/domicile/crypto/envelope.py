@@ -46,10 +46,11 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from . import _stream
 from ._context import Context
-from ._errors import DecryptionError, KeyNotFound
+from ._errors import DecryptionError, KeyNotFound, TenantKeyRefused
 from ._nonces import take_nonce
 from ._stream import Chunk
 from .keys import KEY_SIZE, SCHEME_DIRECT, SCHEME_HKDF, DataKey, KeyProvider
+from .wrapping import KekRefused
 
 __all__ = ["Envelope", "ShredReceipt"]
 
@@ -311,6 +312,8 @@ class Envelope:
         try:
             data_key = self._keys.key_by_id(tenant, key_id.decode("ascii"))
             aead, kdk = _prepare(data_key)
+        except KekRefused:  # the KMS refused the tenant's KEK: say so (see TenantKeyRefused)
+            raise TenantKeyRefused() from None
         except (KeyNotFound, UnicodeDecodeError, ValueError):
             raise DecryptionError() from None
         key = _OpenKey(_monotonic() + self._ttl, aead, kdk)

@@ -22,8 +22,9 @@ Per-tenant customer-managed keys: `tenant_kek` names another transit key on the 
 on it, or deletes it, and the tenant can no longer be read (docs/KEYS.md).
 
 Failures: Vault refusing (400: wrong context, unknown or deleted key, not a wrap; 401/403:
-permission denied; 404: no such mount) raises `KeyNotFound`; connection errors, timeouts,
-429 and 5xx (sealed, standby, down) raise `KeyServiceUnavailable`. Messages name the key id,
+permission denied; 404: no such mount) raises `KekRefused` (a `KeyNotFound`; opening the
+tenant's content then fails with `TenantKeyRefused`, a 403); connection errors, timeouts, 429
+and 5xx (sealed, standby, down) raise `KeyServiceUnavailable` (a 503). Messages name the key id,
 the operation and the HTTP status; never a plaintext, a ciphertext, a context or the token.
 """
 
@@ -44,8 +45,7 @@ from urllib3.util.retry import Retry
 
 from domicile.config import VaultTransitSettings
 
-from ._errors import KeyNotFound
-from .wrapping import KeyServiceUnavailable
+from .wrapping import KekRefused, KeyServiceUnavailable
 
 __all__ = ["VaultTransitWrapper", "transit_context"]
 
@@ -145,14 +145,14 @@ class VaultTransitWrapper:
         try:
             ciphertext = wrapped.decode("ascii")
         except UnicodeDecodeError:
-            raise KeyNotFound(f"Vault key {kek_id}: the wrap is not a transit "
+            raise KekRefused(f"Vault key {kek_id}: the wrap is not a transit "
                               "ciphertext") from None
         data = self._call("decrypt", kek_id, lambda: self._client.secrets.transit
                           .decrypt_data(name, ciphertext=ciphertext,
                                         context=transit_context(context), mount_point=mount))
         dek = _decode_plaintext(data, "decrypt", kek_id)
         if len(dek) != DATA_KEY_BYTES:
-            raise KeyNotFound(f"Vault key {kek_id}: the wrap holds no {DATA_KEY_BYTES}-byte "
+            raise KekRefused(f"Vault key {kek_id}: the wrap holds no {DATA_KEY_BYTES}-byte "
                               "data key")
         return dek
 
@@ -193,7 +193,7 @@ def _decode_plaintext(data: dict[str, Any], operation: str, kek_id: str) -> byte
 def _raise_mapped(exc: hvac.exceptions.VaultError, operation: str, kek_id: str) -> NoReturn:
     status = _STATUS.get(type(exc), "?")
     if isinstance(exc, _REFUSALS):
-        raise KeyNotFound(f"Vault key {kek_id} refused {operation} (HTTP {status})") from None
+        raise KekRefused(f"Vault key {kek_id} refused {operation} (HTTP {status})") from None
     raise KeyServiceUnavailable(
         f"Vault {operation} under {kek_id} failed (HTTP {status})") from None
 

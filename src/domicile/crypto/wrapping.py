@@ -27,7 +27,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-__all__ = ["KeyServiceUnavailable", "KeyWrapper"]
+from ._errors import KeyNotFound, TenantKeyRefused
+
+__all__ = ["KekRefused", "KeyServiceUnavailable", "KeyWrapper", "TenantKeyRefused"]
+
+
+class KekRefused(KeyNotFound):
+    """The KMS refused a wrap under its KEK: the key is disabled, deleted or no longer ours,
+    or the wrap is not for this context. Opening the tenant's content fails with
+    `TenantKeyRefused` until the key is usable again."""
 
 
 class KeyServiceUnavailable(RuntimeError):

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from domicile.compliance.audit import AuditLog
 from domicile.crypto import Context, Envelope, KeyProvider, TenantErased
+from domicile.crypto.wrapping import KekRefused, TenantKeyRefused
 from domicile.errors import CrossRegionWrite, StorageError, TenantDataErased
 from domicile.failures import describe
 from domicile.storage.faults import is_full
@@ -116,6 +117,8 @@ class RegionalStore:
         except TenantErased:
             raise TenantDataErased("this tenant's data was erased in region"
                                    f" {self.region}: nothing is stored for it") from None
+        except KekRefused:  # its (customer-managed) KEK is disabled or gone: nothing sealed
+            raise TenantKeyRefused() from None
 
     def rotate_kek(self, *, actor: str = "cli") -> int:
         """Re-wrap every tenant's data key under a new key-encryption key; content untouched."""
