@@ -24,14 +24,15 @@ import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
-from domicile.config import WorkspaceSettings
+from domicile.config import RegionSettings, WorkspaceSettings
 from domicile.errors import InvalidInput, NotFound, RateLimited, ReplyInProgress, UpstreamError
 from domicile.inference.chat import ChatDeltas, open_chat_stream
 from domicile.inference.providers.base import Provider, ProviderUnavailable, UpstreamRejected
 from domicile.inference.routing import ModelRouter
 from domicile.tenancy.grants import MemberGrant
+from domicile.tenancy.limits import RedisTokenBuckets, retry_seconds
 from domicile.tenancy.secrets import new_id
 from domicile.web.asgi import mark_retrieved
 from domicile.web.jsonbody import dump_json, loads_strict
@@ -42,7 +43,8 @@ from .gpts import Gpt, Gpts
 from .knowledge import Knowledge, Passage
 from .rendering import render_markdown
 
-__all__ = ["ChatRequest", "ChatService", "MessageLimiter", "Turn", "UsageSink", "title_from"]
+__all__ = ["ChatRequest", "ChatService", "MessageLimiter", "Turn", "UsageSink",
+           "message_limiter_for", "title_from"]
 
 # What a turn's usage metadata is kept as (the gateway's `UsageRecorder.add`): the workspace
 # as the project, the member as the key, the route's template. Never content.
@@ -86,28 +88,49 @@ class _Plan:
 
 
 class MessageLimiter:
-    """Messages per member per minute (a fixed one-minute window, in this process)."""
+    """Messages per member per minute: a fixed one-minute window in this process, or, with
+    `shared` (the region's Redis: `message_limiter_for`), a token bucket every replica
+    shares, this process's window deciding while Redis is unavailable (`tenancy.limits`)."""
 
-    def __init__(self, per_minute: int, clock: Any = time.monotonic) -> None:
+    def __init__(self, per_minute: int, clock: Any = time.monotonic, *,
+                 shared: RedisTokenBuckets | None = None) -> None:
         self._per_minute = per_minute
         self._clock = clock
+        self._shared = shared
         self._windows: dict[tuple[str, str], tuple[float, int]] = {}
 
-    def take(self, member: MemberGrant) -> None:
+    async def take(self, member: MemberGrant) -> None:
+        if self._shared is not None:
+            decision = await self._shared.take(
+                f"member:{member.workspace_id}:{member.user_id}", requests=self._per_minute,
+                tokens=None)
+            if decision is not None:
+                if not decision.admitted:
+                    self._refuse(retry_seconds(decision.retry_after_s))
+                return
         now = self._clock()
         key = (member.workspace_id, member.user_id)
         start, used = self._windows.get(key, (now, 0))
         if now - start >= 60:
             start, used = now, 0
         if used >= self._per_minute:
-            retry = max(1, int(60 - (now - start)) + 1)
-            raise RateLimited(
-                f"You have sent {self._per_minute} messages in the last minute, the most a "
-                f"member may send. Please try again in {retry} s.",
-                headers=((b"retry-after", b"%d" % retry),))
+            self._refuse(max(1, int(60 - (now - start)) + 1))
         if len(self._windows) > 100_000:
             self._windows = {k: v for k, v in self._windows.items() if now - v[0] < 60}
         self._windows[key] = (start, used + 1)
+
+    def _refuse(self, retry: int) -> NoReturn:
+        raise RateLimited(
+            f"You have sent {self._per_minute} messages in the last minute, the most a "
+            f"member may send. Please try again in {retry} s.",
+            headers=((b"retry-after", b"%d" % retry),))
+
+
+def message_limiter_for(region: RegionSettings, settings: WorkspaceSettings) -> MessageLimiter:
+    """The region's message limiter: shared in Redis when it has a `redis_url`."""
+    shared = None if region.redis_url is None else RedisTokenBuckets(
+        region.redis_url, region.name, what="workspace message limits")
+    return MessageLimiter(settings.messages_per_minute, shared=shared)
 
 
 def title_from(text: str) -> str:
@@ -267,14 +290,14 @@ class ChatService:
             model = self._image_model(request.model)
             providers = self.router.route(model, "images")
             with self._turn_of(conversation_id):
-                self.limiter.take(member)
+                await self.limiter.take(member)
                 turn = Turn(self, member, conversation_id, None, model, gpt_id, ())
                 await self._generate_image(turn, providers, content)
                 self._keep_user_message(turn, conversation, content, parent_id, attachments)
                 return turn
         plan = await self._plan(member, gpt, model, history, attachments)
         with self._turn_of(conversation_id):
-            self.limiter.take(member)
+            await self.limiter.take(member)
             turn = await self._reply(member, conversation_id, plan, content, None)
             self._keep_user_message(turn, conversation, content, parent_id, attachments)
             return turn
@@ -315,7 +338,7 @@ class ChatService:
         plan = await self._plan(member, gpt, model or target.model or self.default_model(),
                                 path[:path.index(target)], attachments)
         with self._turn_of(conversation_id):
-            self.limiter.take(member)
+            await self.limiter.take(member)
             return await self._reply(member, conversation_id, plan, target.content, target)
 
     async def _plan(self, member: MemberGrant, gpt: Gpt | None, model: str,
