@@ -39,7 +39,8 @@ class Admin:
         return self.served.url
 
     def http(self, key: str | None = None) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {key or self.key}"}
+        """A client sending `Bearer <key>` (default: the live admin key; "": no header)."""
+        headers = {} if key == "" else {"Authorization": f"Bearer {key or self.key}"}
         client = httpx.Client(base_url=self.url + "/admin/v1", headers=headers, timeout=30)
         self._clients.append(client)
         return client
