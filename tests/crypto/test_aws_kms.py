@@ -14,7 +14,7 @@ from domicile.config import AwsKmsSettings
 from domicile.crypto import KeyNotFound
 from domicile.crypto.aws_kms import AwsKmsWrapper
 from domicile.crypto.keys import wrap_context
-from domicile.crypto.wrapping import KeyServiceUnavailable, KeyWrapper
+from domicile.crypto.wrapping import KekRefused, KeyServiceUnavailable, KeyWrapper
 from tests.crypto.kms_proxy import KmsStateProxy
 from tests.services import MotoServer, free_port
 
@@ -49,6 +49,7 @@ def key_uuid(arn: str) -> str:
 
 def test_is_a_key_wrapper(wrapper: AwsKmsWrapper) -> None:
     checked: KeyWrapper = wrapper
+    assert issubclass(KekRefused, KeyNotFound)  # callers that know only KeyNotFound see it
     assert checked.kek_id == wrapper.kek_id
 
 
@@ -69,7 +70,7 @@ def test_generate_and_unwrap_round_trip(wrapper: AwsKmsWrapper) -> None:
 ])
 def test_a_wrap_is_bound_to_its_context(wrapper: AwsKmsWrapper, other: dict[str, str]) -> None:
     _, wrapped = wrapper.generate(wrapper.kek_id, CONTEXT)
-    with pytest.raises(KeyNotFound, match="InvalidCiphertextException"):
+    with pytest.raises(KekRefused, match="InvalidCiphertextException"):
         wrapper.unwrap(wrapped, wrapper.kek_id, other)
 
 
@@ -79,7 +80,7 @@ def test_a_tenant_key_wraps_that_tenant_only(wrapper: AwsKmsWrapper, moto: MotoS
     assert wrapper.kek_for("ws_a", tenant_kek) == tenant_kek
     dek, wrapped = wrapper.generate(tenant_kek, CONTEXT)
     assert wrapper.unwrap(wrapped, tenant_kek, CONTEXT) == dek
-    with pytest.raises(KeyNotFound):  # KMS: the ciphertext is not under the region's key
+    with pytest.raises(KekRefused):  # KMS: the ciphertext is not under the region's key
         wrapper.unwrap(wrapped, wrapper.kek_id, CONTEXT)
 
 
@@ -92,12 +93,12 @@ def test_a_tenant_key_in_another_aws_region_is_refused(wrapper: AwsKmsWrapper) -
 def test_a_disabled_key_opens_nothing_until_enabled(wrapper: AwsKmsWrapper, kms: Any) -> None:
     dek, wrapped = wrapper.generate(wrapper.kek_id, CONTEXT)
     kms.disable_key(KeyId=key_uuid(wrapper.kek_id))
-    with pytest.raises(KeyNotFound, match="DisabledException") as refused:
+    with pytest.raises(KekRefused, match="DisabledException") as refused:
         wrapper.unwrap(wrapped, wrapper.kek_id, CONTEXT)
     assert wrapper.kek_id in str(refused.value)
-    with pytest.raises(KeyNotFound, match="DisabledException"):
+    with pytest.raises(KekRefused, match="DisabledException"):
         wrapper.generate(wrapper.kek_id, CONTEXT)
-    with pytest.raises(KeyNotFound, match="DisabledException"):
+    with pytest.raises(KekRefused, match="DisabledException"):
         wrapper.wrap(wrapper.kek_id, dek, CONTEXT)
     kms.enable_key(KeyId=key_uuid(wrapper.kek_id))
     assert wrapper.unwrap(wrapped, wrapper.kek_id, CONTEXT) == dek
@@ -106,13 +107,13 @@ def test_a_disabled_key_opens_nothing_until_enabled(wrapper: AwsKmsWrapper, kms:
 def test_a_key_pending_deletion_opens_nothing(wrapper: AwsKmsWrapper, kms: Any) -> None:
     _, wrapped = wrapper.generate(wrapper.kek_id, CONTEXT)
     kms.schedule_key_deletion(KeyId=key_uuid(wrapper.kek_id), PendingWindowInDays=7)
-    with pytest.raises(KeyNotFound, match="KMSInvalidStateException"):
+    with pytest.raises(KekRefused, match="KMSInvalidStateException"):
         wrapper.unwrap(wrapped, wrapper.kek_id, CONTEXT)
 
 
 def test_an_unknown_key_is_not_found(wrapper: AwsKmsWrapper) -> None:
     missing = "arn:aws:kms:eu-central-1:123456789012:key/00000000-0000-0000-0000-000000000000"
-    with pytest.raises(KeyNotFound, match="NotFoundException"):
+    with pytest.raises(KekRefused, match="NotFoundException"):
         wrapper.generate(missing, CONTEXT)
 
 
@@ -139,7 +140,7 @@ def test_no_key_bytes_in_reprs_or_errors(wrapper: AwsKmsWrapper, kms: Any) -> No
     assert repr(wrapper) == (f"AwsKmsWrapper(key_id={wrapper.kek_id!r}, "
                              "region='eu-central-1')")
     kms.disable_key(KeyId=key_uuid(wrapper.kek_id))
-    with pytest.raises(KeyNotFound) as refused:
+    with pytest.raises(KekRefused) as refused:
         wrapper.unwrap(wrapped, wrapper.kek_id, CONTEXT)
     error = refused.value
     assert error.__cause__ is None and error.__suppress_context__

@@ -14,7 +14,7 @@ from domicile.config import VaultTransitSettings
 from domicile.crypto import KeyNotFound
 from domicile.crypto.keys import wrap_context
 from domicile.crypto.vault_transit import VaultTransitWrapper, transit_context
-from domicile.crypto.wrapping import KeyServiceUnavailable, KeyWrapper
+from domicile.crypto.wrapping import KekRefused, KeyServiceUnavailable, KeyWrapper
 from tests.crypto.vault_server import VaultTransitStandIn
 from tests.services import free_port
 
@@ -54,6 +54,7 @@ def wrapper(vault: VaultTransitStandIn, token: str) -> VaultTransitWrapper:
 
 def test_is_a_key_wrapper(wrapper: VaultTransitWrapper) -> None:
     checked: KeyWrapper = wrapper
+    assert issubclass(KekRefused, KeyNotFound)  # callers that know only KeyNotFound see it
     assert checked.kek_id == "vault:transit/domicile-eu"
 
 
@@ -82,7 +83,7 @@ def test_the_context_is_canonical() -> None:
 def test_a_wrap_is_bound_to_its_context(wrapper: VaultTransitWrapper,
                                         other: dict[str, str]) -> None:
     _, wrapped = wrapper.generate(wrapper.kek_id, CONTEXT)
-    with pytest.raises(KeyNotFound, match="HTTP 400"):
+    with pytest.raises(KekRefused, match="HTTP 400"):
         wrapper.unwrap(wrapped, wrapper.kek_id, other)
 
 
@@ -93,7 +94,7 @@ def test_a_tenant_key_wraps_that_tenant_only(wrapper: VaultTransitWrapper) -> No
     assert wrapper.kek_for("ws_a", None) == wrapper.kek_id
     dek, wrapped = wrapper.generate(tenant_kek, CONTEXT)
     assert wrapper.unwrap(wrapped, tenant_kek, CONTEXT) == dek
-    with pytest.raises(KeyNotFound):
+    with pytest.raises(KekRefused):
         wrapper.unwrap(wrapped, wrapper.kek_id, CONTEXT)
 
 
@@ -107,12 +108,12 @@ def test_a_revoked_policy_opens_nothing_until_granted(
     tenant_kek = wrapper.kek_for("ws_a", TENANT_KEY)
     dek, wrapped = wrapper.generate(tenant_kek, CONTEXT)
     vault.revoke_policy(token, TENANT_KEY)
-    with pytest.raises(KeyNotFound, match="HTTP 403") as refused:
+    with pytest.raises(KekRefused, match="HTTP 403") as refused:
         wrapper.unwrap(wrapped, tenant_kek, CONTEXT)
     assert tenant_kek in str(refused.value)
-    with pytest.raises(KeyNotFound, match="HTTP 403"):
+    with pytest.raises(KekRefused, match="HTTP 403"):
         wrapper.generate(tenant_kek, CONTEXT)
-    with pytest.raises(KeyNotFound, match="HTTP 403"):
+    with pytest.raises(KekRefused, match="HTTP 403"):
         wrapper.wrap(tenant_kek, dek, CONTEXT)
     vault.grant_policy(token, TENANT_KEY)
     assert wrapper.unwrap(wrapped, tenant_kek, CONTEXT) == dek
@@ -125,7 +126,7 @@ def test_a_deleted_key_opens_nothing(wrapper: VaultTransitWrapper,
     admin = hvac.Client(url=vault.url, token=vault.root_token)
     admin.secrets.transit.update_key_configuration(TENANT_KEY, deletion_allowed=True)
     admin.secrets.transit.delete_key(TENANT_KEY)
-    with pytest.raises(KeyNotFound, match="HTTP 400"):
+    with pytest.raises(KekRefused, match="HTTP 400"):
         wrapper.unwrap(wrapped, tenant_kek, CONTEXT)
 
 
@@ -133,7 +134,7 @@ def test_a_wrong_token_is_refused(vault: VaultTransitStandIn,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(TOKEN_ENV, "hvs.not-a-token")
     stranger = VaultTransitWrapper(settings(vault.url))
-    with pytest.raises(KeyNotFound, match="HTTP 403"):
+    with pytest.raises(KekRefused, match="HTTP 403"):
         stranger.generate(stranger.kek_id, CONTEXT)
 
 
@@ -166,7 +167,7 @@ def test_no_key_bytes_or_token_in_reprs_or_errors(
     dek, wrapped = wrapper.generate(wrapper.kek_id, CONTEXT)
     assert repr(wrapper) == (f"VaultTransitWrapper(url={vault.url!r}, "
                              "kek_id='vault:transit/domicile-eu')")
-    with pytest.raises(KeyNotFound) as refused:
+    with pytest.raises(KekRefused) as refused:
         wrapper.unwrap(wrapped, wrapper.kek_id, wrap_context("us", "ws_a", "dk_1"))
     error = refused.value
     assert error.__cause__ is None and error.__suppress_context__
