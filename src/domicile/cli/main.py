@@ -17,7 +17,7 @@ import typer
 from rich.table import Table
 
 from domicile.cli import admin as admin_commands
-from domicile.cli import audit, data, keys, residency, training
+from domicile.cli import audit, data, keys, residency, sso, training
 from domicile.cli._common import (
     ConfigOption,
     JsonOption,
@@ -49,6 +49,7 @@ for sub, name in ((org_app, "org"), (project_app, "project"), (key_app, "key"),
 # The trust center's commands, one module each: audit, residency, export/erase, training, keys.
 for module in (audit, residency, data, training, keys, admin_commands):
     module.register(app)
+sso.register(workspace_app)  # `domicile workspace sso set|show|clear`
 
 # -- site ---------------------------------------------------------------------------------
 

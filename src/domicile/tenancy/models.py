@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, MetaData, String, UniqueConstraint
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from domicile.storage.schema import audit_tables
 
-__all__ = ["ApiKey", "DirectoryBase", "Org", "Project", "User", "Workspace", "WorkspaceToken"]
+__all__ = ["ApiKey", "DirectoryBase", "Org", "Project", "User", "Workspace", "WorkspaceSso",
+           "WorkspaceToken"]
 
 
 class DirectoryBase(DeclarativeBase):
@@ -108,3 +118,19 @@ class AdminKey(DirectoryBase):
     digest: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WorkspaceSso(DirectoryBase):
+    """A workspace's single sign-on (OIDC): at most one identity provider per workspace."""
+
+    __tablename__ = "workspace_sso"
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"), primary_key=True)
+    issuer: Mapped[str] = mapped_column(String(500))
+    client_id: Mapped[str] = mapped_column(String(255))
+    # Sealed under the workspace's data key in its region's key provider (G5: bound to region,
+    # workspace and this row; shredded with the workspace, G9). None: a public client (PKCE).
+    client_secret_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Lowercase domains, comma-separated: the email domains that may sign in.
+    allowed_domains: Mapped[str] = mapped_column(String(2000))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

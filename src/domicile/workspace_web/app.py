@@ -846,7 +846,9 @@ def _http_error(error: HTTPException, scope: Scope) -> DomicileError:
 def create_workspace_app(services: WorkspaceServices, *, secure: bool = False) -> _Guarded:
     """The ASGI app of the workspace of one region (mounted by the gateway app)."""
     from .pages import WorkspacePages  # the HTML pages and their static files
+    from .sso import SsoPages  # single sign-on (OIDC)
 
     api = WorkspaceApi(services, secure=secure)
     pages = WorkspacePages(services, api.auth, secure=secure)
-    return _Guarded(Router(routes=[*api.routes(), *pages.routes()]), services)
+    sso = SsoPages(services, api.auth, pages.render, secure=secure)
+    return _Guarded(Router(routes=[*api.routes(), *pages.routes(), *sso.routes()]), services)

@@ -244,7 +244,21 @@ class WorkspacePages:
     # -- signing in and out ----------------------------------------------------------------------
 
     async def login_form(self, request: Request) -> Response:
-        return self.render("login.html", page="login", error=None, email="", workspace_id="")
+        # `?workspace=ws_…` (the link an org hands its people): its SSO button, if it has one.
+        workspace_id = request.query_params.get("workspace", "").strip()[:40]
+        return self.render("login.html", page="login", error=None, email="",
+                           workspace_id=workspace_id,
+                           sso_workspace=await self._sso_workspace(workspace_id))
+
+    async def _sso_workspace(self, workspace_id: str) -> str | None:
+        """`workspace_id` when it is a workspace of this region with single sign-on."""
+        if not workspace_id:
+            return None
+        try:
+            config = await asyncio.to_thread(self.services.sso.get, workspace_id)
+        except NotFound:
+            return None
+        return workspace_id if config is not None and config.region == self.region else None
 
     async def login(self, request: Request) -> Response:
         try:

@@ -19,6 +19,7 @@ from domicile.tenancy.directory import Directory
 from domicile.tenancy.grants import MemberGrant
 from domicile.tenancy.secrets import CredentialHasher
 from domicile.tenancy.sessions import SessionStore
+from domicile.tenancy.sso import WorkspaceSsoSettings
 from domicile.tenancy.throttle import LoginThrottle
 from domicile.workspace.chat import ChatService
 from domicile.workspace.conversations import Conversations
@@ -48,6 +49,7 @@ class WorkspaceServices:
     library: Library
     # The workspace's part of the residency report (blocking): its admin page shows it.
     residency: Callable[[str], TenantResidency]
+    sso: WorkspaceSsoSettings  # workspaces' single sign-on (workspace_web/sso.py)
 
 
 def build_workspace_services(site: Site, region: str, router: ModelRouter) -> WorkspaceServices:
@@ -68,7 +70,9 @@ def build_workspace_services(site: Site, region: str, router: ModelRouter) -> Wo
     return WorkspaceServices(settings, region, site.directory, store, accounts, sessions,
                              conversations, files, gpts, knowledge, chat, retention,
                              Library(files, gpts, knowledge),
-                             functools.partial(workspace_residency, site))
+                             functools.partial(workspace_residency, site),
+                             WorkspaceSsoSettings(site.directory_engine, site.audit_log,
+                                                  site.store))
 
 
 def profile(services: WorkspaceServices, member: MemberGrant) -> dict[str, Any]:
