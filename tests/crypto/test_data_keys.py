@@ -8,7 +8,7 @@ import hmac
 import shutil
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,8 +17,16 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from domicile.crypto import Context, DecryptionError, Envelope, KeyFileError, LocalKeyProvider
+from domicile.crypto import (
+    Context,
+    DecryptionError,
+    Envelope,
+    KeyFileError,
+    KeyProvider,
+    LocalKeyProvider,
+)
 from domicile.crypto import envelope as envelope_module
+from tests.crypto.conftest import OpenKeys, both_providers
 from tests.crypto.support import SMALL_SEGMENT, context, make_provider
 
 LEGACY = Path(__file__).parent / "data" / "legacy_v1"  # sealed by the code before schemes
@@ -30,20 +38,13 @@ def key_id_of(sealed: bytes) -> str:
 
 
 @pytest.fixture
-def limited(tmp_path: Path) -> Iterator[Callable[..., LocalKeyProvider]]:
-    """Providers on the same files with a tiny seal limit and block: several processes."""
-    opened: list[LocalKeyProvider] = []
+def limited(open_keys: OpenKeys) -> Callable[..., KeyProvider]:
+    """Providers on the same keystore with a tiny seal limit and block: several processes."""
 
-    def _open(limit: int = 10, block: int = 4) -> LocalKeyProvider:
-        make_provider(tmp_path).close()  # the key file
-        provider = LocalKeyProvider("eu", tmp_path / "eu" / "kek.key", seal_limit=limit,
-                                    seal_block=block)
-        opened.append(provider)
-        return provider
+    def _open(limit: int = 10, block: int = 4) -> KeyProvider:
+        return open_keys(seal_limit=limit, seal_block=block)
 
-    yield _open
-    for provider in opened:
-        provider.close()
+    return _open
 
 
 def hkdf(dek: bytes, info: bytes) -> bytes:
@@ -53,8 +54,9 @@ def hkdf(dek: bytes, info: bytes) -> bytes:
 # -- subkeys -------------------------------------------------------------------------------
 
 
+@both_providers
 def test_a_new_data_key_is_never_used_directly_but_through_two_hkdf_subkeys(
-    keys: LocalKeyProvider, envelope: Envelope, ctx: Context
+    keys: KeyProvider, envelope: Envelope, ctx: Context
 ) -> None:
     record = envelope.seal(b"record", ctx)
     blob = envelope.seal_blob(b"blob", ctx)  # shorter than a segment: one final segment
@@ -130,8 +132,9 @@ def test_a_key_of_the_legacy_scheme_never_seals_again(tmp_path: Path) -> None:
 # -- counting and rotation -------------------------------------------------------------------
 
 
+@both_providers
 def test_seals_are_counted_in_reserved_blocks_not_one_write_per_seal(
-    limited: Callable[..., LocalKeyProvider], monkeypatch: pytest.MonkeyPatch
+    limited: Callable[..., KeyProvider], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     keys = limited(limit=1000, block=10)
     keys.create_data_key("ws_a")
@@ -154,8 +157,9 @@ def test_seals_are_counted_in_reserved_blocks_not_one_write_per_seal(
     assert version.seals_reserved == 20
 
 
+@both_providers
 def test_no_key_seals_past_its_limit_across_processes_and_old_keys_stay_readable(
-    limited: Callable[..., LocalKeyProvider],
+    limited: Callable[..., KeyProvider],
 ) -> None:
     """Two processes share a limit of 10 seals per key: whoever reserves past it rotates."""
     first, second = limited(), limited()
@@ -179,8 +183,9 @@ def test_no_key_seals_past_its_limit_across_processes_and_old_keys_stay_readable
         assert opened in (b"b%d" % n, b"r%d" % n)
 
 
+@both_providers
 def test_a_rotation_by_another_process_is_picked_up_when_the_cache_expires(
-    limited: Callable[..., LocalKeyProvider], monkeypatch: pytest.MonkeyPatch
+    limited: Callable[..., KeyProvider], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = [1000.0]
     monkeypatch.setattr(envelope_module, "_monotonic", lambda: clock[0])
@@ -199,8 +204,9 @@ def test_a_rotation_by_another_process_is_picked_up_when_the_cache_expires(
     assert [v.key_id for v in cli.key_versions("ws_a")] == [old_id, new_id]
 
 
+@both_providers
 def test_an_expired_entry_keeps_its_block_while_its_key_is_current(
-    limited: Callable[..., LocalKeyProvider], monkeypatch: pytest.MonkeyPatch
+    limited: Callable[..., KeyProvider], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Idle processes do not burn a block per cache expiry (that would force rotations)."""
     clock = [1000.0]
@@ -214,8 +220,9 @@ def test_an_expired_entry_keeps_its_block_while_its_key_is_current(
     assert [v.seals_reserved for v in keys.key_versions("ws_a")] == [100]
 
 
+@both_providers
 def test_region_wide_rotation_gives_every_tenant_a_new_current_key(
-    keys: LocalKeyProvider, envelope: Envelope
+    keys: KeyProvider, envelope: Envelope
 ) -> None:
     a, b = context(tenant="ws_a"), context(tenant="ws_b")
     old = {t: keys.current_key(t).key_id for t in ("ws_a", "ws_b")}

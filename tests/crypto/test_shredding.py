@@ -4,26 +4,40 @@ bytes are gone from every keystore file."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from domicile.crypto import (
     Context,
     DecryptionError,
     Envelope,
     KeyNotFound,
+    KeyProvider,
     LocalKeyProvider,
     ShredReceipt,
     TenantErased,
 )
 from domicile.crypto import envelope as envelope_module
 from domicile.crypto import keys as keys_module
+from domicile.crypto.keystore import ManagedKeyProvider
+from tests.crypto.conftest import OpenKeys, both_providers
 from tests.crypto.support import context, keystore_files, wrapped_key
 
 
+def tombstoned(keys: KeyProvider) -> list[tuple[str]]:
+    """The keystore's tombstones table, read directly (SQLite file or PostgreSQL)."""
+    if isinstance(keys, LocalKeyProvider):
+        with sqlite3.connect(keys.keystore_path) as db:
+            return [(str(r[0]),) for r in db.execute("SELECT tenant FROM tombstones")]
+    assert isinstance(keys, ManagedKeyProvider)
+    with keys._connect() as conn:
+        return [(str(r[0]),) for r in conn.execute(text("SELECT tenant FROM tombstones"))]
+
+
+@both_providers
 def test_destroyed_tenants_records_and_blobs_no_longer_open(
     envelope: Envelope, ctx: Context
 ) -> None:
@@ -41,6 +55,7 @@ def test_destroyed_tenants_records_and_blobs_no_longer_open(
         b"".join(envelope.open_stream([blob], ctx))
 
 
+@both_providers
 def test_other_tenants_are_untouched(envelope: Envelope) -> None:
     other = context(tenant="ws_b")
     sealed = envelope.seal(b"keep me", other)
@@ -48,6 +63,7 @@ def test_other_tenants_are_untouched(envelope: Envelope) -> None:
     assert envelope.open(sealed, other) == b"keep me"
 
 
+@both_providers
 def test_shred_receipt_says_what_happened(envelope: Envelope) -> None:
     before = datetime.now(UTC)
     receipt = envelope.destroy_tenant_key("ws_a")
@@ -112,9 +128,9 @@ def test_shredding_leaves_no_bytes_in_a_wal_file_either(
     wal_keys.close()
 
 
+@both_providers
 def test_a_shredded_tenant_is_tombstoned_and_never_given_a_key_again(
-    keys: LocalKeyProvider, envelope: Envelope, ctx: Context,
-    reopen: Callable[..., LocalKeyProvider],
+    keys: KeyProvider, envelope: Envelope, ctx: Context, reopen: OpenKeys,
 ) -> None:
     """G9: a process that has not seen the shred (its own connection, nothing cached) asks
     for the tenant's key, as a per-request-residency tenant's first write does: refused."""
@@ -138,12 +154,12 @@ def test_a_shredded_tenant_is_tombstoned_and_never_given_a_key_again(
     assert not other.has_tenant("ws_a") and other.rotate_data_keys() == 1  # ws_b only
     with pytest.raises(DecryptionError):
         envelope.open(sealed, ctx)
-    with sqlite3.connect(keys.keystore_path) as db:  # recorded with the deletion
-        assert db.execute("SELECT tenant FROM tombstones").fetchall() == [("ws_a",)]
+    assert tombstoned(keys) == [("ws_a",)]  # recorded with the deletion
 
 
+@both_providers
 def test_a_tombstone_is_written_in_the_deleting_transaction(
-    keys: LocalKeyProvider, envelope: Envelope, monkeypatch: pytest.MonkeyPatch
+    keys: KeyProvider, envelope: Envelope, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """If recording the tombstone fails, the keys are not deleted either (one transaction)."""
     def clock_fails() -> str:
@@ -156,8 +172,9 @@ def test_a_tombstone_is_written_in_the_deleting_transaction(
     assert keys.has_tenant("ws_a") and keys.erased_at("ws_a") is None
 
 
+@both_providers
 def test_shredding_by_another_process_takes_effect_when_the_cache_expires(
-    envelope: Envelope, ctx: Context, reopen: Callable[..., LocalKeyProvider],
+    envelope: Envelope, ctx: Context, reopen: OpenKeys,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = [1000.0]

@@ -12,9 +12,10 @@ from tests.conftest import SiteFactory
 
 
 def test_an_erased_global_tenant_is_refused_by_a_process_that_did_not_see_the_erasure(
-    make_site: SiteFactory,
+    make_site: SiteFactory, backend: str,
 ) -> None:
-    site = make_site("sqlite")
+    """On PostgreSQL the region's keystore is the shared one (`ManagedKeyProvider`)."""
+    site = make_site(backend)
     org = site.directory.create_org("Acme")
     project = site.directory.create_project(org.id, "g", "global", per_request_residency=True)
     roaming = TenantRef(project.id, "global", org.id)

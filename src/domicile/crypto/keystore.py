@@ -481,8 +481,8 @@ class ManagedKeyProvider(KeyProvider):
         key_id, row_kek, wrapped, scheme = str(row[0]), str(row[1]), bytes(row[2]), int(row[3])
         try:
             dek = self.wrapper.unwrap(wrapped, row_kek, wrap_context(self.region, tenant, key_id))
-        except KeyNotFound:
-            raise KeyNotFound(
+        except KeyNotFound as refused:  # its type kept: KekRefused says the KMS refused
+            raise type(refused)(
                 f"data key {key_id!r} of tenant {tenant!r} in region {self.region!r} does not"
                 f" unwrap under KEK {row_kek!r} (refused by {type(self.wrapper).__name__})"
             ) from None
