@@ -344,3 +344,25 @@ def test_the_site_sweeps_an_s3_region_when_it_opens(s3_site: Site,
     monkeypatch.setattr(S3BlobStore, "stale_after", 0.0)
     s3_site.open_for_serving()
     assert uploads(blobs) == []
+
+
+def test_an_erasure_leaves_no_object_and_no_unfinished_upload_of_the_tenant(
+        s3_site: Site) -> None:
+    import domicile.workspace.models  # noqa: F401 - registers the tables erasure goes through
+    from domicile.compliance.erasure import Erasure
+
+    org = s3_site.directory.create_org("Acme")
+    erased = s3_site.directory.create_project(org.id, "gone", "eu", retention="regional")
+    kept = s3_site.directory.create_project(org.id, "kept", "eu", retention="regional")
+    store = s3_site.store("eu")
+    blobs = store.blobs
+    assert isinstance(blobs, S3BlobStore)
+    for project in (erased, kept):
+        tenant = TenantRef(project.id, "eu", org.id)
+        store.put_blob(tenant, "file", "f1", "a.txt", [b"kept until erased"])
+        store.stage_blob(tenant, "file", "f2", chunked(blob(9 * MIB)))  # an upload cut short
+    Erasure(s3_site.directory, s3_site.store, list(s3_site.settings.regions),
+            s3_site.directory_engine).erase("project", erased.id)
+    assert list(blobs.keys(f"{erased.id}/")) == []
+    assert [u["Key"] for u in uploads(blobs)] == [f"blobs/{kept.id}/file/f2"]
+    assert list(blobs.keys(f"{kept.id}/")) == [f"{kept.id}/file/f1"]
