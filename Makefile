@@ -45,7 +45,15 @@ $(AXE): tests/ui/package.json tests/ui/package-lock.json
 	mkdir -p $(dir $@)
 	cp tests/ui/node_modules/axe-core/axe.min.js tests/ui/node_modules/axe-core/LICENSE $(dir $@)
 
-install-test: $(VENV)/.installed-test ui-browser $(AXE)
+# The single sign-on tests (tests/sso) run a real OpenID Connect provider on loopback:
+# oidc-provider from npm, pinned in tests/sso/package.json (npm is there after $(AXE)).
+OIDC_PROVIDER := tests/sso/node_modules/oidc-provider/package.json
+
+$(OIDC_PROVIDER): tests/sso/package.json tests/sso/package-lock.json $(AXE)
+	npm ci --prefix tests/sso --no-audit --no-fund --silent
+	touch $@
+
+install-test: $(VENV)/.installed-test ui-browser $(AXE) $(OIDC_PROVIDER)
 
 run: install
 	@test -f $(SITE)/domicile.toml || $(BIN)/domicile init --dir $(SITE)
@@ -83,4 +91,5 @@ bench-ui: install-test
 	$(BIN)/python bench/ui/bench_ui.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis tests/ui/node_modules tests/ui/vendor
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis tests/ui/node_modules tests/ui/vendor \
+	  tests/sso/node_modules
