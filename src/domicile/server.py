@@ -18,10 +18,12 @@ import contextlib
 import gc
 import logging
 import os
+import shutil
 import signal
 import socket
 import ssl
 import sys
+import tempfile
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,7 @@ from domicile.config import RegionSettings, Settings, is_loopback_host
 from domicile.errors import ConfigError, InvalidInput, StoreUnavailable
 from domicile.failures import describe
 from domicile.http_server import protocol_for
+from domicile.observability.metrics import enable_multiprocess
 from domicile.site import Site, check_key_file
 
 __all__ = [
@@ -158,6 +161,27 @@ def serve(settings: Settings, regions: Sequence[str] = (), *, workers: int = 1,
     if workers <= 1:
         _run_worker(settings, sockets, tls, log_level)
         return
+    with _shared_metrics(settings):
+        _fork_workers(settings, sockets, tls, log_level, workers)
+
+
+@contextlib.contextmanager
+def _shared_metrics(settings: Settings) -> Generator[None, None, None]:
+    """With several workers, each writes its metrics to files in a private folder (0700,
+    removed at exit) that any worker's `/metrics` sums up."""
+    if not settings.observability.metrics:
+        yield
+        return
+    folder = Path(tempfile.mkdtemp(prefix="domicile-metrics-"))  # mode 0700
+    try:
+        enable_multiprocess(folder)
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _fork_workers(settings: Settings, sockets: dict[str, socket.socket], tls: TlsFiles | None,
+                  log_level: str, workers: int) -> None:
     children: list[int] = []
     for _ in range(workers):
         pid = os.fork()
@@ -232,7 +256,10 @@ async def _serve_regions(settings: Settings, sockets: dict[str, socket.socket],
     for name, sock in sockets.items():
         config = uvicorn.Config(
             build_region_app(site, name, secure=tls is not None), log_level=log_level,
-            access_log=False,
+            # No access log: its lines quote paths and query strings (client text, ids);
+            # requests are counted by route template in `/metrics` instead. No log config of
+            # uvicorn's own: its lines go through `domicile serve`'s (`configure_logging`).
+            access_log=False, log_config=None,
             # The gateway speaks no WebSocket: an upgrade request is plain HTTP to it.
             http=protocol_for(name, settings.server), ws="none", loop="none", lifespan="on",
             server_header=False, date_header=False, proxy_headers=False,

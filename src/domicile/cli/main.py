@@ -105,9 +105,12 @@ def serve_command(
     as_json: JsonOption = False,
 ) -> None:
     """Serve the regions' APIs, each on its own listen address (TLS, except on loopback)."""
+    from domicile.observability.logs import configure_logging
     from domicile.server import serve, tls_files
 
     settings = load_settings(find_config(config))
+    # Every `domicile` and HTTP server line from here on, in `[observability] log_format`.
+    configure_logging(settings.observability.log_format, log_level)
     tls = tls_files(settings, tls_cert, tls_key)
     try:
         serve(settings, region or (), workers=workers, tls=tls, insecure_http=insecure_http,

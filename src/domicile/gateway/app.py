@@ -35,6 +35,15 @@ from domicile.inference.providers import (
 from domicile.inference.providers.base import ProviderUnavailable, sse_error
 from domicile.inference.routing import ModelRouter
 from domicile.inference.usage import SseUsageScanner, SseUsageStripper, UsageRecorder, request_usage
+from domicile.observability.metrics import (
+    CONTENT_TYPE,
+    UNMATCHED_ROUTE,
+    RequestMetrics,
+    count_fail_closed,
+    count_provider_error,
+    exposition,
+)
+from domicile.observability.tracing import request_tracer
 from domicile.storage.faults import store_fault
 from domicile.storage.interfaces import ContentStore, UsageSink
 from domicile.tenancy.grants import ApiKeyGrant, KeyAuthenticator
@@ -167,6 +176,10 @@ class GatewayApp:
         ])
         self._starting: asyncio.Future[None] | None = None
         self._started = False
+        # Counts and timings per route template (never a path): `GET /metrics`.
+        self.metrics = RequestMetrics(region)
+        self._serves_metrics = settings.observability.metrics
+        self._tracer = request_tracer(settings.observability, region)
 
     # -- ASGI -------------------------------------------------------------------------------
 
@@ -233,28 +246,16 @@ class GatewayApp:
         await self.usage.aclose()
         await asyncio.gather(*(provider.aclose() for provider in self.providers),
                              return_exceptions=True)
+        if self._tracer is not None:  # sends the spans still batched
+            await asyncio.to_thread(self._tracer.shutdown)
+            self._tracer = None
         self._starting = None
         self._started = False
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         if not _is_api(path):
-            if path == "/healthz":
-                public = Exchange(scope, receive, send, self._region_header)
-                if not await refused_unless_get(public):
-                    await public.respond(200, self._health)
-                return
-            if path == "/openapi.json":  # public, like /healthz; built once per route table
-                from .openapi import serve_document
-
-                await serve_document(Exchange(scope, receive, send, self._region_header),
-                                     self.routes, workspace=self._fallback is not None)
-                return
-            if self._fallback is not None:
-                await self._fallback(scope, receive, self._tagged(send))
-                return
-            await Exchange(scope, receive, send, self._region_header).fail(
-                NotFound(f"Invalid URL ({scope['method']} {path})"))
+            await self._outside_api(scope, receive, send, path)
             return
         call = Exchange(scope, receive, send, self._region_header)
         route = self.routes.exact(scope["method"], path)
@@ -271,6 +272,7 @@ class GatewayApp:
                 route = self._match(call, grant)
             await route.handler(call, grant)
         except DomicileError as exc:
+            count_fail_closed(self.region, exc.code)
             await call.fail(exc, list(exc.headers))
         except ClientDisconnected:
             call.status = 499
@@ -279,13 +281,65 @@ class GatewayApp:
             # the type and request id only, the message may quote request content (G4).
             fault = store_fault(exc, call.request_id)
             if fault is None:
-                log.error("unhandled %s in request %s", type(exc).__name__, call.request_id)
+                if _key_service_down(exc):
+                    count_fail_closed(self.region, "key_service_unavailable")
+                log.error("unhandled %s in request %s", type(exc).__name__, call.request_id,
+                          extra={"request_id": call.request_id, "route": call.endpoint,
+                                 "region": self.region})
                 fault = DomicileError(
                     "The server had an error while processing your request "
                     f"(request id {call.request_id}).")
             await call.fail(fault)
         if call.grant is not None:  # auth failures leave no usage
             await self._account(call, call.grant)
+        self._observe(call.endpoint, scope["method"], call.status, call.started)
+
+    def _observe(self, route: str, method: str, status: int, started: float) -> None:
+        """Count a finished request by its route template (metrics, and a span if traced)."""
+        if route == UNKNOWN_ROUTE:
+            route = UNMATCHED_ROUTE
+        now = time.perf_counter()
+        self.metrics.observe(route, method, status, now - started)
+        if self._tracer is not None:
+            end_ns = time.time_ns()
+            self._tracer.record(method, route, status,
+                                end_ns - int((now - started) * 1e9), end_ns)
+
+    async def _outside_api(self, scope: Scope, receive: Receive, send: Send, path: str
+                           ) -> None:
+        """`/healthz`, `/metrics`, `/openapi.json`, and the mounted app (the workspace)."""
+        public = Exchange(scope, receive, send, self._region_header)
+        if path == "/healthz":
+            if not await refused_unless_get(public):
+                await public.respond(200, self._health)
+            self._observe(path, scope["method"], public.status, public.started)
+            return
+        if path == "/metrics" and self._serves_metrics:
+            # Counts and labels only (no content), so no key is asked for: keep the port
+            # off the public internet instead (docs/OPERATIONS.md).
+            if not await refused_unless_get(public):
+                await public.respond(200, await asyncio.to_thread(exposition), CONTENT_TYPE)
+            self._observe(path, scope["method"], public.status, public.started)
+            return
+        if path == "/openapi.json":  # public, like /healthz; built once per route table
+            from .openapi import serve_document
+
+            await serve_document(public, self.routes, workspace=self._fallback is not None)
+            self._observe(path, scope["method"], public.status, public.started)
+            return
+        if self._fallback is not None:
+            answered = _Answered()
+            try:
+                await self._fallback(scope, receive, self._tagged(send, answered))
+            finally:
+                # The workspace's route template, as its router matched it (Starlette puts
+                # the route in the scope), else "unmatched": never the path.
+                template = getattr(scope.get("route"), "path", None)
+                self._observe(template if isinstance(template, str) else UNMATCHED_ROUTE,
+                              scope["method"], answered.status or 500, public.started)
+            return
+        await public.fail(NotFound(f"Invalid URL ({scope['method']} {path})"))
+        self._observe(UNMATCHED_ROUTE, scope["method"], public.status, public.started)
 
     async def _account(self, call: Exchange, grant: ApiKeyGrant) -> None:
         """Charge the tokens to the key's limit and record the usage metadata."""
@@ -295,19 +349,22 @@ class GatewayApp:
                 await self._limiter.charge(grant, tokens)
         except Exception as exc:  # a shared limiter's store may be down: log, go on
             log.error("rate limiter charge failed (%s) in request %s", type(exc).__name__,
-                      call.request_id)
+                      call.request_id, extra={"request_id": call.request_id,
+                                              "route": call.endpoint, "region": self.region})
         # A model name not offered here is client text like any other: not kept (G4).
         model = call.model if self.router.offers(call.model) else ""
         self.usage.add(grant.project_id, grant.key_id, call.endpoint, model, call.provider,
                        call.status, call.prompt_tokens, call.completion_tokens,
                        (time.perf_counter() - call.started) * 1000, call.request_id)
 
-    def _tagged(self, send: Send) -> Send:
-        """The mounted app's answers say which region served them, too."""
+    def _tagged(self, send: Send, answered: _Answered) -> Send:
+        """The mounted app's answers say which region served them, too (and their status is
+        noted in `answered`, for the metrics)."""
         region = self._region_header
 
         async def tagged(message: Message) -> None:
             if message["type"] == "http.response.start":
+                answered.status = message["status"]
                 headers = list(message.get("headers", ()))
                 if not any(name.lower() == b"x-domicile-region" for name, _ in headers):
                     headers.append((b"x-domicile-region", region))
@@ -449,6 +506,8 @@ class GatewayApp:
                     await relay_stripped(stripper)
             except ProviderUnavailable as broken:
                 call.status = 502
+                count_provider_error(self.region, broken.provider, broken.reason,
+                                     mid_stream=True)
                 await call.stream(broken.stream_error())
             except Exception:
                 # Not the upstream's doing: still a parseable end for the client; the caller
@@ -470,6 +529,28 @@ class GatewayApp:
             counted = scanner if stripper is None else stripper
             call.prompt_tokens = counted.prompt_tokens
             call.completion_tokens = counted.completion_tokens
+
+
+class _Answered:
+    __slots__ = ("status",)
+
+    def __init__(self) -> None:
+        self.status = 0
+
+
+def _key_service_down(exc: BaseException) -> bool:
+    """Whether a KMS or Vault that did not answer is behind `exc` (a fail-closed refusal:
+    content whose key cannot be had is not served)."""
+    from domicile.crypto.wrapping import KeyServiceUnavailable
+
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 8:
+        if isinstance(current, KeyServiceUnavailable):
+            return True
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return False
 
 
 def _is_api(path: str) -> bool:

@@ -25,6 +25,7 @@ from typing import TypeVar
 
 from domicile.config import Capability
 from domicile.errors import ModelNotFound, NoInRegionProvider, RegionBusy
+from domicile.observability.metrics import count_provider_error
 
 from .providers.base import Provider, ProviderBusy, ProviderUnavailable
 
@@ -100,6 +101,8 @@ class ModelRouter:
                 return provider, await attempt(provider)
             except ProviderUnavailable as exc:
                 failures.append(f"{provider.name}: {exc.reason}")
+                count_provider_error(self.region, provider.name, exc.reason,
+                                     busy=isinstance(exc, ProviderBusy))
                 if isinstance(exc, ProviderBusy):
                     retry_after = min(retry_after or exc.retry_after, exc.retry_after)
         if retry_after:

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
+from domicile.observability.metrics import TokenMetrics
 from domicile.storage.interfaces import UsageRecord, UsageSink
 
 __all__ = [
@@ -296,6 +297,7 @@ class UsageRecorder:
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self.dropped = 0
+        self._tokens = TokenMetrics(region)  # `domicile_tokens_total`, by provider
 
     def add(
         self,
@@ -310,6 +312,8 @@ class UsageRecorder:
         latency_ms: float,
         request_id: str,
     ) -> None:
+        if prompt_tokens or completion_tokens:
+            self._tokens.add(provider, prompt_tokens, completion_tokens)
         buffer = self._buffer
         if len(buffer) >= self._max_buffered:
             self.dropped += 1  # the sink is down for long: bound memory rather than grow
