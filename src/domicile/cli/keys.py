@@ -7,10 +7,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from domicile.cli._common import ConfigOption, JsonOption, command, emit, open_site
+from domicile.cli._common import ConfigOption, Failure, JsonOption, command, emit, open_site
 from domicile.compliance.audit import Detail
 from domicile.crypto import KeyNotFound
-from domicile.errors import NotFound
+from domicile.crypto.keys import wrap_context
+from domicile.errors import InvalidInput, NotFound
 
 __all__ = ["register"]
 
@@ -74,4 +75,65 @@ def data_key_rotate(
     table.add_column("region")
     table.add_column("tenants with a new data key")
     table.add_row(store.region, str(rotated))
+    emit(as_json, {"region": store.region, **details}, table)
+
+
+@keys_app.command("set-tenant-kek")
+@command
+def set_tenant_kek(
+    region: Annotated[str, typer.Option("--region", help="The tenant's region.")],
+    tenant: Annotated[str, typer.Option(
+        "--tenant", help="The tenant (a project or workspace id).")],
+    kek_id: Annotated[str | None, typer.Option(
+        "--kek-id", help="The tenant's own key: a KMS key ARN (aws-kms) or a transit key "
+        "name (vault-transit).")] = None,
+    clear: Annotated[bool, typer.Option(
+        "--clear", help="Back to the region's key-encryption key.")] = False,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Give a tenant its own (customer-managed) key-encryption key in the region's KMS: its
+    data keys are re-wrapped under it now, and new ones are made under it. Disabling that key
+    in the KMS makes the tenant's content unreadable (docs/KEYS.md). Audited in the region's
+    chain (tenant, key id, count; no key material)."""
+    if (kek_id is None) == (not clear):
+        raise InvalidInput("give either --kek-id KEY or --clear", param="kek_id")
+    site = open_site(config)
+    store = site.store(site.settings.region(region).name)
+    from domicile.crypto.keystore import ManagedKeyProvider
+    from domicile.crypto.wrapping import KeyServiceUnavailable
+
+    keys = store.keys
+    if not isinstance(keys, ManagedKeyProvider):
+        raise InvalidInput(f"region {store.region} keeps its key-encryption key in a local "
+                           "file: per-tenant keys need key_provider kind aws-kms or "
+                           "vault-transit", param="region")
+    if not keys.has_tenant(tenant):
+        raise NotFound(f"tenant {tenant} has no data key in region {store.region}")
+    target = kek_id or keys.wrapper.kek_id
+    try:
+        target = keys.wrapper.kek_for(tenant, kek_id)
+        if kek_id is not None:
+            # A key the KMS refuses is reported now, not at the tenant's next write (a tenant
+            # whose keys all rewrap would show it too, but one with none would not).
+            keys.wrapper.generate(target, wrap_context(store.region, tenant, "kek-check"))
+        rewrapped = keys.set_tenant_kek(tenant, kek_id)
+    except ValueError as exc:
+        raise InvalidInput(str(exc), param="kek_id") from None
+    except KeyNotFound as exc:
+        raise InvalidInput(f"the key service refused: {exc}", param="kek_id") from None
+    except KeyServiceUnavailable as exc:
+        raise Failure(f"the key service did not answer: {exc}",
+                      {"error": {"code": "key_service_unavailable", "message": str(exc)}}
+                      ) from None
+    details: dict[str, Detail] = {"tenant": tenant, "kek_id": target if kek_id else None,
+                                  "data_keys_rewrapped": rewrapped}
+    store.audit.append("cli", "tenant_kek.set", store.region, details)
+    table = Table(title="Tenant key-encryption key", title_justify="left")
+    table.add_column("region")
+    table.add_column("tenant")
+    table.add_column("key-encryption key")
+    table.add_column("data keys re-wrapped")
+    table.add_row(store.region, tenant, target if kek_id else f"{target} (the region's)",
+                  str(rewrapped))
     emit(as_json, {"region": store.region, **details}, table)
