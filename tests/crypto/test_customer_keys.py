@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from domicile.config import load_settings
@@ -22,6 +23,7 @@ from domicile.site import Site
 from domicile.storage.interfaces import TenantRef
 from tests.conftest import SiteFactory
 from tests.crypto.kms_proxy import KmsStateProxy
+from tests.gateway.support import LoopThread, ServedApp
 from tests.services import MotoServer
 
 
@@ -156,3 +158,51 @@ def test_set_tenant_kek_refuses_what_it_cannot_honour(kms_site: KmsSite) -> None
     assert code == 0, err
     assert json.loads(out)["kek_id"] is None
     assert managed_keys(site).tenant_kek(owner.id) is None
+
+
+def test_an_api_caller_is_told_why_its_file_does_not_open(kms_site: KmsSite) -> None:
+    """Through the gateway: the owner's file answers 403 `tenant_key_refused` while its key is
+    disabled (not a 500), the neighbour's file 200; enabled again, 200."""
+    from domicile.gateway import create_gateway_app
+
+    site, kms = kms_site.site, kms_site.kms
+    org = site.directory.create_org("Acme")
+    projects = [site.directory.create_project(org.id, name, "eu", retention="regional")
+                for name in ("customer", "neighbour")]
+    owner_key, neighbour_key = (site.directory.create_api_key(p.id).secret for p in projects)
+    cmk = kms_site.moto.kms_key()
+    code, _, err = run_cli("keys", "set-tenant-kek", "--region", "eu", "--tenant",
+                           projects[0].id, "--kek-id", cmk, "--config", str(kms_site.config))
+    assert code == 0, err
+    store = site.store("eu")
+    app = create_gateway_app(site.settings, "eu", authenticator=site.directory,
+                             usage_sink=store, content_store=store, providers=[])
+    loop = LoopThread()
+    served = ServedApp(loop, app)
+    try:
+        with httpx.Client(base_url=served.url, timeout=30) as client:
+            def upload(key: str, text: bytes) -> str:
+                made = client.post("/v1/files", headers={"Authorization": f"Bearer {key}"},
+                                   data={"purpose": "user_data"},
+                                   files={"file": ("notes.txt", text, "text/plain")})
+                assert made.status_code == 200, made.text
+                return str(made.json()["id"])
+
+            def content(key: str, file_id: str) -> httpx.Response:
+                return client.get(f"/v1/files/{file_id}/content",
+                                  headers={"Authorization": f"Bearer {key}"})
+
+            owned = upload(owner_key, b"the customer's notes")
+            neighbours = upload(neighbour_key, b"the neighbour's notes")
+            kms.disable_key(KeyId=key_uuid(cmk))
+            refused = content(owner_key, owned)
+            assert refused.status_code == 403, refused.text
+            assert refused.json()["error"]["code"] == "tenant_key_refused"
+            assert cmk not in refused.text
+            assert content(neighbour_key, neighbours).content == b"the neighbour's notes"
+            kms.enable_key(KeyId=key_uuid(cmk))
+            opened = content(owner_key, owned)
+            assert (opened.status_code, opened.content) == (200, b"the customer's notes")
+    finally:
+        served.stop()
+        loop.close()
