@@ -9,6 +9,7 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -27,6 +28,7 @@ from domicile.crypto import (
     write_new_kek,
 )
 from domicile.crypto import envelope as envelope_module
+from domicile.crypto import keys as keys_module
 from domicile.crypto.keys import kek_id, wrap_context
 from domicile.crypto.keystore import LocalFileWrapper, ManagedKeyProvider
 from domicile.crypto.wrapping import KeyServiceUnavailable
@@ -279,6 +281,49 @@ def test_no_replica_makes_a_key_for_a_tenant_another_one_erased(
     assert rows(keystore, "SELECT tenant FROM tombstones") == [("ws_gone",)]
     with pytest.raises(TenantErased):
         managed().create_data_key("ws_gone")
+
+
+def test_a_key_asked_for_during_an_erasure_waits_for_it_and_is_refused(
+    managed: Callable[..., ManagedKeyProvider], keystore: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The interleaving the tenant lock exists for, made deterministic: an erasure is inside
+    its transaction (tombstone not yet committed) when another replica asks for the tenant's
+    first key. That replica must wait for the erasure and then be refused, not slip a key in
+    beside the tombstone."""
+    eraser, creator = managed(), managed()
+    erasing_inside, finish_erasure = threading.Event(), threading.Event()
+    real_now = keys_module._now
+
+    def now_pausing_the_eraser() -> str:  # called by destroy_tenant inside its transaction
+        if threading.current_thread().name == "eraser":
+            erasing_inside.set()
+            assert finish_erasure.wait(DEADLINE_S)
+        return real_now()
+
+    monkeypatch.setattr(keys_module, "_now", now_pausing_the_eraser)
+    erasure = threading.Thread(target=eraser.destroy_tenant, args=("ws_new",), name="eraser")
+    erasure.start()
+    assert erasing_inside.wait(DEADLINE_S)
+    outcome: list[object] = []
+
+    def create() -> None:
+        try:
+            outcome.append(creator.create_data_key("ws_new"))
+        except Exception as exc:
+            outcome.append(exc)
+
+    creation = threading.Thread(target=create)
+    creation.start()
+    deadline = time.monotonic() + DEADLINE_S
+    while creation.is_alive() and not rows(
+            keystore, "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"):
+        assert time.monotonic() < deadline, "the creator neither finished nor waited"
+        time.sleep(0.01)
+    finish_erasure.set()
+    erasure.join(DEADLINE_S)
+    creation.join(DEADLINE_S)
+    assert len(outcome) == 1 and isinstance(outcome[0], TenantErased), outcome
+    assert rows(keystore, "SELECT tenant FROM data_keys") == []
 
 
 def test_a_shred_through_one_replica_is_seen_by_another_within_the_key_cache_bound(

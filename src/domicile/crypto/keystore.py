@@ -232,6 +232,7 @@ class ManagedKeyProvider(KeyProvider):
                 found = conn.execute(self._current_id(tenant)).scalar()
                 if found is not None:  # another replica made it while we generated ours
                     return str(found)
+                self._refuse_erased(conn, tenant)  # G9: a shredded tenant stays shredded
                 if self._insert_key(conn, tenant, 1, fresh, seals=0):
                     return fresh.key_id
         raise RuntimeError(f"could not create a data key for tenant {tenant!r}")
