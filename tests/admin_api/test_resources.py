@@ -176,6 +176,8 @@ def test_an_erasure_needs_confirm_true(admin: Admin) -> None:
     assert erased.status_code == 200, erased.text
     assert erased.json()["data_keys_destroyed"] >= 1
     assert admin.site.directory.get_workspace(str(workspace["id"])).erased_at is not None
+    again = admin.call("POST", path, json={"confirm": True})
+    assert again.status_code == 200 and again.json()["already_erased"] is True
     late = admin.call("PATCH", f"/workspaces/{workspace['id']}", json={"name": "Back"})
     assert late.status_code == 410 and late.json()["error"]["code"] == "tenant_erased"
 
