@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import re
 import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal, TypedDict
 from urllib.parse import parse_qs, urlsplit
@@ -48,6 +50,7 @@ __all__ = ["MIN_PART_SIZE", "PART_SIZE", "PendingPut", "PendingUpload", "S3BlobS
 
 MIN_PART_SIZE: Final = 5 << 20  # S3's floor for every part but the last
 PART_SIZE: Final = 8 << 20
+UPLOAD_THREADS: Final = 4  # parts sent at once by one upload
 STALE_AFTER: Final = 3600.0
 READ_RESUMES: Final = 3  # a body cut off mid-read is read on from where it stopped, this often
 BUCKET: Final = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -122,7 +125,7 @@ class S3BlobStore:
 
     def __init__(self, bucket: str, prefix: str, *, client: S3Client, sse: SSE | None = None,
                  sse_kms_key_id: str | None = None, part_size: int = PART_SIZE,
-                 stale_after: float | None = None) -> None:
+                 upload_threads: int = UPLOAD_THREADS, stale_after: float | None = None) -> None:
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size is at least {MIN_PART_SIZE} bytes (S3's floor)")
         if sse_kms_key_id is not None and sse != "aws:kms":
@@ -131,6 +134,7 @@ class S3BlobStore:
         self.prefix = prefix.strip("/")
         self.client = client
         self.part_size = part_size
+        self.upload_threads = max(1, upload_threads)
         if stale_after is not None:
             self.stale_after = stale_after
         self.sse_args: _SSEArgs = {}
@@ -197,33 +201,27 @@ class S3BlobStore:
                 break
         else:
             return PendingPut(self, key, bytes(buffer))
+        # CRC32 per part, checked by the service, and named again at the completion.
         upload_id = self.client.create_multipart_upload(
-            Bucket=self.bucket, Key=name, **self.sse_args)["UploadId"]
-        parts: list[CompletedPartTypeDef] = []
-        size = 0
+            Bucket=self.bucket, Key=name, ChecksumAlgorithm="CRC32", **self.sse_args)["UploadId"]
+        sender = _PartSender(self, name, upload_id)
         try:
             while True:
                 if len(buffer) >= self.part_size:
-                    size += len(buffer)
-                    parts.append(self._upload_part(name, upload_id, len(parts) + 1, buffer))
+                    sender.send(bytes(buffer))
                     buffer.clear()
                 following = next(source, None)
                 if following is None:
                     break
                 buffer += following
-            if buffer or not parts:
-                size += len(buffer)
-                parts.append(self._upload_part(name, upload_id, len(parts) + 1, buffer))
+            if buffer or not sender.size:
+                sender.send(bytes(buffer))
+            parts = sender.finish()
         except BaseException:
+            sender.stop()  # no part may land after the abort
             self.abort(key, upload_id)
             raise
-        return PendingUpload(self, key, upload_id, parts, size)
-
-    def _upload_part(self, name: str, upload_id: str, number: int,
-                     data: bytearray) -> CompletedPartTypeDef:
-        answer = self.client.upload_part(Bucket=self.bucket, Key=name, UploadId=upload_id,
-                                         PartNumber=number, Body=bytes(data))
-        return {"PartNumber": number, "ETag": answer["ETag"]}
+        return PendingUpload(self, key, upload_id, parts, sender.size)
 
     def abort(self, key: str, upload_id: str) -> None:
         """Abort a multipart upload (one already gone is no error)."""
@@ -377,6 +375,47 @@ class S3BlobStore:
                 raise
             return datetime.max.replace(tzinfo=UTC)  # gone meanwhile: nothing to abort
         return last
+
+
+class _PartSender:
+    """Sends a multipart upload's parts in order, up to `upload_threads` at once (the sealing
+    goes on meanwhile): at most that many parts, and the one being filled, are in memory."""
+
+    def __init__(self, store: S3BlobStore, name: str, upload_id: str) -> None:
+        self._store = store
+        self._name = name
+        self._upload_id = upload_id
+        self._threads = ThreadPoolExecutor(max_workers=store.upload_threads,
+                                           thread_name_prefix="s3-part")
+        self._in_flight: deque[Future[CompletedPartTypeDef]] = deque()
+        self._parts: list[CompletedPartTypeDef] = []
+        self.size = 0
+
+    def send(self, data: bytes) -> None:
+        while len(self._in_flight) >= self._store.upload_threads:
+            self._parts.append(self._in_flight.popleft().result())
+        number = len(self._parts) + len(self._in_flight) + 1
+        self._in_flight.append(self._threads.submit(self._upload, number, data))
+        self.size += len(data)
+
+    def _upload(self, number: int, data: bytes) -> CompletedPartTypeDef:
+        answer = self._store.client.upload_part(
+            Bucket=self._store.bucket, Key=self._name, UploadId=self._upload_id,
+            PartNumber=number, Body=data, ChecksumAlgorithm="CRC32")
+        part: CompletedPartTypeDef = {"PartNumber": number, "ETag": answer["ETag"]}
+        if "ChecksumCRC32" in answer:
+            part["ChecksumCRC32"] = answer["ChecksumCRC32"]
+        return part
+
+    def finish(self) -> list[CompletedPartTypeDef]:
+        while self._in_flight:
+            self._parts.append(self._in_flight.popleft().result())
+        self._threads.shutdown()
+        return self._parts
+
+    def stop(self) -> None:
+        """Cancel the parts not begun and wait for those on the wire."""
+        self._threads.shutdown(wait=True, cancel_futures=True)
 
 
 def _code(exc: ClientError) -> str:
