@@ -4,6 +4,9 @@ method and route template, with the region and status as its only attributes."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -105,3 +108,23 @@ def test_the_traces_url_of_an_endpoint() -> None:
     assert traces_url("http://collector:4318") == "http://collector:4318/v1/traces"
     assert traces_url("http://collector:4318/") == "http://collector:4318/v1/traces"
     assert traces_url("https://otel.example/custom/traces") == "https://otel.example/custom/traces"
+
+
+def test_without_the_otel_extra_serving_goes_on_and_says_so_once(tmp_path: Path) -> None:
+    """In a child process where the exporter cannot be imported (as when the extra is not
+    installed): no tracer, one warning line however many regions ask."""
+    script = (
+        "import sys, logging\n"
+        "sys.modules['opentelemetry.exporter.otlp.proto.http.trace_exporter'] = None\n"
+        "from domicile.observability.logs import configure_logging\n"
+        "from domicile.observability.tracing import request_tracer\n"
+        "from domicile.config import ObservabilitySettings\n"
+        "configure_logging('json', 'info')\n"
+        "wanted = ObservabilitySettings(otlp_endpoint='http://127.0.0.1:9/v1/traces')\n"
+        "print([request_tracer(wanted, region) for region in ('eu', 'us')])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.strip() == "[None, None]"
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert len(lines) == 1 and "OpenTelemetry is not installed" in lines[0]["message"]
