@@ -6,9 +6,13 @@ store, and nothing is visible under its key until it is committed:
 
 - a blob smaller than one part is held in memory and committed with one PutObject;
 - a larger one streams out as a multipart upload, one part each time `part_size` bytes have
-  come (a bounded buffer: never the whole blob in memory); committing is
+  come, up to `upload_threads` parts on the wire while the next fills (bounded: at most
+  (upload_threads + 1) x part_size bytes in memory, never the whole blob); committing is
   CompleteMultipartUpload, discarding AbortMultipartUpload. A stream that fails part-way
-  aborts its upload before the error goes on.
+  aborts its upload (once no part is on the wire any more) before the error goes on.
+
+Reads stream 64 KiB at a time, and take a byte range (an HTTP Range); a body cut off part-way
+is read on from where it stopped, by a ranged GET bound to the object's ETag.
 
 An upload whose writer died (a crash) stays in the bucket, invisible but billed, until
 `sweep_staged` aborts it: S3 has no lock a live writer could hold, so the sweep takes only
