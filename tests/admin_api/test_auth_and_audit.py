@@ -24,7 +24,7 @@ def _refusals(admin: Admin, key: str | None) -> list[str]:
     """Every non-public route asked with `key`: what did not answer 401 in the one shape."""
     wrong = []
     for route in ROUTES:
-        if route.public:
+        if route.path == "/openapi.json":  # the one public route
             continue
         headers = {} if key is None else {"Authorization": key}
         answer = admin.http("").request(route.method, _concrete(route.path), headers=headers,
