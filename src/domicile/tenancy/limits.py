@@ -18,6 +18,7 @@ process meanwhile), and an outage is logged once, with the error's type only.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -122,7 +123,7 @@ class RedisTokenBuckets:
     def __init__(self, redis_url: str, region: str, *, key_prefix: str = "domicile:limits",
                  what: str = "rate limits", window_s: float = 60.0,
                  socket_timeout_s: float = 0.25, retry_after_failure_s: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 max_connections: int = 64, clock: Callable[[], float] = time.monotonic) -> None:
         if window_s <= 0:
             raise ValueError("window_s must be positive")
         self.region = region
@@ -133,10 +134,14 @@ class RedisTokenBuckets:
         self._clock = clock
         # Short timeouts and no retries: a slow or dead Redis must cost one quick failure,
         # then the breaker keeps requests off it (they are decided in process meanwhile).
-        self._redis = aioredis.Redis.from_url(
-            redis_url, socket_timeout=socket_timeout_s,
+        pool = aioredis.ConnectionPool.from_url(
+            redis_url, max_connections=max_connections, socket_timeout=socket_timeout_s,
             socket_connect_timeout=socket_timeout_s, retry=Retry(NoBackoff(), 0),
-            retry_on_timeout=False, health_check_interval=0)
+            health_check_interval=0)
+        self._redis = aioredis.Redis.from_pool(pool)
+        # A burst queues here for one of the pool's connections (as it would for a CPU): a
+        # busy process is not a Redis outage, only Redis's own errors open the breaker.
+        self._slots = asyncio.Semaphore(max_connections)
         self._script = self._redis.register_script(BUCKET_SCRIPT)
         self._closed_until = 0.0  # breaker: no Redis attempt before this (monotonic) time
         self._down = False  # in an outage (logged once, at its start)
@@ -160,20 +165,24 @@ class RedisTokenBuckets:
 
     async def _run(self, key: str, requests: int | None, tokens: int | None, *,
                    take: bool, charge: int) -> BucketDecision | None:
-        now = self._clock()
-        if now < self._closed_until:
+        if self._clock() < self._closed_until:
             return None
-        # One probe at a time while Redis is suspect: the others decide in process.
-        if self._down:
-            self._closed_until = now + self._retry_after_failure_s
-        try:
-            answer = await self._script(
-                keys=[self._prefix + key],
-                args=[-1 if requests is None else requests, -1 if tokens is None else tokens,
-                      self._window_ms, 1 if take else 0, charge])
-        except (RedisError, OSError) as exc:
-            self._failed(exc)
-            return None
+        async with self._slots:
+            now = self._clock()
+            if now < self._closed_until:  # it failed while this one waited
+                return None
+            # One probe at a time while Redis is suspect: the others decide in process.
+            if self._down:
+                self._closed_until = now + self._retry_after_failure_s
+            try:
+                answer = await self._script(
+                    keys=[self._prefix + key],
+                    args=[-1 if requests is None else requests,
+                          -1 if tokens is None else tokens,
+                          self._window_ms, 1 if take else 0, charge])
+            except (RedisError, OSError) as exc:
+                self._failed(exc)
+                return None
         if self._down:
             self._down = False
             self._closed_until = 0.0
