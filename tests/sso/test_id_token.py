@@ -94,7 +94,8 @@ async def test_a_changed_token_is_refused(provider: ProviderInfo, token_b: str) 
 
 async def test_a_token_signed_with_a_shared_secret_is_refused(provider: ProviderInfo,
                                                               token_b: str) -> None:
-    """HS256 under a key anyone could guess (the client secret, say) is not accepted."""
+    """HS256 under the client secret is not accepted (refused twice over: the algorithm is
+    not one we take, and a JWKS holds no symmetric key to check it with)."""
     claims = check(provider, token_b)
     forged = jwt.encode({"alg": "HS256"}, claims,
                         OctKey.import_key(CLIENT_SECRETS["domicile-b"].encode()))

@@ -267,3 +267,17 @@ def test_the_issuer_must_be_https_unless_loopback(sso: SsoSite, issuer: str,
             assert sso.site.cli("workspace", "sso", "show", sso.plain_workspace)["sso"] is None
     finally:
         sso.site.cli("workspace", "sso", "clear", sso.plain_workspace)
+
+
+def test_a_removed_member_is_not_made_again(sso: SsoSite, sign_in: SignIn) -> None:
+    email = new_email()
+    browser = sso.browser()
+    assert sign_in(email, browser=browser).status_code == 303
+    user_id = me(sso, browser).json()["id"]
+    with sso.opened() as site:
+        site.directory.remove_member(sso.workspace, user_id)
+    assert me(sso, browser).status_code == 401  # the session ended with the membership
+    again = sign_in(email)
+    assert again.status_code == 403
+    assert "ended by an admin" in again.text
+    assert any(e["target"] == user_id for e in failures(sso, "sso_member"))

@@ -44,6 +44,7 @@ from domicile.tenancy.secrets import new_id
 __all__ = [
     "CLIENT_SECRET_KIND",
     "MAX_DOMAINS",
+    "MembershipEnded",
     "SsoConfig",
     "WorkspaceSsoSettings",
     "check_client_id",
@@ -103,6 +104,16 @@ class SsoConfig:
                 "client_secret": "sealed" if self.has_client_secret else None,
                 "created_at": self.created_at.isoformat(),
                 "updated_at": self.updated_at.isoformat()}
+
+
+class MembershipEnded(Forbidden):
+    """SSO for a member an admin removed (403 `forbidden`): not made again. `user_id` is for
+    the audit entry."""
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__("Your membership of this workspace was ended by an admin; ask them "
+                         "to add you again.")
+        self.user_id = user_id
 
 
 # -- the rules --------------------------------------------------------------------------------
@@ -275,8 +286,7 @@ class WorkspaceSsoSettings:
                                                      User.email == email))
             if user is not None:
                 if user.removed_at is not None:
-                    raise Forbidden("Your membership of this workspace was ended by an admin; "
-                                    "ask them to add you again.")
+                    raise MembershipEnded(user.id)
                 return user, False
             user = User(id=new_id("user"), workspace_id=workspace.id, email=email,
                         role="member", password_hash="", created_at=datetime.now(UTC))

@@ -63,7 +63,7 @@ from domicile.errors import (
 from domicile.tenancy.accounts import ANONYMOUS
 from domicile.tenancy.grants import MemberGrant
 from domicile.tenancy.sessions import NewSession
-from domicile.tenancy.sso import SsoConfig, check_endpoint
+from domicile.tenancy.sso import MembershipEnded, SsoConfig, check_endpoint
 
 from .auth import WorkspaceAuth
 from .services import WorkspaceServices
@@ -421,6 +421,8 @@ class SsoPages:
         try:
             user, created = await asyncio.to_thread(
                 self.services.sso.provision_member, ws, email)
+        except MembershipEnded as error:
+            raise _Refused("sso_member", error, workspace_id=ws, user_id=error.user_id) from None
         except (Forbidden, NotFound, TenantDataErased) as error:
             raise _Refused("sso_member", error, workspace_id=ws) from None
         grant = await asyncio.to_thread(self.services.directory.member_grant, user.id)
