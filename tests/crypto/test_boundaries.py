@@ -18,7 +18,8 @@ SRC = Path(domicile.crypto.__file__).resolve().parents[1]  # src/domicile
 def test_public_surface_is_exactly_the_documented_names() -> None:
     assert sorted(domicile.crypto.__all__) == [
         "Context", "DataKey", "DecryptionError", "Envelope", "KeyFileError", "KeyNotFound",
-        "KeyProvider", "KeyVersion", "LocalKeyProvider", "SealGrant", "ShredReceipt",
+        "KeyProvider", "KeyServiceUnavailable", "KeyVersion", "KeyWrapper", "LocalFileWrapper",
+        "LocalKeyProvider", "ManagedKeyProvider", "SealGrant", "ShredReceipt",
         "TenantErased", "keystore_path", "write_new_kek",
     ]
     for name in domicile.crypto.__all__:

@@ -11,6 +11,8 @@ A small, misuse-resistant surface over `cryptography.hazmat`, which no other pac
     token = envelope.seal(b"hello", ctx)
     envelope.open(token, ctx)                              # b"hello"; else DecryptionError
     envelope.seal_stream(chunks, ctx) / open_stream(...)    # large blobs, segmented
+    keys = ManagedKeyProvider("eu", "postgresql://…/eu_keys", wrapper)  # a shared keystore:
+                                                           # replicas of a postgresql region
     envelope.destroy_tenant_key("ws_123")                  # -> ShredReceipt; tombstoned:
     envelope.create_tenant_key("ws_123")                   # TenantErased (a KeyNotFound)
     keys.rotate_data_key("ws_123") / keys.rotate_data_keys()   # new current data key(s)
@@ -31,6 +33,8 @@ from .keys import (
     keystore_path,
     write_new_kek,
 )
+from .keystore import LocalFileWrapper, ManagedKeyProvider
+from .wrapping import KeyServiceUnavailable, KeyWrapper
 
 __all__ = [
     "Context",
@@ -40,8 +44,12 @@ __all__ = [
     "KeyFileError",
     "KeyNotFound",
     "KeyProvider",
+    "KeyServiceUnavailable",
     "KeyVersion",
+    "KeyWrapper",
+    "LocalFileWrapper",
     "LocalKeyProvider",
+    "ManagedKeyProvider",
     "SealGrant",
     "ShredReceipt",
     "TenantErased",

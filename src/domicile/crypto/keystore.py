@@ -387,11 +387,12 @@ class ManagedKeyProvider(KeyProvider):
         keys were rewrapped. Its new keys are wrapped under `wrapper.kek_for(tenant, kek)`.
         `ValueError` if the wrapper has no per-tenant keys; `TenantErased` if erased."""
         _check_tenant(tenant)
-        self.wrapper.kek_for(tenant, tenant_kek)  # refused before anything changes
+        target = self.wrapper.kek_for(tenant, tenant_kek)  # refused before anything changes
         with self._tenant_transaction(tenant) as conn:
             self._refuse_erased(conn, tenant)
             conn.execute(delete(tenant_keks).where(tenant_keks.c.tenant == tenant))
-            if tenant_kek is not None:
+            if tenant_kek is not None:  # as the wrapper spells it (e.g. vault:<mount>/<name>)
+                tenant_kek = target
                 conn.execute(insert(tenant_keks).values(
                     tenant=tenant, kek_id=tenant_kek, set_at=_keys._now()))
             return self._rewrap(conn, tenant, tenant_kek)
