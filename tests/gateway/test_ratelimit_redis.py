@@ -334,6 +334,22 @@ async def test_a_redis_that_comes_back_is_used_again(
     await shared.aclose()
 
 
+async def test_a_redis_that_forgot_the_script_gets_it_again(
+        throwaway_redis: ThrowawayRedis) -> None:
+    """EVALSHA answers NOSCRIPT after SCRIPT FLUSH (or a failover to a fresh server): the
+    script is loaded again and the decision made in Redis, not in process."""
+    region = fresh_region()
+    shared = limiter(throwaway_redis.url, region, fresh_prefix())
+    key = grant(f"key_{uuid.uuid4().hex}", rpm=10)
+    await shared.acquire(key)
+    client = throwaway_redis.client()
+    client.script_flush()
+    assert dict(await shared.acquire(key))[b"x-ratelimit-remaining-requests"] == b"8"
+    assert fallbacks(region) == 0 and shared.buckets.failures == 0
+    client.close()
+    await shared.aclose()
+
+
 # -- through the gateway ------------------------------------------------------------------------
 
 
