@@ -115,18 +115,23 @@ def build_region_app(site: Site, region: str, *, secure: bool = False) -> Any:
     workspace's cookies are then `Secure`)."""
     from domicile.admin_api import mount_admin
     from domicile.gateway import create_gateway_app
+    from domicile.gateway.ratelimit import rate_limiter_for
     from domicile.inference.providers import build_providers
     from domicile.inference.routing import ModelRouter
+    from domicile.workspace.chat import message_limiter_for
     from domicile.workspace_web.app import create_workspace_app
     from domicile.workspace_web.services import build_workspace_services
 
     store = site.store(region)
-    providers = build_providers(site.settings.region(region))
+    config = site.settings.region(region)
+    providers = build_providers(config)
     services = build_workspace_services(site, region, ModelRouter(region, providers))
+    # Limits shared by the region's replicas when it has a redis_url, else per process.
+    services.chat.limiter = message_limiter_for(config, site.settings.workspace)
     gateway = create_gateway_app(
         site.settings, region, authenticator=site.directory, usage_sink=store,
         content_store=store, fallback_app=create_workspace_app(services, secure=secure),
-        providers=providers,
+        providers=providers, rate_limiter=rate_limiter_for(config),
     )
     services.chat.usage = gateway.usage.add  # one usage recorder per region, batched
     return mount_admin(site, region, gateway)  # `/admin/v1`: the whole directory's admin API
