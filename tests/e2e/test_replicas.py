@@ -26,6 +26,7 @@ import openai
 import pytest
 
 from domicile.config import load_settings
+from domicile.site import Site as OpenSite
 from tests.conftest import _move_to_postgres, move_to_scale
 from tests.e2e.harness import Server, Site, free_port_pair, init_site
 from tests.pgserver import PostgresDatabases
@@ -83,6 +84,11 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, postgres: PostgresDatabas
     body = body.replace('[[regions.eu.providers]]\nname = "eu-embeddings"\n'
                         'kind = "local-embeddings"\nmodels = ["all-minilm-l6-v2"]\n', "")
     site.config.write_text(body)
+    migrated = OpenSite(load_settings(site.config))  # the new databases, as `init` would
+    try:
+        migrated.migrate()
+    finally:
+        migrated.close()
     other = _second_config(site, root / "b")
     org = site.cli("org", "create", "--name", "Replicated")["id"]
     servers = [Server(site, root / "server-a", "--region", "eu"),
@@ -153,8 +159,6 @@ def test_a_key_revoked_through_one_replica_is_refused_by_the_other(
 
 
 def _key_id(replicas: Replicas, key: str) -> str:
-    from domicile.site import Site as OpenSite
-
     site = OpenSite(load_settings(replicas.site.config))
     try:
         grant = site.directory.authenticate_api_key(key)
