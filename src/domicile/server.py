@@ -35,6 +35,7 @@ from domicile.config import RegionSettings, Settings, is_loopback_host
 from domicile.errors import ConfigError, InvalidInput, StoreUnavailable
 from domicile.failures import describe
 from domicile.http_server import protocol_for
+from domicile.observability.logs import JsonFormatter
 from domicile.observability.metrics import enable_multiprocess
 from domicile.site import Site, check_key_file
 
@@ -229,8 +230,8 @@ def prepare_regions(settings: Settings, names: Sequence[str]) -> list[str]:
             try:
                 site.migrate_region(name)
             except Exception as exc:
-                print(f"region {name} not served: {describe(exc)}", file=sys.stderr,
-                      flush=True)
+                _announce(settings, f"region {name} not served: {describe(exc)}",
+                          logging.ERROR)
             else:
                 ready.append(name)
         if ready:  # the data folder's modes checked, crashed uploads' temp blobs swept
@@ -240,6 +241,15 @@ def prepare_regions(settings: Settings, names: Sequence[str]) -> list[str]:
     if not ready:
         raise StoreUnavailable(f"no region can be served ({', '.join(names)}: see above)")
     return ready
+
+
+def _announce(settings: Settings, line: str, level: int = logging.INFO) -> None:
+    """A start-up line on stderr whatever `--log-level` says: plain text, or with
+    `log_format = "json"` one JSON object like every log line."""
+    if settings.observability.log_format == "json":
+        record = logging.LogRecord("domicile.server", level, __file__, 0, line, None, None)
+        line = JsonFormatter().format(record)
+    print(line, file=sys.stderr, flush=True)
 
 
 def _run_worker(settings: Settings, sockets: dict[str, socket.socket], tls: TlsFiles | None,
@@ -275,11 +285,8 @@ async def _serve_regions(settings: Settings, sockets: dict[str, socket.socket],
         # otherwise reset it. `Server.startup` hands `config.ssl` to `create_server`.
         config.ssl = context
         servers.append((_RegionServer(config), sock))
-    print(
-        "serving "
-        + ", ".join(f"{name} on {settings.regions[name].public_url}" for name in sockets),
-        file=sys.stderr, flush=True,
-    )
+    _announce(settings, "serving " + ", ".join(
+        f"{name} on {settings.regions[name].public_url}" for name in sockets))
     loop = asyncio.get_running_loop()
 
     def stop_all() -> None:

@@ -335,8 +335,10 @@ class GatewayApp:
                 # The workspace's route template, as its router matched it (Starlette puts
                 # the route in the scope), else "unmatched": never the path.
                 template = getattr(scope.get("route"), "path", None)
+                # No answer begun: the client left (or the app failed), counted as the API's
+                # client-gone 499.
                 self._observe(template if isinstance(template, str) else UNMATCHED_ROUTE,
-                              scope["method"], answered.status or 500, public.started)
+                              scope["method"], answered.status or 499, public.started)
             return
         await public.fail(NotFound(f"Invalid URL ({scope['method']} {path})"))
         self._observe(UNMATCHED_ROUTE, scope["method"], public.status, public.started)
