@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 
 from domicile.compliance.audit import Detail
 from domicile.compliance.export import StoreFor, tenant_ref, tenant_regions
-from domicile.crypto import ShredReceipt
+from domicile.crypto import LocalKeyProvider, ShredReceipt
 from domicile.errors import NotFound, StorageError
 from domicile.storage.blobs import FileBlobStore
 from domicile.storage.catalog import (
@@ -202,8 +202,11 @@ class Erasure:
                 "scope": scope, "tenants": len({t.id for t, r in places if r == region}),
                 "data_keys_destroyed": sum(r.keys_destroyed for r in here),
                 "receipts": "\n".join(r.statement for r in here if r.keys_destroyed)})
-        # 5. Backups: the KEK that wrapped the shredded keys in any earlier copy goes.
-        rotated = {region: self._store_for(region).rotate_kek(actor=actor) for region in regions}
+        # 5. Backups: the KEK that wrapped the shredded keys in any earlier copy goes, where
+        # the KEK is a file of ours. A shared keystore's KEK is held by a KMS (or a file every
+        # replica mounts): its backups are made useless there (docs/KEYS.md, docs/deploy.md).
+        rotated = {region: self._store_for(region).rotate_kek(actor=actor) for region in regions
+                   if isinstance(self._store_for(region).keys, LocalKeyProvider)}
         # 6. What a request already under way wrote after step 2 (sealed under a key that is
         # gone, but not left behind either).
         blob_files += self._delete_tenants(places, regions, rows)
