@@ -44,7 +44,7 @@ import httpx
 from authlib.integrations.base_client.errors import OAuthError  # type: ignore[import-untyped]
 from authlib.integrations.httpx_client import AsyncOAuth2Client  # type: ignore[import-untyped]
 from joserfc import jwt
-from joserfc.errors import JoseError
+from joserfc.errors import BadSignatureError, InvalidKeyIdError, JoseError, MissingKeyError
 from joserfc.jwk import KeySet
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -85,6 +85,8 @@ ID_TOKEN_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES
                        "ES512", "EdDSA")
 SCOPE = "openid email"
 CLOCK_LEEWAY_S = 60
+# A signature by a key we do not hold (the provider rotated its keys): fetch them again, once.
+_UNKNOWN_KEY = (BadSignatureError, InvalidKeyIdError, MissingKeyError)
 _ERROR_CODE = re.compile(r"^[a-z_]{1,64}$")
 _NOT_VERIFIED = ("This sign-in could not be verified: it expired, did not start in this "
                  "browser, or was changed on the way. Start again from the sign-in page.")
@@ -358,11 +360,12 @@ class SsoPages:
         except DomicileError as error:
             return self._problem(request, error)
         state = secrets.token_urlsafe(32)
-        client = AsyncOAuth2Client(client_id=config.client_id, scope=SCOPE,
-                                   redirect_uri=self.redirect_uri, code_challenge_method="S256")
-        url, _state = client.create_authorization_url(
-            provider.authorization_endpoint, state=state,
-            code_verifier=self._signer.verifier(state), nonce=self._signer.nonce(state))
+        async with self.providers.oauth_client(
+                client_id=config.client_id, scope=SCOPE, redirect_uri=self.redirect_uri,
+                code_challenge_method="S256") as client:  # builds a URL: no request here
+            url, _state = client.create_authorization_url(
+                provider.authorization_endpoint, state=state,
+                code_verifier=self._signer.verifier(state), nonce=self._signer.nonce(state))
         response = self._redirect(url)
         flow = _Flow(config.workspace_id, state, int(time.time()) + FLOW_TTL_S)
         response.headers.append("set-cookie", self._flow_cookie(self._signer.dump(flow),
@@ -475,8 +478,7 @@ class SsoPages:
                                        client_id=config.client_id, nonce=nonce)
             except JoseError as exc:
                 fresh = None
-                if attempt == 0 and type(exc).__name__ in ("BadSignatureError", "MissingKeyError",
-                                                           "InvalidKeyIdError"):
+                if attempt == 0 and isinstance(exc, _UNKNOWN_KEY):
                     fresh = await self.providers.refresh_keys(provider)
                 if fresh is None:
                     raise _Refused("sso_id_token", InvalidCredentials(_NOT_VERIFIED),
