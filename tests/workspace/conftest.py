@@ -1,5 +1,6 @@
-"""Fixtures for the workspace's services: a site (SQLite and PostgreSQL, from tests/conftest.py)
-with an org, and a factory of workspace members."""
+"""Fixtures for the workspace's services: a site with an org, and a factory of workspace
+members. The site is the embedded default or the scale-out stack (PostgreSQL content and shared
+keystore, S3 and KMS on moto, Redis: tests/storage/conftest.py), which covers PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,8 +12,14 @@ import pytest
 from domicile.site import Site
 from domicile.storage.regional import RegionalStore
 from domicile.tenancy.grants import MemberGrant, Role
+from tests.storage.conftest import SUITE_BACKENDS
 
 MemberFactory = Callable[..., MemberGrant]
+
+
+@pytest.fixture(params=SUITE_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, update
@@ -71,17 +70,17 @@ class Content:
         with self.store.engine.connect() as conn:
             return conn.scalar(select(FileRow.id).where(FileRow.id == file_id)) is not None
 
-    def blob_paths(self, member: MemberGrant, file_id: str) -> list[Path]:
-        """Where the file's sealed bytes and extracted text lie on disk."""
-        root: Path = self.store.blobs.root  # type: ignore[attr-defined]
-        return [root / member.workspace_id / kind / file_id
+    def blobs_stored(self, member: MemberGrant, file_id: str) -> list[bool]:
+        """Whether the blob store (a folder or a bucket) holds the file's sealed bytes and its
+        extracted text, asked of the store itself, not through the catalog."""
+        return [self.store.blobs.exists(f"{member.workspace_id}/{kind}/{file_id}")
                 for kind in (FILE_BLOB_KIND, FILE_TEXT_BLOB_KIND)]
 
     def is_gone(self, member: MemberGrant, file_id: str) -> bool:
         with pytest.raises(NotFound):
             self.files.get(member, file_id)
         return (not self.file_row_exists(file_id)
-                and not any(p.exists() for p in self.blob_paths(member, file_id))
+                and not any(self.blobs_stored(member, file_id))
                 and all(self.store.get_blob(member.tenant, kind, file_id) is None
                         for kind in (FILE_BLOB_KIND, FILE_TEXT_BLOB_KIND)))
 
@@ -120,7 +119,7 @@ def test_a_sweep_deletes_what_is_older_than_the_retention_and_keeps_the_rest(
     knowledge = content.file(member, old, "handbook.md", "the handbook")
     content.gpts.create(member, name="Helper", instructions="Help.", model="dev-echo",
                         file_ids=[knowledge])
-    assert all(p.exists() for p in content.blob_paths(member, old_file))  # the control
+    assert all(content.blobs_stored(member, old_file))  # the control
 
     result = sweeper.sweep()
 
