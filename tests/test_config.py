@@ -278,3 +278,35 @@ def test_s3_options_and_observability_parse(tmp_path: Path) -> None:
     assert settings.observability.log_format == "json" and not settings.observability.metrics
     error = refused(tmp_path, render_config(8400) + '\n[observability]\nlog_format = "xml"\n')
     assert error.field == "observability.log_format"
+
+
+def test_a_keystore_is_never_another_regions_content_database(tmp_path: Path) -> None:
+    body = render_config(8400)
+    body = eu_edit(body, 'database_url = "sqlite:///eu/store.db"',
+                   'database_url = "sqlite:///eu/store.db"\nkeystore_url = "sqlite:///us/store.db"')
+    error = refused(tmp_path, body)
+    assert error.field == "regions.eu.keystore_url" and "content database of us" in str(error)
+
+
+@pytest.mark.parametrize(("eu_blobs", "us_blobs"), [
+    ("file://blobs", "file://blobs"),
+    ("file://blobs", "file://blobs/us"),
+    ("s3://bkt/p", "s3://bkt/p?region=eu-central-1"),
+    ("s3://bkt/p", "s3://bkt/p/us"),
+    ("s3://bkt", "s3://bkt/us"),
+])
+def test_two_regions_never_share_a_blob_store(tmp_path: Path, eu_blobs: str,
+                                              us_blobs: str) -> None:
+    body = render_config(8400)
+    body = eu_edit(body, 'blob_url = "file://eu/blobs"', f'blob_url = "{eu_blobs}"')
+    body = eu_edit(body, 'blob_url = "file://us/blobs"', f'blob_url = "{us_blobs}"')
+    error = refused(tmp_path, body)
+    assert error.field == "regions.us.blob_url" and "regions.eu" in str(error)
+
+
+def test_regions_on_neighbouring_prefixes_of_one_bucket_are_apart(tmp_path: Path) -> None:
+    body = render_config(8400)
+    body = eu_edit(body, 'blob_url = "file://eu/blobs"', 'blob_url = "s3://bkt/eu"')
+    body = eu_edit(body, 'blob_url = "file://us/blobs"', 'blob_url = "s3://bkt/eu2"')
+    settings = load_settings(write_site(tmp_path, body))
+    assert settings.regions["us"].blob_url == "s3://bkt/eu2"

@@ -371,10 +371,19 @@ def parse_settings(
             if sibling.keystore_url == region.keystore_url:
                 raise ConfigError(f"{prefix}.keystore_url",
                                   f"regions.{sibling.name} uses the same keystore")
-        if region.keystore_url in (directory.database_url,
-                                   *(r.database_url for r in regions.values())):
-            raise ConfigError(f"{prefix}.keystore_url", "a content database is not a keystore")
+            if _blob_stores_overlap(sibling.blob_url, region.blob_url):
+                # One region's sweep and erasure would reach into the other's content.
+                raise ConfigError(f"{prefix}.blob_url",
+                                  f"overlaps regions.{sibling.name}.blob_url")
         regions[name] = region
+    # Every keystore against every content database, whichever region came first.
+    contents = {r.database_url: r.name for r in regions.values()}
+    contents[directory.database_url] = "directory"
+    for region in regions.values():
+        if region.keystore_url in contents:
+            raise ConfigError(f"regions.{region.name}.keystore_url",
+                              f"is the content database of {contents[region.keystore_url]}: a "
+                              "content database is not a keystore")
 
     server_raw = raw.get("server", {})
     if not isinstance(server_raw, Mapping):
@@ -573,6 +582,19 @@ def _blob_url(url: str, data_dir: Path, field: str) -> str:
             raise ConfigError(field, "sse_kms_key_id needs sse=aws:kms")
         return url
     raise ConfigError(field, f"unsupported blob URL scheme {parts.scheme!r} (use file:// or s3://)")
+
+
+def _blob_stores_overlap(first: str, second: str) -> bool:
+    """Whether two resolved blob URLs name the same store or one inside the other (a folder
+    in a folder; a bucket prefix under another of the same bucket)."""
+    def place(url: str) -> tuple[str, str]:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc}", parts.path.strip("/")
+    (home_a, path_a), (home_b, path_b) = place(first), place(second)
+    if home_a != home_b:
+        return False
+    return (path_a == path_b or not path_a or not path_b
+            or path_a.startswith(path_b + "/") or path_b.startswith(path_a + "/"))
 
 
 def _table(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
