@@ -150,7 +150,7 @@ def test_after_an_org_erasure_a_backup_taken_before_opens_nothing(
 
     report = erasure(site).erase("org", tenancy.org_id)
 
-    assert sorted(report.keks_rotated) == ["eu", "us"]
+    assert sorted(report.keks_rotated) == ["eu", "us"] and report.kek_rotation_needed == []
     assert any(f"tenant {tenancy.workspace_id} in region eu" in s for s in report.statements)
     for region, sealed in snapshots.items():
         now = with_current_kek(site.store(region), backups[region])
@@ -169,6 +169,9 @@ def test_an_erasure_on_a_shared_keystore_shreds_without_touching_its_kek(
     sealed = snapshot_ciphertexts(site.store("eu"), tenants)
     report = erasure(site).erase("org", tenancy.org_id)
     assert report.keks_rotated == {}  # a KMS's, or a file every replica mounts: not ours
+    assert report.kek_rotation_needed == ["eu", "us"]
+    assert report.to_json()["kek_rotation_needed"] == ["eu", "us"]
+    assert "rotate it there" in report.backup_warnings[0]
     assert report.statements
     live = site.store("eu")
     assert not any(live.keys.has_tenant(tenant) for tenant in tenants)

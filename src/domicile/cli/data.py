@@ -148,6 +148,8 @@ def _erase_scope(erasure: Erasure, scope: ErasureScope, scope_id: str, *, yes: b
     if not as_json:
         for statement in report.statements:
             typer.echo(statement)
+    for warning in report.backup_warnings:  # stderr: the JSON on stdout stays one object
+        typer.echo(f"warning: {warning}", err=True)
 
 
 def _erase_member(erasure: Erasure, workspace_id: str, user_id: str, *, yes: bool,

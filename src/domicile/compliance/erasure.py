@@ -113,6 +113,16 @@ class ErasureReport:
     blob_files_deleted: int = 0
     mark: ErasureMark | None = None
     keks_rotated: dict[str, int] = field(default_factory=dict)  # region: data keys re-wrapped
+    # Regions whose KEK is held outside Domicile (a KMS, a file every replica mounts): their
+    # keystore backups from before the erasure open until the KEK is rotated there (G9).
+    kek_rotation_needed: list[str] = field(default_factory=list)
+
+    @property
+    def backup_warnings(self) -> list[str]:
+        return [f"region {region}: its KEK is held outside Domicile: rotate it there (and "
+                "schedule the old key's deletion) and expire keystore backups older than this "
+                "erasure, or those backups still open the erased content (docs/KEYS.md)"
+                for region in self.kek_rotation_needed]
 
     @property
     def statements(self) -> list[str]:
@@ -129,6 +139,7 @@ class ErasureReport:
             "tokens_revoked": mark.tokens_revoked if mark else 0,
             "members_removed": mark.members_removed if mark else 0,
             "keks_rotated": self.keks_rotated,
+            "kek_rotation_needed": self.kek_rotation_needed,
         }
 
 
@@ -217,7 +228,8 @@ class Erasure:
         mark = self._directory.mark_erased(scope, scope_id, details=counts, actor=actor)
         mark = dataclasses.replace(mark, api_keys_revoked=mark.api_keys_revoked + keys_revoked,
                                    tokens_revoked=mark.tokens_revoked + tokens_revoked)
-        return ErasureReport(plan, receipts, dict(rows), blob_files, mark, rotated)
+        return ErasureReport(plan, receipts, dict(rows), blob_files, mark, rotated,
+                             [region for region in regions if region not in rotated])
 
     def _delete_tenants(self, places: Sequence[tuple[OwnedTenant, str]], regions: Sequence[str],
                         rows: Counter[str]) -> int:
