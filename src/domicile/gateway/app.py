@@ -245,6 +245,7 @@ class GatewayApp:
         for endpoint in reversed(self._endpoints):
             await endpoint.aclose()
         await self.usage.aclose()
+        await self._limiter.aclose()
         await asyncio.gather(*(provider.aclose() for provider in self.providers),
                              return_exceptions=True)
         if self._tracer is not None:  # sends the spans still batched

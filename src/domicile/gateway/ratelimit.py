@@ -43,6 +43,10 @@ class RateLimiter(Protocol):
         """Add the tokens a finished request used."""
         ...
 
+    async def aclose(self) -> None:
+        """Release what the limiter holds (connections), at the app's shutdown."""
+        ...
+
 
 def _duration(seconds: float) -> bytes:
     """OpenAI's reset format: `20ms`, `1s`, `59.5s`."""
@@ -68,6 +72,9 @@ class InMemoryRateLimiter:
         self._clock = clock
         self._max_keys = max_keys
         self._windows: dict[str, _Window] = {}
+
+    async def aclose(self) -> None:
+        """Nothing to release: the windows live in this process."""
 
     def _window(self, key_id: str, now: float) -> _Window:
         window = self._windows.get(key_id)
