@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import shutil
 import socket
 import subprocess
@@ -197,6 +198,56 @@ async def test_tokens_charged_on_one_replica_count_on_the_other(redis_url: str) 
     assert fallbacks(region) == 0
     await a.aclose()
     await b.aclose()
+
+
+async def test_a_huge_charge_locks_a_key_out_for_at_most_two_windows(redis_url: str) -> None:
+    """A key's token debt is capped at one window's worth (the balance never goes below
+    -tpm): one enormous answer, or a forged count, cannot lock the key out for longer than
+    the in-memory limiter would (it forgives at the next window), nor keep its hash in Redis
+    for ages. Refused until the debt is paid (one window), full again after two."""
+    region, prefix = fresh_region(), fresh_prefix()
+    shared = limiter(redis_url, region, prefix)
+    key = grant(f"key_{uuid.uuid4().hex}", tpm=1000)
+    await shared.acquire(key)
+    await shared.charge(key, 10**15)
+    client = redis.Redis.from_url(redis_url)
+    stored = f"{prefix}:{region}:key:{key.key_id}"
+    assert float(client.hget(stored, "t") or 0) == -1000  # the debt as stored: one window
+    assert 0 < client.pttl(stored) <= 2 * 60_000 + 1000
+    with pytest.raises(TokenRateLimited) as caught:
+        await shared.acquire(key)
+    headers = dict(caught.value.headers)
+    assert 1 <= int(headers[b"retry-after"]) <= 61  # one window of debt, paid in a minute
+    reset = headers[b"x-ratelimit-reset-tokens"].decode()  # full again after two windows
+    assert reset.endswith("s") and float(reset.rstrip("s")) <= 120
+    used = re.search(r"used (\d+)\.", caught.value.message)
+    assert used is not None and 1900 <= int(used[1]) <= 2000  # the limit + one window's debt
+    # Another huge charge on the capped debt changes nothing: still bounded.
+    await shared.charge(key, 10**15)
+    assert 0 < client.pttl(stored) <= 2 * 60_000 + 1000
+    client.close()
+    assert fallbacks(region) == 0
+    await shared.aclose()
+
+
+async def test_a_debt_stored_before_the_cap_is_clamped_when_next_read(redis_url: str) -> None:
+    """A hash written by the uncapped script (a balance of -1e15) heals on the next
+    decision: retry-after and the hash's TTL are bounded as for a new debt."""
+    region, prefix = fresh_region(), fresh_prefix()
+    shared = limiter(redis_url, region, prefix)
+    key = grant(f"key_{uuid.uuid4().hex}", tpm=1000)
+    client = redis.Redis.from_url(redis_url)
+    stored = f"{prefix}:{region}:key:{key.key_id}"
+    seconds, micros = client.time()
+    now_ms = f"{seconds * 1000 + micros / 1000:.3f}"
+    client.hset(stored, mapping={"t": "-1000000000000000", "at": now_ms})
+    client.pexpire(stored, 10**12)
+    with pytest.raises(TokenRateLimited) as caught:
+        await shared.acquire(key)
+    assert 1 <= int(dict(caught.value.headers)[b"retry-after"]) <= 61
+    assert 0 < client.pttl(stored) <= 2 * 60_000 + 1000
+    client.close()
+    await shared.aclose()
 
 
 async def test_headers_have_the_shape_of_the_in_memory_limiter(redis_url: str) -> None:

@@ -39,7 +39,10 @@ log = logging.getLogger("domicile.limits")
 
 # KEYS[1]: the bucket hash (fields r: requests left, t: tokens left, at: last refill, ms).
 # ARGV: request limit, token limit (-1: none), window (ms), take (1: check and count a
-# request, 0: no), tokens to charge (subtracted after the check; the level may go negative).
+# request, 0: no), tokens to charge (subtracted after the check; the level may go negative,
+# down to -limit: one window's worth of debt at most, so that one huge answer locks a key out
+# for one window, as the in-memory limiter's fixed window would, and the hash lives at most
+# two windows; a level stored below that, by an older script, is clamped when next read).
 # Returns: verdict (0 admitted, 1 over requests, 2 over tokens), whole requests left, whole
 # tokens left, ms until the request / token bucket is full again, ms until the refused
 # bucket admits again (0 when admitted). Limits of 0 refuse everything.
@@ -56,7 +59,7 @@ local elapsed = math.max(0, now - (tonumber(stored[3]) or now))
 
 local function refill(limit, level)
   if limit < 0 then return nil end
-  level = tonumber(level) or limit
+  level = math.max(-limit, tonumber(level) or limit)
   return math.min(limit, level + elapsed * limit / window)
 end
 local function until_full(limit, level)
@@ -79,13 +82,14 @@ if take == 1 then
     r = r - 1
   end
 end
-if t ~= nil and charge > 0 then t = t - charge end
+if t ~= nil and charge > 0 then t = math.max(-tpm, t - charge) end
 
 local r_full, t_full = until_full(rpm, r), until_full(tpm, t)
 local fields = {'at', string.format('%.3f', now)}
 if r ~= nil then table.insert(fields, 'r'); table.insert(fields, string.format('%.6f', r)) end
 if t ~= nil then table.insert(fields, 't'); table.insert(fields, string.format('%.6f', t)) end
 redis.call('HSET', KEYS[1], unpack(fields))
+-- At most two windows (+1 s): the token level is at least -tpm, the request level at least 0.
 redis.call('PEXPIRE', KEYS[1], math.ceil(math.max(r_full, t_full)) + 1000)
 return {verdict, math.floor(r or 0), math.floor(t or 0), math.ceil(r_full), math.ceil(t_full),
         math.ceil(wait)}
@@ -157,8 +161,9 @@ class RedisTokenBuckets:
         return decision
 
     async def charge(self, key: str, *, tokens_limit: int, tokens: int) -> bool:
-        """Take `tokens` from `key`'s token bucket (it may go below zero: requests are then
-        refused until it refills above). False: Redis unavailable, charge in process."""
+        """Take `tokens` from `key`'s token bucket (it may go below zero, to -`tokens_limit`
+        at most: requests are then refused until it refills above, one window at the
+        longest). False: Redis unavailable, charge in process."""
         if tokens <= 0:
             return True
         return await self._run(key, None, tokens_limit, take=False, charge=tokens) is not None
