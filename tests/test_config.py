@@ -310,3 +310,26 @@ def test_regions_on_neighbouring_prefixes_of_one_bucket_are_apart(tmp_path: Path
     body = eu_edit(body, 'blob_url = "file://us/blobs"', 'blob_url = "s3://bkt/eu2"')
     settings = load_settings(write_site(tmp_path, body))
     assert settings.regions["us"].blob_url == "s3://bkt/eu2"
+
+
+def test_a_metrics_token_is_read_from_its_env_var_and_hidden(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCRAPE_TOKEN", "metrics-very-secret")
+    body = render_config(8400) + '\n[observability]\nmetrics_token_env = "SCRAPE_TOKEN"\n'
+    settings = load_settings(write_site(tmp_path, body))
+    assert settings.observability.metrics_token_env == "SCRAPE_TOKEN"
+    token = settings.observability.metrics_token()
+    assert token is not None and token.get_secret_value() == "metrics-very-secret"
+    assert "very-secret" not in repr(settings) and "very-secret" not in repr(token)
+    monkeypatch.setenv("SCRAPE_TOKEN", "")
+    assert settings.observability.metrics_token() is None  # empty: no token (fail closed)
+    unset = load_settings(write_site(tmp_path, render_config(8400)))
+    assert unset.observability.metrics_token_env is None
+    assert unset.observability.metrics_token() is None
+
+
+def test_a_metrics_token_env_must_name_an_env_var(tmp_path: Path) -> None:
+    body = render_config(8400) + '\n[observability]\nmetrics_token_env = "tok en=secret"\n'
+    error = refused(tmp_path, body)
+    assert error.field == "observability.metrics_token_env"
+    assert "secret" not in str(error)

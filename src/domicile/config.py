@@ -244,12 +244,25 @@ class WorkspaceSettings(_Frozen):
 class ObservabilitySettings(_Frozen):
     """Metrics, logs and traces: counts and timings only, never content (`[observability]`)."""
 
-    # `GET /metrics` on every region's address (Prometheus text format).
+    # `GET /metrics` on every region's address (Prometheus text format). Who may read it:
+    # with `metrics_token_env`, whoever presents `Authorization: Bearer <that token>`;
+    # without, loopback clients only (so nothing is exposed off the machine by default).
     metrics: bool = True
+    # The name of the env var holding the scraper's bearer token (never the token itself).
+    metrics_token_env: Annotated[
+        str | None, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")] = None
     # "text" for people, "json" for log collectors (one object per line).
     log_format: Literal["text", "json"] = "text"
     # Send OpenTelemetry traces (spans named by route template) to this OTLP/HTTP endpoint.
     otlp_endpoint: str | None = None
+
+    def metrics_token(self) -> SecretStr | None:
+        """The scraper's bearer token, read from the env var `metrics_token_env` names;
+        None when no env var is named or it is empty."""
+        if self.metrics_token_env is None:
+            return None
+        value = os.environ.get(self.metrics_token_env)
+        return SecretStr(value) if value else None
 
 
 class DirectorySettings(_Frozen):

@@ -19,13 +19,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any
 
-from domicile.config import Capability, Settings
-from domicile.errors import DomicileError, NotFound, ZeroRetentionViolation
+from pydantic import SecretStr
+
+from domicile.config import Capability, ObservabilitySettings, Settings, is_loopback_host
+from domicile.errors import (
+    DomicileError,
+    Forbidden,
+    InvalidApiKey,
+    NotFound,
+    ZeroRetentionViolation,
+)
 from domicile.inference.chat import open_chat_stream
 from domicile.inference.providers import (
     Provider,
@@ -180,6 +189,7 @@ class GatewayApp:
         # Counts and timings per route template (never a path): `GET /metrics`.
         self.metrics = RequestMetrics(region)
         self._serves_metrics = settings.observability.metrics
+        self._metrics_access = MetricsAccess(settings.observability)
         self._tracer = request_tracer(settings.observability, region)
 
     # -- ASGI -------------------------------------------------------------------------------
@@ -317,9 +327,12 @@ class GatewayApp:
             self._observe(path, scope["method"], public.status, public.started)
             return
         if path == "/metrics" and self._serves_metrics:
-            # Counts and labels only (no content), so no key is asked for: keep the port
-            # off the public internet instead (docs/OPERATIONS.md).
-            if not await refused_unless_get(public):
+            # Counts and labels only (no content), but they name providers and volumes: the
+            # scraper's bearer token, else loopback only (docs/OPERATIONS.md).
+            refusal = self._metrics_access.refusal(scope)
+            if refusal is not None:
+                await public.fail(refusal, list(refusal.headers))
+            elif not await refused_unless_get(public):
                 await public.respond(200, await asyncio.to_thread(exposition), CONTENT_TYPE)
             self._observe(path, scope["method"], public.status, public.started)
             return
@@ -555,6 +568,51 @@ def _key_service_down(exc: BaseException) -> bool:
         current = current.__cause__ or current.__context__
         seen += 1
     return False
+class MetricsAccess:
+    """Who may read `GET /metrics`. With `[observability] metrics_token_env`: whoever sends
+    `Authorization: Bearer <the token>` (compared in constant time), 401 otherwise, and 401
+    for everyone while that env var is empty (fail closed). Without: loopback clients only,
+    403 otherwise, so that a default install exposes nothing off the machine."""
+
+    __slots__ = ("_token", "_token_required")
+
+    def __init__(self, settings: ObservabilitySettings) -> None:
+        self._token_required = settings.metrics_token_env is not None
+        self._token: SecretStr | None = settings.metrics_token()
+        if self._token_required and self._token is None:
+            log.warning("[observability] metrics_token_env names %s, which is empty: "
+                        "GET /metrics refuses every scrape", settings.metrics_token_env)
+
+    def __repr__(self) -> str:
+        return f"MetricsAccess(token_required={self._token_required})"
+
+    def refusal(self, scope: Scope) -> DomicileError | None:
+        """None: the request may read the metrics; else the error to answer."""
+        if not self._token_required:
+            client = scope.get("client")
+            if is_loopback_host(client[0] if client else None):
+                return None
+            return Forbidden("GET /metrics answers loopback clients only; set [observability] "
+                             "metrics_token_env to scrape it from elsewhere.")
+        presented = _bearer_token(scope)
+        expected = b"" if self._token is None else self._token.get_secret_value().encode()
+        # compare_digest even when one is missing: the time taken says nothing either way.
+        if hmac.compare_digest(presented or b"\0", expected) and expected:
+            return None
+        return InvalidApiKey("GET /metrics needs the scraper's bearer token "
+                             "(Authorization: Bearer <token>).",
+                             headers=[(b"www-authenticate", b'Bearer realm="metrics"')])
+
+
+def _bearer_token(scope: Scope) -> bytes | None:
+    """The credential of an `Authorization: Bearer …` header, if there is one."""
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"authorization":
+            scheme, _, credential = bytes(value).strip().partition(b" ")
+            if scheme.lower() == b"bearer" and credential.strip():
+                return credential.strip()
+            return None
+    return None
 
 
 def _is_api(path: str) -> bool:
