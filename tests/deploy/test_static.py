@@ -131,8 +131,13 @@ def test_helm_lint_is_clean(helm: Any) -> None:
     assert report["errors"] == [] and problems == []
 
 
+# A region Prometheus scrapes through the operator: the bearer token in a Secret.
+SCRAPED = {"serviceMonitor": {"enabled": True},
+           "secrets": {"metricsToken": {"name": "domicile-eu-metrics", "key": "token"}}}
+
+
 def test_the_rendered_manifests_are_valid_kubernetes(helm: Any, kubernetes_validate: Any) -> None:
-    rendered = list(manifests(helm, {"serviceMonitor": {"enabled": True}}))
+    rendered = list(manifests(helm, SCRAPED))
     kinds = sorted(doc["kind"] for doc in rendered)
     assert kinds == ["ConfigMap", "Deployment", "NetworkPolicy", "PodDisruptionBudget",
                      "Service", "ServiceAccount", "ServiceMonitor"]
@@ -208,6 +213,38 @@ def test_a_vault_region_without_tls_in_a_secret_config(helm: Any, tmp_path: Path
         "name": "domicile-eu-vault", "key": "token"}}} in container["env"]
     assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
     assert not any(doc["kind"] == "ConfigMap" for doc in manifests(helm, values))
+
+
+def test_metrics_are_scraped_with_the_bearer_token_from_one_secret(
+        helm: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pods read the token from the env var [observability] names, the ServiceMonitor
+    sends it from the same Secret; without one, /metrics answers loopback only."""
+    settings = parse_settings(tomllib.loads(rendered_config(helm, SCRAPED)),
+                              config_path=tmp_path / "domicile.toml", check_files=False)
+    assert settings.observability.metrics_token_env == "DOMICILE_METRICS_TOKEN"
+    monkeypatch.setenv("DOMICILE_METRICS_TOKEN", "scrape-me")
+    token = settings.observability.metrics_token()
+    assert token is not None and token.get_secret_value() == "scrape-me"
+    container = one(helm, "Deployment", SCRAPED)["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "DOMICILE_METRICS_TOKEN", "valueFrom": {"secretKeyRef": {
+        "name": "domicile-eu-metrics", "key": "token"}}} in container["env"]
+    endpoint = one(helm, "ServiceMonitor", SCRAPED)["spec"]["endpoints"][0]
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["authorization"] == {
+        "type": "Bearer", "credentials": {"name": "domicile-eu-metrics", "key": "token"}}
+    # A name of the operator's choosing for the env var is used on both sides.
+    named = {**SCRAPED, "config": {"observability": {"metrics_token_env": "EU_SCRAPE"}}}
+    assert 'metrics_token_env = "EU_SCRAPE"' in rendered_config(helm, named)
+    container = one(helm, "Deployment", named)["spec"]["template"]["spec"]["containers"][0]
+    assert "EU_SCRAPE" in [env["name"] for env in container["env"]]
+    # No token Secret: no token env var, loopback-only metrics, and no ServiceMonitor.
+    plain = parse_settings(tomllib.loads(rendered_config(helm)),
+                           config_path=tmp_path / "domicile.toml", check_files=False)
+    assert plain.observability.metrics_token_env is None
+    container = one(helm, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert "DOMICILE_METRICS_TOKEN" not in [env["name"] for env in container["env"]]
+    with pytest.raises(helm.HelmError, match=r"secrets\.metricsToken\.name"):
+        render(helm, {"serviceMonitor": {"enabled": True}})
 
 
 def test_the_pods_run_locked_down(helm: Any) -> None:

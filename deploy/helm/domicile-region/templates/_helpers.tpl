@@ -137,9 +137,21 @@ tls_key = {{ printf "%s/tls/tls.key" $keys | toJson }}
 [workspace]
 {{- include "domicile-region.tomlPairs" . }}
 {{- end }}
-{{- with .Values.config.observability }}
+{{- $observability := deepCopy (.Values.config.observability | default dict) }}
+{{- if (dig "metricsToken" "name" "" .Values.secrets) }}
+{{- $_ := set $observability "metrics_token_env" (include "domicile-region.metricsTokenEnv" .) }}
+{{- end }}
+{{- with $observability }}
 
 [observability]
 {{- include "domicile-region.tomlPairs" . }}
 {{- end }}
+{{- end -}}
+
+{{/*
+The env var holding the bearer token Prometheus presents on GET /metrics
+([observability] metrics_token_env; from secrets.metricsToken).
+*/}}
+{{- define "domicile-region.metricsTokenEnv" -}}
+{{- default "DOMICILE_METRICS_TOKEN" (dig "metrics_token_env" "" (.Values.config.observability | default dict)) -}}
 {{- end -}}
