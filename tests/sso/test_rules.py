@@ -12,8 +12,10 @@ from domicile.tenancy.sso import (
     check_client_id,
     check_endpoint,
     check_issuer,
+    check_provider_endpoint,
     email_domain,
     parse_domains,
+    sso_email,
 )
 
 
@@ -46,6 +48,40 @@ def test_discovered_endpoints_follow_the_same_rule() -> None:
     with pytest.raises(InvalidInput):
         check_endpoint("http://idp.example.com/token", "token_endpoint")
     assert check_endpoint("https://idp.example.com/token", "t") == "https://idp.example.com/token"
+
+
+@pytest.mark.parametrize("field", ["authorization_endpoint", "token_endpoint", "jwks_uri",
+                                   "userinfo_endpoint"])
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:8080/token", "http://localhost/x",
+                                      "http://[::1]:9/jwks", "http://idp.example.com/token"])
+def test_a_remote_issuers_endpoints_must_be_https(field: str, endpoint: str) -> None:
+    """A remote https issuer's document cannot send the code and client secret (or a token)
+    to plain http on this machine's loopback."""
+    with pytest.raises(InvalidInput) as raised:
+        check_provider_endpoint(endpoint, field, "https://idp.example.com")
+    assert raised.value.param == field
+
+
+def test_a_loopback_issuers_endpoints_may_be_http_to_loopback() -> None:
+    for issuer in ("http://127.0.0.1:4000", "https://localhost:4000"):
+        assert check_provider_endpoint("http://127.0.0.1:4000/token", "token_endpoint",
+                                       issuer) == "http://127.0.0.1:4000/token"
+        with pytest.raises(InvalidInput):  # still never plain http off loopback
+            check_provider_endpoint("http://idp.example.com/token", "token_endpoint", issuer)
+    assert check_provider_endpoint("https://idp.example.com/jwks", "jwks_uri",
+                                   "https://idp.example.com") == "https://idp.example.com/jwks"
+
+
+def test_sso_emails_are_kept_as_the_directory_keeps_them() -> None:
+    assert sso_email(" Ann@Example.COM ") == "ann@example.com"
+    assert sso_email("ann@example.com.") == "ann@example.com"  # the same host: one member
+    assert sso_email("ann@example.com..") == "ann@example.com"
+
+
+@pytest.mark.parametrize("email", ["a@b@example.com", "ann@example", "ann@.", "@example.com",
+                                   "ann smith@example.com", "ann@", "example.com", ""])
+def test_sso_emails_the_directory_would_refuse_are_refused(email: str) -> None:
+    assert sso_email(email) is None
 
 
 def test_domains_are_lowercase_once_each_in_order() -> None:

@@ -87,6 +87,32 @@ def test_a_second_sign_in_is_the_same_member(sso: SsoSite, sign_in: SignIn) -> N
     assert len(members_with(sso, email)) == 1
 
 
+def test_a_trailing_dot_on_the_domain_is_the_same_member(sso: SsoSite,
+                                                        sign_in: SignIn) -> None:
+    """`ann@example.com.` names the same host: kept as `ann@example.com`, one member."""
+    email = new_email()
+    dotted, plain = sso.browser(), sso.browser()
+    assert sign_in(email + ".", browser=dotted).status_code == 303
+    assert me(sso, dotted).json()["email"] == email
+    assert sign_in(email, browser=plain).status_code == 303
+    assert me(sso, plain).json()["id"] == me(sso, dotted).json()["id"]
+    assert len(members_with(sso, email)) == 1
+    assert members_with(sso, email + ".") == []
+
+
+def test_an_address_the_directory_would_refuse_is_refused(sso: SsoSite,
+                                                          sign_in: SignIn) -> None:
+    """Its last `@` is in an allowed domain, but `add_user`'s EMAIL pattern refuses it."""
+    email = f"m{secrets.token_hex(4)}@x@example.com"
+    browser = sso.browser()
+    answer = sign_in(email, browser=browser)
+    assert answer.status_code == 403
+    assert "not a valid address" in answer.text
+    assert "domicile_session_eu" not in browser.cookies
+    assert members_with(sso, email) == []
+    assert failures(sso, "sso_email_invalid")
+
+
 def test_an_email_outside_the_allowed_domains_is_refused(sso: SsoSite,
                                                          sign_in: SignIn) -> None:
     browser = sso.browser()

@@ -4,8 +4,10 @@ A workspace may name one OpenID Connect issuer, the client Domicile is registere
 and the email domains whose people may sign in. The rules, checked when an operator sets it:
 
 - the issuer is `https://…` (G6); plain `http://` only to a loopback host (a provider run
-  beside the server, or a test). The same rule holds for every endpoint its discovery
-  document names (`check_endpoint`).
+  beside the server, or a test). Every endpoint its discovery document names must be
+  https, unless the issuer itself is a loopback host (`check_provider_endpoint`): a remote
+  issuer's document cannot send a code, the client secret or a token to plain http on this
+  machine.
 - the allowed domains are lowercase host names (`Example.COM` is kept as `example.com`), at
   least one; an email matches only its exact domain, never a subdomain (`a.example.com` is
   not `example.com`): an operator lists every domain they mean.
@@ -17,7 +19,10 @@ and the email domains whose people may sign in. The rules, checked when an opera
   region can read the secret at once without a restart or a per-workspace secret to deploy.
 
 Members who sign in through SSO for the first time are made on the spot (role member, no
-password: `provision_member`); a member an admin removed stays removed.
+password: `provision_member`); a member an admin removed stays removed. Their email is kept
+as `Directory.add_user` keeps one (trimmed, lowercase, its `EMAIL` pattern) and without a
+trailing dot on its domain (`sso_email`), so `ann@example.com.` is the member
+`ann@example.com`, not a second one.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from domicile.config import is_loopback_host
 from domicile.errors import Forbidden, InvalidInput, NotFound, TenantDataErased
 from domicile.storage.interfaces import TenantRef
 from domicile.storage.regional import RegionalStore
+from domicile.tenancy.directory import EMAIL
 from domicile.tenancy.models import User, Workspace, WorkspaceSso
 from domicile.tenancy.secrets import new_id
 
@@ -50,8 +56,10 @@ __all__ = [
     "check_client_id",
     "check_endpoint",
     "check_issuer",
+    "check_provider_endpoint",
     "email_domain",
     "parse_domains",
+    "sso_email",
 ]
 
 CLIENT_SECRET_KIND = "sso_client_secret"  # noqa: S105 - a sealing context's kind
@@ -137,6 +145,18 @@ def check_endpoint(url: str, field: str) -> str:
     return url
 
 
+def check_provider_endpoint(url: str, field: str, issuer: str) -> str:
+    """An endpoint `issuer`'s discovery document names: https, or (`check_endpoint`) http to
+    loopback only when the issuer itself is on a loopback host. Else `InvalidInput`: a
+    remote provider's document must not make this server send a code and the client secret,
+    or an access token, in plain http to a port on its own machine."""
+    url = check_endpoint(url, field)
+    if urlsplit(url).scheme != "https" and not is_loopback_host(urlsplit(issuer).hostname or ""):
+        raise InvalidInput(f"{field} must be https: the issuer is not on a loopback host",
+                           param=field)
+    return url
+
+
 def check_issuer(url: str) -> str:
     """An issuer as the provider names itself (kept exactly: ID tokens must carry it)."""
     url = check_endpoint(url, "issuer")
@@ -183,6 +203,15 @@ def email_domain(email: str) -> str | None:
     if not at or not local or not domain:
         return None
     return domain.rstrip(".")
+
+
+def sso_email(email: str) -> str | None:
+    """The address a provider vouched for, kept as `Directory.add_user` keeps one (trimmed,
+    lowercase, matching its `EMAIL` pattern), its domain without a trailing dot (the same
+    host: `ann@example.com.` is `ann@example.com`); None for what that pattern refuses."""
+    local, at, domain = email.strip().lower().rpartition("@")
+    address = f"{local}{at}{domain.rstrip('.')}" if at else domain
+    return address if EMAIL.match(address) else None
 
 
 # -- the settings, in the directory -------------------------------------------------------------
@@ -270,8 +299,12 @@ class WorkspaceSsoSettings:
     def provision_member(self, workspace_id: str, email: str) -> tuple[User, bool]:
         """The live member of the workspace with this (IdP-verified) email, made now with
         role member and no password if there is none: (member, made now). A member who was
-        removed is refused (403): only an admin brings them back."""
-        email = email.strip().lower()
+        removed is refused (403): only an admin brings them back; an address `sso_email`
+        refuses is `InvalidInput`."""
+        address = sso_email(email)
+        if address is None:
+            raise InvalidInput("email is not a valid address", param="email")
+        email = address
         for _attempt in range(2):  # a concurrent first sign-in may insert the same member
             try:
                 return self._provision(workspace_id, email)

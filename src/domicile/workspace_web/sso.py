@@ -5,7 +5,11 @@
 
 The provider is found by discovery (`{issuer}/.well-known/openid-configuration`, its JWKS with
 it), cached per issuer for `DISCOVERY_TTL_S` seconds and at most `DISCOVERY_MAX` issuers;
-every endpoint it names must be https, or http to loopback (G6). Authlib's httpx client builds
+every endpoint it names must be https, unless the issuer itself is on loopback (G6). A failed
+discovery is remembered `DISCOVERY_FAILURE_TTL_S` seconds and one fetch per issuer runs at a
+time, so a provider that is down costs one outbound fetch per issuer per interval, not one per
+unauthenticated request: meanwhile sign-in answers 503 `identity_provider_unavailable` with
+`retry-after` at once. Authlib's httpx client builds
 the authorization request and redeems the code; joserfc (Authlib's JOSE library: its own
 `authlib.jose` is deprecated in its favour) checks the ID token: signature against the JWKS
 (asymmetric algorithms only), `iss`, `aud` (and `azp`), `exp`, `iat` and the `nonce`.
@@ -31,6 +35,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import math
 import re
 import secrets
 import time
@@ -55,6 +60,7 @@ from domicile.errors import (
     DomicileError,
     Forbidden,
     InvalidCredentials,
+    InvalidInput,
     NotFound,
     TenantDataErased,
     UpstreamError,
@@ -63,20 +69,29 @@ from domicile.errors import (
 from domicile.tenancy.accounts import ANONYMOUS
 from domicile.tenancy.grants import MemberGrant
 from domicile.tenancy.sessions import NewSession
-from domicile.tenancy.sso import MembershipEnded, SsoConfig, check_endpoint
+from domicile.tenancy.sso import (
+    MembershipEnded,
+    SsoConfig,
+    check_provider_endpoint,
+    sso_email,
+)
 
 from .auth import WorkspaceAuth
 from .services import WorkspaceServices
 
-__all__ = ["CALLBACK_PATH", "DISCOVERY_MAX", "DISCOVERY_TTL_S", "FLOW_TTL_S",
-           "ID_TOKEN_ALGORITHMS", "ProviderDirectory", "ProviderInfo", "SsoPages",
-           "flow_cookie_name", "verify_id_token"]
+__all__ = ["CALLBACK_PATH", "DISCOVERY_FAILURE_TTL_S", "DISCOVERY_MAX", "DISCOVERY_TTL_S",
+           "FLOW_TTL_S", "ID_TOKEN_ALGORITHMS", "IdentityProviderUnavailable",
+           "ProviderDirectory", "ProviderInfo", "SsoPages", "flow_cookie_name",
+           "verify_id_token"]
 
 CALLBACK_PATH = "/workspace/sso/callback"
 FLOW_COOKIE_PATH = "/workspace/sso/"
 FLOW_TTL_S = 600
 DISCOVERY_TTL_S = 300.0
 DISCOVERY_MAX = 64
+# A failed discovery is not tried again for this long: while a provider is down, anyone may
+# hit the login route, and each try is an outbound fetch of up to HTTP_TIMEOUT_S.
+DISCOVERY_FAILURE_TTL_S = 30.0
 HTTP_TIMEOUT_S = 10.0
 MAX_DOCUMENT = 256 * 1024  # a discovery document or a JWKS
 # A JWKS is fetched again for an unknown key id at most this often (the provider rotated).
@@ -109,6 +124,20 @@ class ProviderInfo:
     fetched_at: float
 
 
+class IdentityProviderUnavailable(UpstreamError):
+    """The workspace's identity provider cannot be used now: its discovery failed (now or
+    within `DISCOVERY_FAILURE_TTL_S`). 503 with `retry-after`; the message says why (an
+    error type or status, never a document's content)."""
+
+    status = 503
+    code = "identity_provider_unavailable"
+
+    def __init__(self, reason: str, retry_after_s: float) -> None:
+        wait = max(1, math.ceil(retry_after_s))
+        super().__init__(f"Single sign-on is unavailable for now: {reason} Try again in "
+                         f"{wait} s.", headers=[(b"retry-after", str(wait).encode())])
+
+
 class _Refused(Exception):
     """A refused sign-in: what the member is told and the audit entry's reason."""
 
@@ -125,16 +154,22 @@ class _Refused(Exception):
 
 class ProviderDirectory:
     """Discovery documents and JWKS per issuer, kept `ttl` seconds, at most `max_entries`
-    issuers (the least recently used goes)."""
+    issuers (the least recently used goes); a failed discovery kept `failure_ttl` seconds.
+    One discovery per issuer runs at a time: the others wait for its result."""
 
     def __init__(self, *, ttl: float = DISCOVERY_TTL_S, max_entries: int = DISCOVERY_MAX,
+                 failure_ttl: float = DISCOVERY_FAILURE_TTL_S,
                  clock: Callable[[], float] = time.monotonic,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._ttl = ttl
         self._max = max_entries
+        self._failure_ttl = failure_ttl
         self._clock = clock
         self._transport = transport
         self._entries: OrderedDict[str, ProviderInfo] = OrderedDict()
+        # issuer -> (why its discovery failed, when): raised again until `failure_ttl` passes.
+        self._failures: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -149,11 +184,51 @@ class ProviderDirectory:
                                  transport=self._transport, **options)
 
     async def get(self, issuer: str) -> ProviderInfo:
+        """The issuer's discovery and keys; `IdentityProviderUnavailable` (503) when its
+        discovery fails, or failed within `failure_ttl`."""
+        found = self._cached(issuer)
+        if found is not None:
+            return found
+        lock = self._locks.get(issuer)
+        if lock is None:
+            self._forget_idle_locks()
+            lock = self._locks[issuer] = asyncio.Lock()
+        async with lock:
+            # Whoever held the lock may have just fetched it, or failed to.
+            found = self._cached(issuer)
+            if found is not None:
+                return found
+            try:
+                info = await self._discover(issuer)
+            except UpstreamError as error:
+                self._failures[issuer] = (error.message, self._clock())
+                self._failures.move_to_end(issuer)
+                while len(self._failures) > self._max:
+                    self._failures.popitem(last=False)
+                raise IdentityProviderUnavailable(error.message, self._failure_ttl) from None
+            self._failures.pop(issuer, None)
+            return self._remember(info)
+
+    def _cached(self, issuer: str) -> ProviderInfo | None:
+        """The fresh entry of `issuer`, None if there is none; raises its recent failure."""
+        now = self._clock()
         found = self._entries.get(issuer)
-        if found is not None and self._clock() - found.fetched_at < self._ttl:
+        if found is not None and now - found.fetched_at < self._ttl:
             self._entries.move_to_end(issuer)
             return found
-        return self._remember(await self._discover(issuer))
+        failed = self._failures.get(issuer)
+        if failed is not None:
+            reason, at = failed
+            if now - at < self._failure_ttl:
+                raise IdentityProviderUnavailable(reason, self._failure_ttl - (now - at))
+            del self._failures[issuer]
+        return None
+
+    def _forget_idle_locks(self) -> None:
+        # Issuers come from operators' settings, so few; still, keep the map bounded.
+        if len(self._locks) >= self._max:
+            for issuer in [i for i, lock in self._locks.items() if not lock.locked()]:
+                del self._locks[issuer]
 
     async def refresh_keys(self, info: ProviderInfo) -> ProviderInfo | None:
         """The issuer's keys fetched again (a key id we do not know: it rotated), unless they
@@ -180,7 +255,7 @@ class ProviderDirectory:
                                     "issuer than the one configured for this workspace.")
             endpoints = {}
             for field in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
-                endpoints[field] = _endpoint(document.get(field), field)
+                endpoints[field] = _endpoint(document.get(field), field, issuer)
             userinfo = document.get("userinfo_endpoint")
             methods = document.get("code_challenge_methods_supported")
             if isinstance(methods, list) and "S256" not in methods:
@@ -188,15 +263,16 @@ class ProviderDirectory:
             jwks = await _fetch_keys(client, endpoints["jwks_uri"])
         return ProviderInfo(issuer, endpoints["authorization_endpoint"],
                             endpoints["token_endpoint"],
-                            _endpoint(userinfo, "userinfo_endpoint") if userinfo else None,
+                            _endpoint(userinfo, "userinfo_endpoint", issuer) if userinfo
+                            else None,
                             endpoints["jwks_uri"], jwks, self._clock())
 
 
-def _endpoint(value: object, field: str) -> str:
+def _endpoint(value: object, field: str, issuer: str) -> str:
     if not isinstance(value, str):
         raise UpstreamError(f"The identity provider's discovery document has no {field}.")
     try:
-        return check_endpoint(value, field)
+        return check_provider_endpoint(value, field, issuer)
     except DomicileError:
         raise UpstreamError(f"The identity provider's {field} is not https (G6).") from None
 
@@ -428,6 +504,10 @@ class SsoPages:
             raise _Refused("sso_member", error, workspace_id=ws, user_id=error.user_id) from None
         except (Forbidden, NotFound, TenantDataErased) as error:
             raise _Refused("sso_member", error, workspace_id=ws) from None
+        except InvalidInput:  # `_email` refuses such an address first; kept for safety
+            raise _Refused("sso_email_invalid", Forbidden(
+                "The identity provider's email address for you is not a valid address."),
+                workspace_id=ws) from None
         grant = await asyncio.to_thread(self.services.directory.member_grant, user.id)
         if grant is None or grant.region != self.region:
             raise _Refused("sso_member", Forbidden("You cannot sign in to this workspace."),
@@ -515,7 +595,12 @@ class SsoPages:
             raise _Refused("sso_email_unverified", Forbidden(
                 "The identity provider has not verified your email address."),
                 workspace_id=workspace_id)
-        return email.strip().lower()
+        address = sso_email(email)
+        if address is None:
+            raise _Refused("sso_email_invalid", Forbidden(
+                "The identity provider's email address for you is not a valid address."),
+                workspace_id=workspace_id)
+        return address
 
     def _start_session(self, grant: MemberGrant, created: bool,
                        replacing: str | None) -> NewSession:
