@@ -30,8 +30,8 @@ from domicile.crypto import (
 from domicile.crypto import envelope as envelope_module
 from domicile.crypto import keys as keys_module
 from domicile.crypto.keys import kek_id, wrap_context
-from domicile.crypto.keystore import LocalFileWrapper, ManagedKeyProvider
-from domicile.crypto.wrapping import KeyServiceUnavailable
+from domicile.crypto.keystore import DataKeysNotRotated, LocalFileWrapper, ManagedKeyProvider
+from domicile.crypto.wrapping import KekRefused, KeyServiceUnavailable
 from tests.crypto.support import context, make_provider
 from tests.pgserver import PostgresDatabases
 
@@ -443,7 +443,7 @@ class KeyRing:
         if self.offline:
             raise KeyServiceUnavailable("the key service did not answer")
         if kek in self.disabled or kek not in self.wrappers:
-            raise KeyNotFound(f"key {kek} is disabled")
+            raise KekRefused(f"key {kek} is disabled")  # as a KMS refuses
         return self.wrappers[kek]
 
     def generate(self, kek: str, context: Mapping[str, str]) -> tuple[bytes, bytes]:
@@ -543,6 +543,58 @@ def test_a_key_service_that_does_not_answer_is_not_a_missing_key(
             call()
     ring.offline = False
     assert keys.current_key("ws_a") and not keys.has_tenant("ws_b")
+
+
+def test_the_regions_own_kek_refused_is_the_key_service_down_not_the_tenants_key(
+    keystore: str, ring: KeyRing, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An expired Vault token or a wrong IAM policy refuses the region's KEK for every tenant:
+    `KeyServiceUnavailable` (503), logged once, never the tenant's 403; a tenant's own KEK
+    refused stays `KekRefused` (its `tenant_key_refused`)."""
+    keys = ManagedKeyProvider("eu", keystore, ring)
+    for tenant in ("ws_a", "ws_b", "ws_c"):
+        keys.create_data_key(tenant)
+    cmk = list(ring.wrappers)[1]
+    keys.set_tenant_kek("ws_c", cmk)
+
+    ring.disabled.add(ring.region_kek)
+    for call in (lambda: keys.current_key("ws_a"), lambda: keys.current_key("ws_b"),
+                 lambda: keys.reserve_seals("ws_a"), lambda: keys.rotate_data_key("ws_b"),
+                 lambda: keys.create_data_key("ws_new"), keys.rotate_data_keys):
+        with pytest.raises(KeyServiceUnavailable, match="region eu's own key-encryption key"):
+            call()
+    refusals = [r for r in caplog.records if "refused the region's own" in r.getMessage()]
+    assert len(refusals) == 1 and refusals[0].levelname == "ERROR"
+    assert keys.current_key("ws_c")  # its own KEK is fine
+    ring.disabled.clear()
+    assert keys.current_key("ws_a") and keys.current_key("ws_b")
+
+    ring.disabled.add(cmk)  # the customer disables their own key: its tenant only
+    with pytest.raises(KekRefused):
+        keys.current_key("ws_c")
+    assert keys.current_key("ws_a")
+
+
+def test_rotating_every_tenant_reports_one_whose_own_kek_is_refused(
+    keystore: str, ring: KeyRing
+) -> None:
+    """A refused tenant does not stop the others, and is named at the end (not skipped as if
+    it had been erased)."""
+    keys = ManagedKeyProvider("eu", keystore, ring)
+    for tenant in ("ws_a", "ws_b", "ws_c", "ws_gone"):
+        keys.create_data_key(tenant)
+    keys.set_tenant_kek("ws_b", list(ring.wrappers)[1])
+    keys.destroy_tenant("ws_gone")
+    ring.disabled.add(list(ring.wrappers)[1])
+
+    with pytest.raises(DataKeysNotRotated, match="ws_b") as refused:
+        keys.rotate_data_keys()
+    assert (refused.value.rotated, refused.value.tenants) == (2, ("ws_b",))
+    assert (refused.value.status, refused.value.code) == (403, "tenant_key_refused")
+    versions = dict(rows(keystore, "SELECT tenant, MAX(version) FROM data_keys GROUP BY tenant"))
+    assert versions == {"ws_a": 2, "ws_b": 1, "ws_c": 2}
+    ring.disabled.clear()
+    assert keys.rotate_data_keys() == 3
 
 
 def test_an_embedded_keystore_and_a_shared_one_do_not_mix(tmp_path: Path, kek: Path) -> None:

@@ -60,12 +60,22 @@ def data_key_rotate(
     stays readable under its own key. Audited in the region's chain (counts, no key material)."""
     site = open_site(config)
     store = site.store(site.settings.region(region).name)
+    from domicile.crypto.keystore import DataKeysNotRotated
+    from domicile.crypto.wrapping import KekRefused
+
     if tenant is None:
-        rotated = store.keys.rotate_data_keys()
+        try:
+            rotated = store.keys.rotate_data_keys()
+        except DataKeysNotRotated as refused:  # the others did rotate: audited, then said
+            store.audit.append("cli", "data_key.rotate", store.region, {
+                "tenants_rotated": refused.rotated, "tenants_refused": len(refused.tenants)})
+            raise
         details: dict[str, Detail] = {"tenants_rotated": rotated}
     else:
         try:
             store.keys.rotate_data_key(tenant)
+        except KekRefused:  # a KeyNotFound, but the tenant's own KEK refused, not "no key"
+            raise DataKeysNotRotated(store.region, 0, [tenant]) from None
         except KeyNotFound:
             raise NotFound(f"tenant {tenant} has no data key in region {store.region}") from None
         rotated = 1

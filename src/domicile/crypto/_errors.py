@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from domicile.errors import DomicileError
 
-__all__ = ["DecryptionError", "KeyFileError", "KeyNotFound", "TenantErased", "TenantKeyRefused"]
+__all__ = [
+    "DataKeysNotRotated",
+    "DecryptionError",
+    "KeyFileError",
+    "KeyNotFound",
+    "TenantErased",
+    "TenantKeyRefused",
+]
 
 
 class DecryptionError(Exception):
@@ -46,3 +53,20 @@ class TenantKeyRefused(DecryptionError, DomicileError):
         super().__init__("this tenant's content cannot be opened: the key service refused its "
                          "key-encryption key (disabled, scheduled for deletion or access "
                          "revoked); it opens again once that key is usable")
+
+
+class DataKeysNotRotated(DomicileError):
+    """`rotate_data_keys` rotated every tenant it could, but the key service refused these
+    tenants' own key-encryption keys (customer-managed, disabled or revoked): they keep their
+    current data key. Names the tenants (ids, no key ids); `rotated` counts the others."""
+
+    status = 403
+    code = "tenant_key_refused"
+    type = "invalid_request_error"
+
+    def __init__(self, region: str, rotated: int, tenants: list[str]) -> None:
+        super().__init__(
+            f"region {region}: {rotated} tenant(s) got a new data key; not rotated, the key "
+            f"service refused their own key-encryption key: {', '.join(tenants)}")
+        self.rotated = rotated
+        self.tenants = tuple(tenants)

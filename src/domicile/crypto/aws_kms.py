@@ -13,10 +13,12 @@ the configured one is refused: the client talks to one regional endpoint only.
 
 Failures: KMS refusing a key or a wrap (`DisabledException`, `KMSInvalidStateException`,
 `NotFoundException`, `AccessDeniedException`, `IncorrectKeyException`,
-`InvalidCiphertextException`) raises `KekRefused` (a `KeyNotFound`; opening the tenant's
-content then fails with `TenantKeyRefused`, a 403); throttling, 5xx, timeouts and connection
-errors (after botocore's retries) raise `KeyServiceUnavailable` (a 503). Messages name the
-key id, the operation and KMS's error code; never a plaintext, a ciphertext or a context.
+`InvalidCiphertextException`) raises `KekRefused` (a `KeyNotFound`; under a tenant's own key the
+keystore keeps it and opening the tenant's content fails with `TenantKeyRefused`, a 403; under
+the region's own key it becomes `KeyServiceUnavailable`, a 503); throttling, 5xx, timeouts and
+connection errors (after botocore's retries) raise `KeyServiceUnavailable` (a 503). Messages
+name the key id, the operation and KMS's error code; never a plaintext, a ciphertext or a
+context.
 """
 
 from __future__ import annotations

@@ -27,10 +27,16 @@ Rows store the `kek_id` they were wrapped under, so rows wrapped under an older 
 Per-tenant customer-managed KEKs (CMK, the EKM promise): `set_tenant_kek(tenant, kek_id)`
 records it in `tenant_keks` and rewraps the tenant's keys under it; new keys of the tenant
 are wrapped under `wrapper.kek_for(tenant, kek_id)`. Disable or delete that key in the KMS
-and the tenant's content no longer opens anywhere (`KeyNotFound`).
+and the tenant's content no longer opens anywhere (`KekRefused`, which callers answer 403
+`tenant_key_refused`).
 
 Failures: a wrapper refusing a wrap (`KeyNotFound`) says which key of which tenant did not
 open; `KeyServiceUnavailable` (KMS not answering) propagates unchanged: callers answer 503.
+A refusal under the region's own KEK (`wrapper.kek_id`: an expired Vault token, a wrong IAM
+policy, the region's key disabled) is not the tenant's doing and hits every tenant alike: it
+is raised as `KeyServiceUnavailable` too (503, logged once, loudly), never as the tenant's key
+being refused. `rotate_data_keys` rotates every tenant it can and then raises
+`DataKeysNotRotated` naming the tenants whose own KEK was refused.
 
 Shredding and backups: on PostgreSQL `destroy_tenant` DELETEs the tenant's rows (and records
 its tombstone) in one transaction. The deleted tuples stay in the table's pages until VACUUM
@@ -45,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import secrets
 import threading
@@ -79,7 +86,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
 from . import keys as _keys
-from ._errors import KeyFileError, KeyNotFound
+from ._errors import DataKeysNotRotated, KeyFileError, KeyNotFound, TenantErased
 from .keys import (
     KEY_SIZE,
     SCHEME_DIRECT,
@@ -93,9 +100,11 @@ from .keys import (
     kek_id,
     wrap_context,
 )
-from .wrapping import KeyWrapper
+from .wrapping import KekRefused, KeyServiceUnavailable, KeyWrapper
 
-__all__ = ["LocalFileWrapper", "ManagedKeyProvider"]
+__all__ = ["DataKeysNotRotated", "LocalFileWrapper", "ManagedKeyProvider"]
+
+log = logging.getLogger("domicile.crypto")
 
 _NONCE = 12
 _ATTEMPTS = 5  # a key id collision (2**-64) or a version race: retry the transaction
@@ -212,6 +221,7 @@ class ManagedKeyProvider(KeyProvider):
         self._engine = _make_engine(self._url)
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        self._region_kek_refused = False  # logged once until the region's KEK opens again
         self._init_schema()
 
     def __repr__(self) -> str:
@@ -249,14 +259,22 @@ class ManagedKeyProvider(KeyProvider):
 
     def rotate_data_keys(self) -> int:
         """A new version for every tenant with a key, tenant by tenant (each its own short
-        transaction); a tenant erased meanwhile is skipped."""
+        transaction); a tenant erased meanwhile is skipped. A tenant whose own KEK the KMS
+        refuses does not stop the others: `DataKeysNotRotated` names them all at the end.
+        `KeyServiceUnavailable` (the KMS down, the region's KEK refused) stops it at once."""
         rotated = 0
+        refused: list[str] = []
         for tenant in self.tenants():
             try:
                 self.rotate_data_key(tenant)
-            except KeyNotFound:  # erased between the listing and its rotation
+            except TenantErased:  # erased between the listing and its rotation
+                continue
+            except KekRefused:
+                refused.append(tenant)
                 continue
             rotated += 1
+        if refused:
+            raise DataKeysNotRotated(self.region, rotated, refused)
         return rotated
 
     def reserve_seals(self, tenant: str) -> SealGrant:
@@ -440,7 +458,8 @@ class ManagedKeyProvider(KeyProvider):
             tenant_kek = self._tenant_kek(conn, tenant)
         kek = self.wrapper.kek_for(tenant, tenant_kek)
         key_id = secrets.token_hex(8)
-        dek, wrapped = self.wrapper.generate(kek, wrap_context(self.region, tenant, key_id))
+        with self._whose_refusal(kek):
+            dek, wrapped = self.wrapper.generate(kek, wrap_context(self.region, tenant, key_id))
         if len(dek) != KEY_SIZE:
             raise ValueError("the key wrapper returned a data key of the wrong size")
         return _FreshKey(key_id, dek, bytes(wrapped), kek)
@@ -452,8 +471,9 @@ class ManagedKeyProvider(KeyProvider):
         or key id exists already (retry with a new key)."""
         kek = self.wrapper.kek_for(tenant, self._tenant_kek(conn, tenant))
         if kek != fresh.kek:  # its KEK changed while we generated: wrap under the new one
-            fresh.wrapped = self.wrapper.wrap(
-                kek, fresh.dek, wrap_context(self.region, tenant, fresh.key_id))
+            with self._whose_refusal(kek):
+                fresh.wrapped = self.wrapper.wrap(
+                    kek, fresh.dek, wrap_context(self.region, tenant, fresh.key_id))
             fresh.kek = kek
         inserted = conn.execute(self._insert_ignore(data_keys, {
             "key_id": fresh.key_id, "tenant": tenant, "version": version, "kek_id": fresh.kek,
@@ -473,15 +493,19 @@ class ManagedKeyProvider(KeyProvider):
         for row in rows:
             dek = self._unwrap_row(row, tenant).material
             context = wrap_context(self.region, tenant, str(row[0]))
+            with self._whose_refusal(target):
+                wrapped = self.wrapper.wrap(target, dek, context)
             conn.execute(update(data_keys).where(data_keys.c.key_id == row[0]).values(
-                kek_id=target, wrapped=self.wrapper.wrap(target, dek, context)))
+                kek_id=target, wrapped=wrapped))
         return len(rows)
 
     def _unwrap_row(self, row: Sequence[Any], tenant: str) -> DataKey:
         """The `DataKey` of a row (key_id, kek_id, wrapped, scheme)."""
         key_id, row_kek, wrapped, scheme = str(row[0]), str(row[1]), bytes(row[2]), int(row[3])
         try:
-            dek = self.wrapper.unwrap(wrapped, row_kek, wrap_context(self.region, tenant, key_id))
+            with self._whose_refusal(row_kek):
+                dek = self.wrapper.unwrap(
+                    wrapped, row_kek, wrap_context(self.region, tenant, key_id))
         except KeyNotFound as refused:  # its type kept: KekRefused says the KMS refused
             raise type(refused)(
                 f"data key {key_id!r} of tenant {tenant!r} in region {self.region!r} does not"
@@ -490,6 +514,32 @@ class ManagedKeyProvider(KeyProvider):
         if scheme not in (SCHEME_DIRECT, SCHEME_HKDF) or len(dek) != KEY_SIZE:
             raise KeyNotFound(f"data key {key_id!r} of tenant {tenant!r} is malformed")
         return DataKey(key_id, dek, scheme)
+
+    @contextlib.contextmanager
+    def _whose_refusal(self, kek: str) -> Iterator[None]:
+        """A KMS call under `kek`: a refusal of the region's own KEK is the region's fault,
+        not the tenant's (an expired Vault token, a wrong IAM policy, the key disabled), so
+        it is `KeyServiceUnavailable` (503) for every tenant alike, logged once by type, and
+        again after the KEK has opened since. A tenant's own KEK refused stays `KekRefused`
+        (its 403 `tenant_key_refused`: the EKM promise)."""
+        region_kek = kek == self.wrapper.kek_id
+        try:
+            yield
+        except KekRefused as refused:
+            if not region_kek:
+                raise
+            if not self._region_kek_refused:
+                self._region_kek_refused = True
+                log.error("region %s: the key service refused the region's own key-encryption"
+                          " key (%s: %s); no tenant's content opens or is sealed until it is "
+                          "usable again (check the Vault token, the IAM policy, the key's "
+                          "state)", self.region, type(refused).__name__, refused)
+            raise KeyServiceUnavailable(
+                f"the key service refused region {self.region}'s own key-encryption key "
+                f"{kek} ({refused})") from None
+        if region_kek and self._region_kek_refused:
+            self._region_kek_refused = False
+            log.warning("region %s: the region's key-encryption key opens again", self.region)
 
     def _tenant_kek(self, conn: Connection, tenant: str) -> str | None:
         found = conn.execute(

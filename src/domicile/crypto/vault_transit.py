@@ -22,10 +22,12 @@ Per-tenant customer-managed keys: `tenant_kek` names another transit key on the 
 on it, or deletes it, and the tenant can no longer be read (docs/KEYS.md).
 
 Failures: Vault refusing (400: wrong context, unknown or deleted key, not a wrap; 401/403:
-permission denied; 404: no such mount) raises `KekRefused` (a `KeyNotFound`; opening the
-tenant's content then fails with `TenantKeyRefused`, a 403); connection errors, timeouts, 429
-and 5xx (sealed, standby, down) raise `KeyServiceUnavailable` (a 503). Messages name the key id,
-the operation and the HTTP status; never a plaintext, a ciphertext, a context or the token.
+permission denied; 404: no such mount) raises `KekRefused` (a `KeyNotFound`; under a tenant's
+own key opening its content then fails with `TenantKeyRefused`, a 403; under the region's own
+key, an expired token for one, the keystore makes it `KeyServiceUnavailable`); connection
+errors, timeouts, 429 and 5xx (sealed, standby, down) raise `KeyServiceUnavailable` (a 503).
+Messages name the key id, the operation and the HTTP status; never a plaintext, a ciphertext, a
+context or the token.
 """
 
 from __future__ import annotations

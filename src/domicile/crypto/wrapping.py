@@ -18,14 +18,18 @@ tenant's own (customer-managed) KEK stay readable. `kek_for(tenant)` lets a wrap
 tenant under its own key (the EKM promise: disable that key and the tenant cannot be read).
 
 Failures: a wrap the KEK refuses (wrong context, key disabled or deleted, not ours) raises
-`KeyNotFound`; a KMS that cannot be reached raises `KeyServiceUnavailable`, which callers
-turn into 503, never into "no such key".
+`KeyNotFound`; a KMS that cannot be reached raises `KeyServiceUnavailable`, never "no such
+key": a `DomicileError`, so every front door answers it 503 `key_service_unavailable` with
+`retry-after`. The keystore turns a refusal of the region's own KEK into one too (see
+`keystore`): only a tenant's own key being refused is the tenant's 403.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Protocol
+
+from domicile.errors import DomicileError
 
 from ._errors import KeyNotFound, TenantKeyRefused
 
@@ -38,8 +42,24 @@ class KekRefused(KeyNotFound):
     `TenantKeyRefused` until the key is usable again."""
 
 
-class KeyServiceUnavailable(RuntimeError):
-    """The KMS holding the KEK did not answer (network, throttling, 5xx): retry later."""
+class KeyServiceUnavailable(RuntimeError, DomicileError):
+    """The KMS holding the KEK did not answer (network, throttling, 5xx), or refused the
+    region's own KEK: retry later. A 503 `key_service_unavailable` with `retry-after` for API
+    callers, whose message says nothing of the KMS; `str()` is the detail for logs and the
+    CLI (operation, KEK id, error code: never key material)."""
+
+    status = 503
+    code = "key_service_unavailable"
+    type = "server_error"
+
+    def __init__(self, detail: str) -> None:
+        DomicileError.__init__(
+            self, "The region's key service (KMS or Vault) is unavailable; nothing was "
+            "changed. Try again shortly.", headers=((b"retry-after", b"5"),))
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.detail
 
 
 class KeyWrapper(Protocol):

@@ -292,16 +292,16 @@ class GatewayApp:
             # A store fault is 503/507, logged with its cause by store_fault. Anything else:
             # the type and request id only, the message may quote request content (G4).
             fault = store_fault(exc, call.request_id)
-            if fault is None:
-                if _key_service_down(exc):
-                    count_fail_closed(self.region, "key_service_unavailable")
+            if fault is not None:  # a KMS that did not answer is a fail-closed refusal
+                count_fail_closed(self.region, fault.code)
+            else:
                 log.error("unhandled %s in request %s", type(exc).__name__, call.request_id,
                           extra={"request_id": call.request_id, "route": call.endpoint,
                                  "region": self.region})
                 fault = DomicileError(
                     "The server had an error while processing your request "
                     f"(request id {call.request_id}).")
-            await call.fail(fault)
+            await call.fail(fault, list(fault.headers))
         if call.grant is not None:  # auth failures leave no usage
             await self._account(call, call.grant)
         self._observe(call.endpoint, scope["method"], call.status, call.started)
@@ -555,19 +555,6 @@ class _Answered:
         self.status = 0
 
 
-def _key_service_down(exc: BaseException) -> bool:
-    """Whether a KMS or Vault that did not answer is behind `exc` (a fail-closed refusal:
-    content whose key cannot be had is not served)."""
-    from domicile.crypto.wrapping import KeyServiceUnavailable
-
-    seen = 0
-    current: BaseException | None = exc
-    while current is not None and seen < 8:
-        if isinstance(current, KeyServiceUnavailable):
-            return True
-        current = current.__cause__ or current.__context__
-        seen += 1
-    return False
 class MetricsAccess:
     """Who may read `GET /metrics`. With `[observability] metrics_token_env`: whoever sends
     `Authorization: Bearer <the token>` (compared in constant time), 401 otherwise, and 401

@@ -94,6 +94,7 @@ FAIL_CLOSED_REASONS: dict[str, str] = {
     "zero_retention": "zero_retention",
     "no_in_region_provider": "no_in_region_provider",
     "tenant_erased": "tenant_erased",
+    "tenant_key_refused": "tenant_key_refused",
     "cross_region_write": "cross_region_write",
     "content_store_unavailable": "content_store_unavailable",
     "key_service_unavailable": "key_service_unavailable",

@@ -3,7 +3,10 @@
 `store_fault` maps an exception from the store layer (SQLAlchemy, SQLite, psycopg, the blob
 store's file system) to the error a client should see: a database or disk that cannot be
 reached now is 503 `store_unavailable`, a full disk or quota 507 `insufficient_storage`.
-Anything else (a bug) is not a store fault: None. It logs one line naming the cause by
+A KMS or Vault that did not answer is `KeyServiceUnavailable`, itself a 503
+`key_service_unavailable` (a `DomicileError`, answered as it is); raised from under another
+exception, it is found here and answered all the same. Anything else (a bug) is not a store
+fault: None. It logs one line naming the cause by
 constants only (`failures.describe(exc, text=False)`: exception types, errno, SQLite's error
 name, PostgreSQL's SQLSTATE), never an exception's text, which can quote SQL parameters and
 paths. `is_full` is the same classification's "full disk", for code that frees space.
@@ -17,6 +20,7 @@ import sqlite3
 
 from sqlalchemy import exc as sa_exc
 
+from domicile.crypto.wrapping import KeyServiceUnavailable
 from domicile.errors import DomicileError, InsufficientStorage, StoreUnavailable
 from domicile.failures import cause_of, describe
 
@@ -42,6 +46,11 @@ except ImportError:  # pragma: no cover - installed with the project
 
 def store_fault(exc: BaseException, request_id: str = "") -> DomicileError | None:
     """The error to answer for `exc` if it is a store fault (logged, once), else None."""
+    key_service = _key_service_down(exc)
+    if key_service is not None:
+        log.error("key service unavailable in request %s: %s", request_id or "-",
+                  describe(exc, text=False))
+        return key_service
     kind = _classify(cause_of(exc))
     if kind == _UNKNOWN:  # a driver we do not know: SQLAlchemy's own classification
         kind = _UNAVAILABLE if isinstance(exc, sa_exc.DBAPIError) and (
@@ -62,6 +71,18 @@ def store_fault(exc: BaseException, request_id: str = "") -> DomicileError | Non
     log.error("store fault (%d %s) in request %s: %s", fault.status, fault.code,
               request_id or "-", describe(exc, text=False))
     return fault
+
+
+def _key_service_down(exc: BaseException) -> KeyServiceUnavailable | None:
+    """The `KeyServiceUnavailable` behind `exc` (itself, or what it was raised from)."""
+    current: BaseException | None = exc
+    for _ in range(8):  # a bounded walk: a cycle of causes is possible
+        if current is None:
+            return None
+        if isinstance(current, KeyServiceUnavailable):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def is_full(exc: BaseException) -> bool:
