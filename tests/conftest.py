@@ -92,9 +92,11 @@ def postgres() -> Iterator[PostgresDatabases]:
         pytest.fail(f"PostgreSQL is not reachable at {databases.admin_url}: "
                     f"{type(exc).__name__}: {exc}", pytrace=False)
     yield databases
-    databases.drop_all()
     if server is not None:
-        server.close()
+        databases.dispose()
+        server.close()  # its folder goes whole: dropping each database first only costs time
+    else:
+        databases.drop_all()
 
 
 @pytest.fixture

@@ -107,6 +107,10 @@ class PostgresDatabases:
         with self._admin.connect() as conn:
             for database in self._created:
                 conn.execute(self._text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        self.dispose()
+
+    def dispose(self) -> None:
+        """Close the admin connections (the databases stay: a throwaway server goes whole)."""
         self._admin.dispose()
 
 

@@ -98,4 +98,9 @@ def configure_logging(log_format: Literal["text", "json"], level: str = "warning
         logger.addHandler(handler)
         logger.propagate = False
         logger.setLevel(numeric)
+    # A uvicorn started earlier in this process (with a log level of its own) leaves
+    # `uvicorn.error` at that level: take it back to its parent's.
+    error_log = logging.getLogger("uvicorn.error")
+    error_log.setLevel(logging.NOTSET)
+    error_log.propagate = True
     return handler
