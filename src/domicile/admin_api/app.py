@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route, Router
 
+from domicile.compliance.audit import parse_since
 from domicile.errors import (
     BodyTooLarge,
     DomicileError,
@@ -62,7 +63,6 @@ from .services import (
     api_key_json,
     member_json,
     org_json,
-    parse_since,
     project_json,
     workspace_json,
 )
@@ -377,7 +377,7 @@ class AdminApi:
         return json_response(request, await self._run(self.services.verify_chains, chain))
 
     async def audit_entries(self, request: Request) -> Response:
-        since = parse_since(self._query(request).get("since"))
+        since = parse_since(self._query(request).get("since"), name="`since`")
         lines = await self._run(self.services.audit_lines, request.path_params["chain"], since)
         return Response(b"".join(lines), media_type="application/jsonl", headers={
             "x-request-id": request.state.request_id, "cache-control": "no-store"})

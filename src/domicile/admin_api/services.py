@@ -18,17 +18,17 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from domicile.compliance.audit import AuditEntry, AuditLog
+from domicile.compliance.audit import AuditLog
 from domicile.compliance.erasure import Erasure
 from domicile.compliance.export import Exporter
 from domicile.compliance.receipts import chain_signer
 from domicile.compliance.residency import build_report, render_markdown
 from domicile.compliance.verification import verify_site
-from domicile.errors import Conflict, InvalidInput, NotFound, WrongRegion
+from domicile.errors import Conflict, NotFound, WrongRegion
 from domicile.failures import describe
 from domicile.site import Site
 from domicile.storage.regional import RegionalStore
@@ -38,7 +38,7 @@ from domicile.tenancy.grants import GLOBAL_REGION
 from domicile.tenancy.models import ApiKey, Org, Project, User, Workspace
 from domicile.tenancy.secrets import CredentialHasher
 
-__all__ = ["AdminServices", "ExportFile", "audit_line", "parse_since"]
+__all__ = ["AdminServices", "ExportFile"]
 
 # Where an export is written before it is streamed back: memory (tmpfs) where the machine
 # has it, so the decrypted content never reaches a disk; unlinked before the first byte goes.
@@ -116,7 +116,7 @@ class AdminServices:
 
     def audit_lines(self, chain: str, since: datetime | None) -> list[bytes]:
         """The chain's entries from `since` on, as `domicile audit export` writes them."""
-        return [audit_line(entry).encode() for entry in self.audit_log(chain).entries(since)]
+        return [entry.json_line().encode() for entry in self.audit_log(chain).entries(since)]
 
     def verify_chains(self, chain: str | None) -> dict[str, Any]:
         """As `domicile audit verify [--region]`: each chain walked; `ok` only if all are
@@ -240,28 +240,3 @@ def workspace_json(workspace: Workspace) -> dict[str, Any]:
 def member_json(user: User) -> dict[str, Any]:
     return {"id": user.id, "object": "member", "workspace_id": user.workspace_id,
             "email": user.email, "role": user.role, "created_at": _iso(user.created_at)}
-
-
-def audit_line(entry: AuditEntry) -> str:
-    """One entry as a JSON Lines line, exactly as `domicile audit export` writes it."""
-    return json.dumps({
-        "chain": entry.chain, "seq": entry.seq,
-        "at": entry.at.astimezone(UTC).isoformat(timespec="microseconds"),
-        "actor": entry.actor, "action": entry.action, "target": entry.target,
-        "details": dict(entry.details), "prev_hash": entry.prev_hash, "hash": entry.hash,
-    }, ensure_ascii=False) + "\n"
-
-
-def parse_since(value: str | None) -> datetime | None:
-    """An ISO date (its midnight, UTC) or datetime (UTC unless it names an offset)."""
-    if value is None:
-        return None
-    try:
-        if len(value) == 10:
-            return datetime.combine(date.fromisoformat(value), time(), UTC)
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidInput("`since` must be an ISO date (2026-01-31) or datetime "
-                           "(2026-01-31T12:00:00, UTC unless it names an offset)",
-                           param="since") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import IO, Annotated, Any
 
@@ -14,7 +12,7 @@ import typer
 from rich.table import Table
 
 from domicile.cli._common import ConfigOption, Failure, JsonOption, command, emit, open_site
-from domicile.compliance.audit import AuditEntry, AuditLog, AuditProblem
+from domicile.compliance.audit import AuditLog, AuditProblem, parse_since
 from domicile.compliance.receipts import (
     Receipt,
     chain_public_key,
@@ -162,47 +160,23 @@ def audit_export(
     as_json: JsonOption = False,
 ) -> None:
     """The chain's entries as JSON Lines, in order, one entry a line (streamed)."""
-    start = _parse_since(since)
+    start = parse_since(since, name="--since")
     site = open_site(config)
     try:
         chain = _chain_name(site, region)
         entries = site.audit_log(chain).entries(start)
         if out is None:
             for entry in entries:
-                sys.stdout.write(_line(entry))
+                sys.stdout.write(entry.json_line())
             return
         count = 0
         with _replaced_whole(out) as sink:
             for entry in entries:
-                sink.write(_line(entry))
+                sink.write(entry.json_line())
                 count += 1
     finally:
         site.close()
     emit(as_json, {"chain": chain, "entries": count, "out": str(out)})
-
-
-def _line(entry: AuditEntry) -> str:
-    return json.dumps({
-        "chain": entry.chain, "seq": entry.seq,
-        "at": entry.at.astimezone(UTC).isoformat(timespec="microseconds"),
-        "actor": entry.actor, "action": entry.action, "target": entry.target,
-        "details": dict(entry.details), "prev_hash": entry.prev_hash, "hash": entry.hash,
-    }, ensure_ascii=False) + "\n"
-
-
-def _parse_since(value: str | None) -> datetime | None:
-    """An ISO date (its midnight, UTC) or datetime (UTC unless it names an offset)."""
-    if value is None:
-        return None
-    try:
-        if len(value) == 10:
-            return datetime.combine(date.fromisoformat(value), time(), UTC)
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidInput("--since must be an ISO date (2026-01-31) or datetime "
-                           "(2026-01-31T12:00:00, UTC unless it names an offset)",
-                           param="since") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 @contextlib.contextmanager

@@ -17,15 +17,17 @@ import hmac
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
 from hashlib import sha256
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from domicile.errors import InvalidInput
+
 __all__ = ["CONTENT_READ", "GENESIS", "AuditEntry", "AuditLog", "AuditProblem", "ChainCheck",
-           "Detail", "audit_key"]
+           "Detail", "audit_key", "parse_since"]
 
 GENESIS = "0" * 64
 CONTENT_READ = "content.read"
@@ -46,6 +48,32 @@ class AuditEntry:
     details: Mapping[str, Detail]
     prev_hash: str
     hash: str
+
+    def json_line(self) -> str:
+        """The entry as one JSON Lines line: the export format (`domicile audit export`,
+        `GET /admin/v1/audit/{chain}/export`)."""
+        return json.dumps({
+            "chain": self.chain, "seq": self.seq,
+            "at": self.at.astimezone(UTC).isoformat(timespec="microseconds"),
+            "actor": self.actor, "action": self.action, "target": self.target,
+            "details": dict(self.details), "prev_hash": self.prev_hash, "hash": self.hash,
+        }, ensure_ascii=False) + "\n"
+
+
+def parse_since(value: str | None, *, name: str) -> datetime | None:
+    """An export's start: an ISO date (its midnight, UTC) or datetime (UTC unless it names an
+    offset); `InvalidInput` naming the option `name` as the caller spells it."""
+    if value is None:
+        return None
+    try:
+        if len(value) == 10:
+            return datetime.combine(date.fromisoformat(value), time(), UTC)
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(f"{name} must be an ISO date (2026-01-31) or datetime "
+                           "(2026-01-31T12:00:00, UTC unless it names an offset)",
+                           param="since") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 @dataclass(frozen=True, slots=True)
