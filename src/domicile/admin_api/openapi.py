@@ -4,29 +4,14 @@ is kept in `docs/admin-openapi.json` (a test checks that it matches)."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from pydantic import BaseModel
+from domicile.web.openapi import document, error_response, json_body, path_parameters
 
 from .routes import ADMIN_PREFIX, ROUTES, AdminRoute
 
 __all__ = ["openapi_document"]
 
-_ERROR = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {"error": {
-        "type": "object",
-        "required": ["message", "type", "param", "code"],
-        "properties": {
-            "message": {"type": "string"},
-            "type": {"type": "string"},
-            "param": {"type": ["string", "null"]},
-            "code": {"type": ["string", "null"]},
-        },
-    }},
-}
 _SCHEMAS_BY_MEDIA_TYPE: dict[str, dict[str, Any]] = {
     "application/json": {"type": "object", "additionalProperties": True},
     "text/markdown": {"type": "string"},
@@ -36,26 +21,18 @@ _SCHEMAS_BY_MEDIA_TYPE: dict[str, dict[str, Any]] = {
 }
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {
-        "schema": {"$ref": "#/components/schemas/Error"}}}}
-
-
 def _operation(route: AdminRoute, schemas: dict[str, Any]) -> dict[str, Any]:
     success = {"description": "Created" if route.status == 201 else "OK",
                "content": {media: {"schema": _SCHEMAS_BY_MEDIA_TYPE[media]}
                            for media in route.media_types}}
     responses: dict[str, Any] = {str(route.status): success}
     if not route.public:
-        responses["401"] = _error("No admin key, or an unknown or revoked one "
+        responses["401"] = error_response("No admin key, or an unknown or revoked one "
                                   "(`invalid_api_key`).")
-    responses["default"] = _error("An error, in the one shape (`error.code` says which).")
+    responses["default"] = error_response("An error, in the one shape (`error.code` says which).")
     operation: dict[str, Any] = {"operationId": route.handler, "summary": route.summary,
                                  "responses": responses}
-    parameters: list[dict[str, Any]] = [
-        {"name": name, "in": "path", "required": True,
-         "schema": {"type": "string", "minLength": 1}}
-        for name in re.findall(r"{(\w+)}", route.path)]
+    parameters = path_parameters(route.path, {"type": "string", "minLength": 1})
     for param in route.query:
         schema: dict[str, Any] = {"type": "string"}
         if param.choices:
@@ -65,10 +42,8 @@ def _operation(route: AdminRoute, schemas: dict[str, Any]) -> dict[str, Any]:
     if parameters:
         operation["parameters"] = parameters
     if route.body is not None:
-        schemas[route.body.__name__] = _schema(route.body)
-        operation["requestBody"] = {"required": not route.body_optional, "content": {
-            "application/json": {
-                "schema": {"$ref": f"#/components/schemas/{route.body.__name__}"}}}}
+        operation["requestBody"] = json_body(route.body, schemas,
+                                             required=not route.body_optional)
     operation["security"] = [] if route.public else [{"adminKey": []}]
     notes = []
     if route.audited:
@@ -81,38 +56,26 @@ def _operation(route: AdminRoute, schemas: dict[str, Any]) -> dict[str, Any]:
     return operation
 
 
-def _schema(model: type[BaseModel]) -> dict[str, Any]:
-    schema = model.model_json_schema()
-    schema.pop("title", None)
-    return schema
-
-
 def openapi_document(version: str = "0.1.0") -> dict[str, Any]:
-    schemas: dict[str, Any] = {"Error": _ERROR}
+    schemas: dict[str, Any] = {}
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
         paths.setdefault(ADMIN_PREFIX + route.path, {})[route.method.lower()] = _operation(
             route, schemas)
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "Domicile admin API", "version": version,
-                 "description": "Everything the `domicile` command does to orgs, projects, "
-                 "keys, workspaces, members, consent, usage, the audit log, residency, export "
-                 "and erasure, for automation. Served at every region's address; the "
-                 "directory is global. Every change is audited with the admin key's id as "
-                 "its actor. A project's or workspace's region is fixed at creation: a "
-                 "request that tries to change it answers 400 `region_immutable`."},
-        "paths": paths,
-        "components": {
-            "schemas": dict(sorted(schemas.items())),
-            "securitySchemes": {
-                "adminKey": {"type": "http", "scheme": "bearer",
-                             "description": "A `da-…` admin key (`domicile admin-key "
-                             "create`)."},
-            },
+    return document(
+        title="Domicile admin API", version=version,
+        description="Everything the `domicile` command does to orgs, projects, "
+        "keys, workspaces, members, consent, usage, the audit log, residency, export "
+        "and erasure, for automation. Served at every region's address; the "
+        "directory is global. Every change is audited with the admin key's id as "
+        "its actor. A project's or workspace's region is fixed at creation: a "
+        "request that tries to change it answers 400 `region_immutable`.",
+        paths=paths, schemas=schemas,
+        security_schemes={
+            "adminKey": {"type": "http", "scheme": "bearer",
+                         "description": "A `da-…` admin key (`domicile admin-key create`)."},
         },
-    }
-
+    )
 
 if __name__ == "__main__":  # python -m domicile.admin_api.openapi > docs/admin-openapi.json
     import json
