@@ -14,34 +14,28 @@ route template.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import random
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route, Router
 
 from domicile.compliance.audit import parse_since
 from domicile.errors import (
-    BodyTooLarge,
-    DomicileError,
     InvalidApiKey,
     InvalidInput,
-    MethodNotAllowed,
     NotFound,
 )
 from domicile.site import Site
-from domicile.storage.faults import store_fault
 from domicile.tenancy.admin_keys import AdminGrant
 from domicile.tenancy.directory import ErasureScope
-from domicile.web.asgi import Message, Receive, Scope, Send
+from domicile.web.asgi import Receive, Scope, Send
+from domicile.web.guard import guard, read_bounded, validation_error
 from domicile.web.jsonbody import dump_json, parse_json_object
 from domicile.web.query import query_params
 
@@ -72,21 +66,10 @@ __all__ = ["AdminApi", "AdminMount", "create_admin_app", "mount_admin"]
 log = logging.getLogger("domicile.admin")
 
 MAX_JSON = 1024 * 1024
-_DIGITS = re.compile(r"[0-9]{1,12}")
 _BEARER = re.compile(r"Bearer ([\x21-\x7e]{1,512})")
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-def _request_id() -> str:
-    return f"req_{random.getrandbits(96):024x}"
-
-
-def error_response(error: DomicileError, request_id: str) -> Response:
-    headers = {name.decode(): value.decode() for name, value in error.headers}
-    headers["x-request-id"] = request_id
-    return Response(error.body(), error.status, headers=headers, media_type="application/json")
 
 
 def json_response(request: Request, value: object, status: int = 200) -> Response:
@@ -96,31 +79,6 @@ def json_response(request: Request, value: object, status: int = 200) -> Respons
 
 def _listing(request: Request, items: list[dict[str, Any]]) -> Response:
     return json_response(request, {"object": "list", "data": items})
-
-
-def _validation_error(error: ValidationError) -> InvalidInput:
-    first = error.errors()[0]
-    if first.get("type") == "extra_forbidden":
-        # The unknown field's name is the client's text: not repeated.
-        return InvalidInput("The body has a field this endpoint does not take.")
-    param = ".".join(str(part) for part in first.get("loc", ())) or None
-    # pydantic's message says what was expected; the value is never quoted.
-    return InvalidInput(f"Invalid `{param}`: {first.get('msg', 'invalid value')}."
-                        if param else "The request body is not valid.", param=param)
-
-
-async def _read_bounded(request: Request) -> bytes:
-    """The whole body, refused (413) past MAX_JSON bytes: by its declared length before a
-    byte is read, else as soon as it passes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and _DIGITS.fullmatch(declared) and int(declared) > MAX_JSON:
-        raise BodyTooLarge(f"The request body is larger than {MAX_JSON} bytes.")
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > MAX_JSON:
-            raise BodyTooLarge(f"The request body is larger than {MAX_JSON} bytes.")
-    return bytes(data)
 
 
 class AdminApi:
@@ -152,7 +110,7 @@ class AdminApi:
         """The body as `model`: bounded, strict JSON, unknown fields refused. A `region` in a
         change of a project or workspace is refused as such (G1), before anything else."""
         route: AdminRoute = request.state.route
-        data = await _read_bounded(request)
+        data = await read_bounded(request, MAX_JSON)
         parsed: dict[str, Any] = ({} if route.body_optional and not data.strip()
                                   else parse_json_object(data))
         if route.immutable_region is not None and "region" in parsed:
@@ -160,7 +118,7 @@ class AdminApi:
         try:
             return model.model_validate(parsed)
         except ValidationError as exc:
-            raise _validation_error(exc) from None
+            raise validation_error(exc) from None
 
     async def _refuse_region_change(self, kind: str, request: Request) -> None:
         tenant_id = request.path_params[f"{kind}_id"]
@@ -433,43 +391,7 @@ class _Guarded:
             return
         if scope["type"] != "http":
             return
-        request_id = _request_id()
-        scope.setdefault("state", {})["request_id"] = request_id
-        scope["app"] = self  # Starlette's router then raises 404/405, rendered below
-        started = False
-
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.router(scope, receive, tracked)
-        except Exception as exc:
-            error = _answerable(exc, request_id, scope)
-            if not started:
-                with contextlib.suppress(Exception):
-                    await error_response(error, request_id)(scope, receive, send)
-
-
-def _answerable(exc: Exception, request_id: str, scope: Scope) -> DomicileError:
-    if isinstance(exc, DomicileError):
-        return exc
-    if isinstance(exc, HTTPException):
-        if exc.status_code == 405:
-            allow = (exc.headers or {}).get("Allow", "")
-            return MethodNotAllowed(f"Method {scope.get('method')} is not allowed here "
-                                    f"(allowed: {allow}).", headers=((b"allow", allow.encode()),))
-        return NotFound("Invalid URL: no such admin API route.")
-    fault = store_fault(exc, request_id)
-    if fault is None:
-        template = getattr(scope.get("route"), "path", "(unknown)")
-        log.error("unhandled %s in request %s (%s %s)", type(exc).__name__, request_id,
-                  scope.get("method"), template)
-        fault = DomicileError("The server had an error while processing your request "
-                              f"(request id {request_id}).")
-    return fault
+        await guard(self.router, self, scope, receive, send, api="admin API", log=log)
 
 
 def create_admin_app(site: Site, region: str) -> _Guarded:

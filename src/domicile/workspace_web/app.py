@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,22 +23,24 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, Router
 
 from domicile.errors import (
     BodyTooLarge,
-    DomicileError,
     Forbidden,
     InvalidInput,
-    MethodNotAllowed,
     NotFound,
 )
-from domicile.storage.faults import store_fault
 from domicile.tenancy.grants import MemberGrant
-from domicile.web.asgi import Message, Receive, Scope, Send, mark_retrieved, until_disconnect
+from domicile.web.asgi import Receive, Scope, Send, mark_retrieved, until_disconnect
+from domicile.web.guard import (
+    answerable,
+    guard,
+    read_bounded,
+    validation_error,
+)
 from domicile.web.jsonbody import dump_json, parse_json_object
 from domicile.web.multipart import MultipartReader, boundary_of
 from domicile.workspace.chat import ChatRequest, Turn
@@ -55,6 +56,7 @@ log = logging.getLogger("domicile.workspace")
 
 API_PREFIX = "/workspace/api"
 MAX_JSON = 4 * 1024 * 1024
+API_NAME = "workspace API"  # in "Invalid URL: no such workspace API route."
 # ASCII digits only: `str.isdigit` also takes "²", which `int` then refuses.
 _DIGITS = re.compile(r"[0-9]{1,12}")
 M = TypeVar("M", bound=BaseModel)
@@ -144,47 +146,12 @@ class WorkspaceChange(_Body):
 
 # -- helpers --------------------------------------------------------------------------------
 
-def _now_id() -> str:
-    return f"req_{random.getrandbits(96):024x}"
-
-
-def error_response(error: DomicileError, request_id: str) -> Response:
-    headers = {name.decode(): value.decode() for name, value in error.headers}
-    headers["x-request-id"] = request_id
-    return Response(error.body(), error.status, headers=headers, media_type="application/json")
-
-
 def json_response(value: object, status: int = 200, request: Request | None = None) -> Response:
     response = Response(dump_json(value), status, media_type="application/json")
     if request is not None:
         response.headers["x-request-id"] = request.state.request_id
         response.headers["cache-control"] = "no-store"
     return response
-
-
-def _validation_error(error: ValidationError) -> InvalidInput:
-    first = error.errors()[0]
-    if first.get("type") == "extra_forbidden":
-        # The name of a field we do not know is the client's text: not repeated.
-        return InvalidInput("The body has a field this endpoint does not take.")
-    param = ".".join(str(part) for part in first.get("loc", ())) or None
-    # pydantic's message says what was expected; it never quotes the value (we drop `input`).
-    return InvalidInput(f"Invalid `{param}`: {first.get('msg', 'invalid value')}."
-                        if param else "The request body is not valid.", param=param)
-
-
-async def read_bounded(request: Request, limit: int, what: str = "request body") -> bytes:
-    """The whole body, refused (413) past `limit` bytes: by its declared length before a byte
-    is read, else as soon as it passes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and _DIGITS.fullmatch(declared) and int(declared) > limit:
-        raise BodyTooLarge(f"The {what} is larger than {limit} bytes.")
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > limit:
-            raise BodyTooLarge(f"The {what} is larger than {limit} bytes.")
-    return bytes(data)
 
 
 async def read_body(request: Request, model: type[M], *, optional: bool = False) -> M:
@@ -197,7 +164,7 @@ async def read_body(request: Request, model: type[M], *, optional: bool = False)
     try:
         return model.model_validate(parsed)
     except ValidationError as exc:
-        raise _validation_error(exc) from None
+        raise validation_error(exc) from None
 
 
 class WorkspaceApi:
@@ -703,7 +670,7 @@ class ReplyStream:
             try:
                 message = await asyncio.shield(turn.finish("stopped" if left else None))
             except Exception as exc:  # the conversation deleted meanwhile, the store down
-                error = _answerable(exc, self.request_id, scope)
+                error = answerable(exc, self.request_id, scope, api=API_NAME, log=log)
                 if not left:
                     await _event(send, "error", {"error": error.to_openai()["error"]})
                     await send({"type": "http.response.body", "body": b"",
@@ -716,22 +683,6 @@ class ReplyStream:
             payload["error"] = turn.error.to_openai()["error"]
         await _event(send, "reply.completed", payload)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-def _answerable(exc: Exception, request_id: str, scope: Scope) -> DomicileError:
-    """An exception as the error a client is told: ours as it is, a store fault as 503/507
-    (logged by `store_fault`), anything else logged by its type, the request id and the
-    route's template only (its message may quote content)."""
-    if isinstance(exc, DomicileError):
-        return exc
-    fault = store_fault(exc, request_id)
-    if fault is None:
-        template = getattr(scope.get("route"), "path", "(unknown)")
-        log.error("unhandled %s in request %s (%s %s)", type(exc).__name__, request_id,
-                  scope.get("method"), template)
-        fault = DomicileError("The server had an error while processing your request "
-                              f"(request id {request_id}).")
-    return fault
 
 
 async def _event(send: Send, kind: str, data: dict[str, Any]) -> None:
@@ -777,32 +728,7 @@ class _Guarded:
         if scope["type"] != "http":
             await self.router(scope, receive, send)
             return
-        request_id = _now_id()
-        scope.setdefault("state", {})["request_id"] = request_id
-        scope["app"] = self  # Starlette's router then raises 404/405, rendered below
-        started = False
-
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.router(scope, receive, tracked)
-        except DomicileError as error:
-            if not started:
-                await error_response(error, request_id)(scope, receive, send)
-        except HTTPException as error:
-            if not started:
-                await error_response(_http_error(error, scope), request_id)(
-                    scope, receive, send)
-        except Exception as exc:
-            fault = _answerable(exc, request_id, scope)
-            if not started:
-                with contextlib.suppress(Exception):
-                    await error_response(fault, request_id)(scope, receive, send)
-
+        await guard(self.router, self, scope, receive, send, api=API_NAME, log=log)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -833,14 +759,6 @@ class _Guarded:
                 if result.conversations or result.files:
                     log.info("region %s: retention deleted %d conversations and %d files",
                              result.region, result.conversations, result.files)
-
-
-def _http_error(error: HTTPException, scope: Scope) -> DomicileError:
-    if error.status_code == 405:
-        allow = (error.headers or {}).get("Allow", "")
-        return MethodNotAllowed(f"Method {scope.get('method')} is not allowed here (allowed: "
-                                f"{allow}).", headers=((b"allow", allow.encode()),))
-    return NotFound("Invalid URL: no such workspace API route.")
 
 
 def create_workspace_app(services: WorkspaceServices, *, secure: bool = False) -> _Guarded:

@@ -34,9 +34,9 @@ from domicile.errors import (
     WrongRegion,
 )
 from domicile.tenancy.grants import ROLES, MemberGrant
+from domicile.web.guard import read_bounded
 from domicile.workspace.rendering import pygments_css
 
-from .app import read_bounded
 from .auth import WorkspaceAuth
 from .services import WorkspaceServices, profile
 
