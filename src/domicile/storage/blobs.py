@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from domicile.errors import ConfigError
-from domicile.storage.interfaces import BlobStore
+from domicile.storage.interfaces import BlobStore, PendingBlob
 from domicile.storage.private import FILE_MODE, make_private_dirs
 
 __all__ = ["FileBlobStore", "PendingFile", "check_range", "open_blob_store"]
@@ -99,13 +99,7 @@ class FileBlobStore:
         return PendingFile(key, path, temp, fd, size)
 
     def put(self, key: str, chunks: Iterable[bytes]) -> int:
-        pending = self.stage(key, chunks)
-        try:
-            pending.commit()
-        except BaseException:
-            pending.discard()
-            raise
-        return pending.size
+        return committed(self.stage(key, chunks))
 
     def get(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         """The blob's bytes `[start, end)` (to its end if `end` is None; none past its end);
@@ -147,6 +141,17 @@ class FileBlobStore:
                 if TEMP_NAME.match(name) and _remove_if_abandoned(Path(folder, name)):
                     removed += 1
         return removed
+
+
+def committed(pending: PendingBlob) -> int:
+    """Commit a staged write (discarding it if the commit fails); its size. Every store's
+    `put` is its `stage` then this."""
+    try:
+        pending.commit()
+    except BaseException:
+        pending.discard()
+        raise
+    return pending.size
 
 
 def _create_temp(path: Path) -> tuple[Path, int]:

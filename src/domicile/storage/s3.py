@@ -44,7 +44,7 @@ from botocore.exceptions import (
 
 from domicile.config import S3_OPTIONS
 from domicile.errors import ConfigError
-from domicile.storage.blobs import KEY, READ_SIZE, check_range
+from domicile.storage.blobs import KEY, READ_SIZE, check_range, committed
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -237,13 +237,7 @@ class S3BlobStore:
                 raise
 
     def put(self, key: str, chunks: Iterable[bytes]) -> int:
-        pending = self.stage(key, chunks)
-        try:
-            pending.commit()
-        except BaseException:
-            pending.discard()
-            raise
-        return pending.size
+        return committed(self.stage(key, chunks))
 
     # -- reads ----------------------------------------------------------------------------
 
