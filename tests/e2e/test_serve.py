@@ -73,6 +73,7 @@ def test_tls_from_flags_refuses_old_versions_and_weak_suites(tmp_path: Path) -> 
     ca = trustme.CA(key_type=trustme.KeyType.ECDSA)
     cert = ca.issue_cert("127.0.0.1", key_type=trustme.KeyType.ECDSA)
     cert.private_key_and_cert_chain_pem.write_to_path(tmp_path / "server.pem")
+    (tmp_path / "server.pem").chmod(0o600)  # a key file: serve refuses one others may read
     site = init_site(tmp_path / "site")
     server = Server(site, tmp_path, "--region", "eu", "--tls-cert", str(tmp_path / "server.pem"),
                     "--tls-key", str(tmp_path / "server.pem"))

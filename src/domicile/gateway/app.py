@@ -189,6 +189,9 @@ class GatewayApp:
         # Counts and timings per route template (never a path): `GET /metrics`.
         self.metrics = RequestMetrics(region)
         self._serves_metrics = settings.observability.metrics
+        # Answered here outside /v1; every other path goes to the mounted app (the workspace).
+        self._own_paths = frozenset({"/healthz", "/openapi.json",
+                                     *(("/metrics",) if self._serves_metrics else ())})
         self._metrics_access = MetricsAccess(settings.observability)
         self._tracer = request_tracer(settings.observability, region)
 
@@ -321,28 +324,7 @@ class GatewayApp:
                            ) -> None:
         """`/healthz`, `/metrics`, `/openapi.json`, and the mounted app (the workspace)."""
         public = Exchange(scope, receive, send, self._region_header)
-        if path == "/healthz":
-            if not await refused_unless_get(public):
-                await public.respond(200, self._health)
-            self._observe(path, scope["method"], public.status, public.started)
-            return
-        if path == "/metrics" and self._serves_metrics:
-            # Counts and labels only (no content), but they name providers and volumes: the
-            # scraper's bearer token, else loopback only (docs/OPERATIONS.md).
-            refusal = self._metrics_access.refusal(scope)
-            if refusal is not None:
-                await public.fail(refusal, list(refusal.headers))
-            elif not await refused_unless_get(public):
-                await public.respond(200, await asyncio.to_thread(exposition), CONTENT_TYPE)
-            self._observe(path, scope["method"], public.status, public.started)
-            return
-        if path == "/openapi.json":  # public, like /healthz; built once per route table
-            from .openapi import serve_document
-
-            await serve_document(public, self.routes, workspace=self._fallback is not None)
-            self._observe(path, scope["method"], public.status, public.started)
-            return
-        if self._fallback is not None:
+        if self._fallback is not None and path not in self._own_paths:
             answered = _Answered()
             try:
                 await self._fallback(scope, receive, self._tagged(send, answered))
@@ -355,8 +337,26 @@ class GatewayApp:
                 self._observe(template if isinstance(template, str) else UNMATCHED_ROUTE,
                               scope["method"], answered.status or 499, public.started)
             return
-        await public.fail(NotFound(f"Invalid URL ({scope['method']} {path})"))
-        self._observe(UNMATCHED_ROUTE, scope["method"], public.status, public.started)
+        route = path
+        if path == "/healthz":
+            if not await refused_unless_get(public):
+                await public.respond(200, self._health)
+        elif path == "/metrics" and self._serves_metrics:
+            # Counts and labels only (no content), but they name providers and volumes: the
+            # scraper's bearer token, else loopback only (docs/OPERATIONS.md).
+            refusal = self._metrics_access.refusal(scope)
+            if refusal is not None:
+                await public.fail(refusal, list(refusal.headers))
+            elif not await refused_unless_get(public):
+                await public.respond(200, await asyncio.to_thread(exposition), CONTENT_TYPE)
+        elif path == "/openapi.json":  # public, like /healthz; built once per route table
+            from .openapi import serve_document
+
+            await serve_document(public, self.routes, workspace=self._fallback is not None)
+        else:
+            route = UNMATCHED_ROUTE
+            await public.fail(NotFound(f"Invalid URL ({scope['method']} {path})"))
+        self._observe(route, scope["method"], public.status, public.started)
 
     async def _account(self, call: Exchange, grant: ApiKeyGrant) -> None:
         """Charge the tokens to the key's limit and record the usage metadata."""

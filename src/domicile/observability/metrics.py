@@ -149,11 +149,11 @@ class RequestMetrics:
         self._timed: dict[str, Histogram] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        key = (route, method, status)
+        # Keyed by the label, not the client's method: the cache stays as small as the labels.
+        key = (route, method if method in _METHODS else "other", status)
         counter = self._counted.get(key)
         if counter is None:
-            counter = self._counted[key] = REQUESTS.labels(
-                self._region, route, _method_label(method), str(status))
+            counter = self._counted[key] = REQUESTS.labels(self._region, *key[:2], str(status))
         counter.inc()
         timer = self._timed.get(route)
         if timer is None:
@@ -186,10 +186,6 @@ class TokenMetrics:
 
 # Methods are client text too: anything but the standard ones is one label.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
-
-def _method_label(method: str) -> str:
-    return method if method in _METHODS else "other"
 
 
 def enable_multiprocess(directory: Path) -> None:
